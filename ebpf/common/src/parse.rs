@@ -1,0 +1,199 @@
+//! Packet classification shared by the XDP and TC programs (and unit-tested on the host).
+//!
+//! Every read is bounds-checked against the end of the packet, in the shape the BPF
+//! verifier accepts. Once the destination is known to be a target, anything the parser cannot
+//! vouch for (truncated TCP header, fragments, over-long IPv6 extension chains) is
+//! `DROPPED`: forwarding it could let a segment reach the target's protected port.
+
+use crate::{v4_mapped, verdict, MARK_STEER, MARK_VNET_MASK};
+
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const IPPROTO_TCP: u8 = 6;
+const TCP_HDR: usize = 20;
+/// IPv6 extension headers walked before giving up (and dropping, if the packet is for a target).
+const MAX_V6_EXT: usize = 6;
+
+/// The lookups the classifier needs: BPF maps in the kernel, plain tables in unit tests.
+pub trait Tables {
+    fn vnet(&self, ifindex: u32, vlan: u16) -> Option<u32>;
+    fn target(&self, vnet: u32, addr: [u8; 16]) -> Option<u32>;
+    fn protected(&self, target: u32, port: u16) -> bool;
+}
+
+/// A packet as the half-open byte range `[start, end)` in memory.
+pub struct Packet {
+    pub start: usize,
+    pub end: usize,
+}
+
+impl Packet {
+    /// Whether `len` bytes at `off` are inside the packet. Every read below follows such a
+    /// check on the same offset, one statement at a time: the verifier follows that shape,
+    /// while combined checks (tuples of options) get folded by LLVM into forms it rejects.
+    #[inline(always)]
+    fn has(&self, off: usize, len: usize) -> bool {
+        self.start + off + len <= self.end
+    }
+
+    /// Reads `N` bytes at `off`.
+    ///
+    /// # Safety
+    /// `self.has(off, N)` must hold.
+    #[inline(always)]
+    unsafe fn get<const N: usize>(&self, off: usize) -> [u8; N] {
+        unsafe { core::ptr::read_unaligned((self.start + off) as *const [u8; N]) }
+    }
+
+    #[inline(always)]
+    unsafe fn byte(&self, off: usize) -> u8 {
+        unsafe { *((self.start + off) as *const u8) }
+    }
+
+    #[inline(always)]
+    unsafe fn be16(&self, off: usize) -> u16 {
+        u16::from_be_bytes(unsafe { self.get::<2>(off) })
+    }
+}
+
+/// What the classifier decided: a `verdict::*`, the target id (0 if none) and, for
+/// `STEERED`, the fwmark to set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub verdict: u32,
+    pub target: u32,
+    pub mark: u32,
+}
+
+#[inline(always)]
+const fn outcome(verdict: u32, target: u32) -> Outcome {
+    Outcome { verdict, target, mark: 0 }
+}
+
+/// Classifies an Ethernet frame that arrived on `ifindex`. `vlan` is a VLAN id the driver
+/// already stripped (0 if none); a tag in the frame itself overrides it.
+#[inline(always)]
+pub fn classify<T: Tables>(p: &Packet, ifindex: u32, vlan: u16, t: &T) -> Outcome {
+    let mut vlan = vlan;
+    if !p.has(0, 14) {
+        return outcome(verdict::MALFORMED, 0);
+    }
+    let mut proto = unsafe { p.be16(12) };
+    let mut off = 14;
+    if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+        if !p.has(14, 4) {
+            return outcome(verdict::MALFORMED, 0);
+        }
+        vlan = unsafe { p.be16(14) } & 0x0fff;
+        proto = unsafe { p.be16(16) };
+        off = 18;
+        // 802.1ad outer tag: the customer (inner) tag names the network.
+        if proto == ETH_P_8021Q {
+            if !p.has(18, 4) {
+                return outcome(verdict::MALFORMED, 0);
+            }
+            vlan = unsafe { p.be16(18) } & 0x0fff;
+            proto = unsafe { p.be16(20) };
+            off = 22;
+        }
+    }
+    if proto != ETH_P_IPV4 && proto != ETH_P_IPV6 {
+        return outcome(verdict::NOT_TCP, 0);
+    }
+    let Some(vnet) = t.vnet(ifindex, vlan) else {
+        return outcome(verdict::NOT_INGRESS, 0);
+    };
+    if proto == ETH_P_IPV4 {
+        ipv4(p, off, vnet, t)
+    } else {
+        ipv6(p, off, vnet, t)
+    }
+}
+
+#[inline(always)]
+fn ipv4<T: Tables>(p: &Packet, off: usize, vnet: u32, t: &T) -> Outcome {
+    if !p.has(off, 20) {
+        return outcome(verdict::MALFORMED, 0);
+    }
+    let ver_ihl = unsafe { p.byte(off) };
+    let ihl = (ver_ihl & 0x0f) as usize * 4;
+    if ver_ihl >> 4 != 4 || ihl < 20 {
+        return outcome(verdict::MALFORMED, 0);
+    }
+    if unsafe { p.byte(off + 9) } != IPPROTO_TCP {
+        return outcome(verdict::NOT_TCP, 0);
+    }
+    let dst = unsafe { p.get::<4>(off + 16) };
+    let Some(target) = t.target(vnet, v4_mapped(dst)) else {
+        return outcome(verdict::NO_TARGET, 0);
+    };
+    // More-fragments or a fragment offset: the ports may be in another fragment.
+    if unsafe { p.be16(off + 6) } & 0x3fff != 0 {
+        return outcome(verdict::DROPPED, target);
+    }
+    tcp(p, off + ihl, vnet, target, t)
+}
+
+#[inline(always)]
+fn ipv6<T: Tables>(p: &Packet, off: usize, vnet: u32, t: &T) -> Outcome {
+    if !p.has(off, 40) {
+        return outcome(verdict::MALFORMED, 0);
+    }
+    if unsafe { p.byte(off) } >> 4 != 6 {
+        return outcome(verdict::MALFORMED, 0);
+    }
+    let mut next = unsafe { p.byte(off + 6) };
+    let dst = unsafe { p.get::<16>(off + 24) };
+    let Some(target) = t.target(vnet, dst) else {
+        return outcome(verdict::NO_TARGET, 0);
+    };
+    let mut l4 = off + 40;
+    let mut i = 0;
+    while i < MAX_V6_EXT {
+        match next {
+            IPPROTO_TCP => return tcp(p, l4, vnet, target, t),
+            // Hop-by-hop, routing, destination options: length in 8-octet units, minus one.
+            0 | 43 | 60 => {
+                if !p.has(l4, 2) {
+                    return outcome(verdict::DROPPED, target);
+                }
+                let [n, len] = unsafe { p.get::<2>(l4) };
+                next = n;
+                l4 += (len as usize + 1) * 8;
+            }
+            // Authentication header: length in 4-octet units, minus two.
+            51 => {
+                if !p.has(l4, 2) {
+                    return outcome(verdict::DROPPED, target);
+                }
+                let [n, len] = unsafe { p.get::<2>(l4) };
+                next = n;
+                l4 += (len as usize + 2) * 4;
+            }
+            // Fragment header: the ports may be in another fragment.
+            44 => return outcome(verdict::DROPPED, target),
+            _ => return outcome(verdict::NOT_TCP, target),
+        }
+        i += 1;
+    }
+    outcome(verdict::DROPPED, target)
+}
+
+#[inline(always)]
+fn tcp<T: Tables>(p: &Packet, l4: usize, vnet: u32, target: u32, t: &T) -> Outcome {
+    if !p.has(l4, TCP_HDR) {
+        return outcome(verdict::DROPPED, target);
+    }
+    let dport = unsafe { p.be16(l4 + 2) };
+    if t.protected(target, dport) {
+        Outcome {
+            verdict: verdict::STEERED,
+            target,
+            mark: MARK_STEER | (vnet & MARK_VNET_MASK),
+        }
+    } else {
+        outcome(verdict::OTHER_PORT, target)
+    }
+}

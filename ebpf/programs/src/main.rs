@@ -1,0 +1,250 @@
+//! portcullis kernel dataplane.
+//!
+//! * `pc_xdp_classify` (XDP, ingress interfaces): parses Ethernet / 802.1Q / IPv4 / IPv6 / TCP,
+//!   finds the packet's vnet and target, counts the verdict, and hands the steering mark to
+//!   TC through XDP metadata. Drops what it cannot vouch for once the destination is a target.
+//! * `pc_tc_mark` (TC ingress, same interfaces): sets `skb->mark` from that metadata (or
+//!   classifies itself when XDP did not run), so policy routing delivers the flow locally.
+//! * `pc_sk_lookup` (netns): hands locally delivered protected flows to the proxy's socket.
+//! * `pc_tc_guard` (TC egress, upstream interfaces): second line, drops any packet that still
+//!   carries the steering mark, so a flushed routing rule cannot turn into a bypass.
+#![no_std]
+#![no_main]
+
+
+
+use aya_ebpf::{
+    bindings::{sk_action, xdp_action, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::bpf_xdp_adjust_meta,
+    macros::{classifier, map, sk_lookup, xdp},
+    maps::{lpm_trie::Key, HashMap, LpmTrie, PerCpuArray, SockMap},
+    programs::{SkLookupContext, TcContext, XdpContext},
+    EbpfContext,
+};
+use portcullis_common::parse::{self, Outcome, Packet};
+use portcullis_common::{
+    v4_mapped, verdict, DestKey, IngressKey, PortKey, TargetKey, XdpMeta, MARK_STEER,
+    MARK_VNET_MASK, MAX_INGRESS, MAX_PORTS, MAX_TARGETS, META_MAGIC, SOCKET_SLOTS, SOCKET_V4,
+    SOCKET_V6, VERDICTS,
+};
+
+#[map(name = "PC_INGRESS")]
+static PC_INGRESS: HashMap<IngressKey, u32> = HashMap::pinned(MAX_INGRESS, 0);
+
+#[map(name = "PC_INGRESS_IF")]
+static PC_INGRESS_IF: HashMap<u32, u32> = HashMap::pinned(MAX_INGRESS, 0);
+
+#[map(name = "PC_TARGETS")]
+static PC_TARGETS: LpmTrie<TargetKey, u32> = LpmTrie::pinned(MAX_TARGETS, 0);
+
+#[map(name = "PC_PORTS")]
+static PC_PORTS: HashMap<PortKey, u32> = HashMap::pinned(MAX_PORTS, 0);
+
+#[map(name = "PC_DESTS")]
+static PC_DESTS: HashMap<DestKey, u32> = HashMap::pinned(MAX_PORTS, 0);
+
+#[map(name = "PC_COUNTERS")]
+static PC_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(MAX_TARGETS * VERDICTS, 0);
+
+#[map(name = "PC_SOCKETS")]
+static PC_SOCKETS: SockMap = SockMap::pinned(SOCKET_SLOTS, 0);
+
+const AF_INET: u32 = 2;
+const IPPROTO_TCP: u32 = 6;
+
+#[inline(always)]
+fn count(target: u32, v: u32) {
+    if let Some(c) = PC_COUNTERS.get_ptr_mut(target * VERDICTS + v) {
+        // Per-CPU slot: no other writer, a plain add is enough.
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+fn lookup_vnet(ifindex: u32, vlan: u16) -> Option<u32> {
+    let key = IngressKey { ifindex, vlan, _pad: 0 };
+    unsafe { PC_INGRESS.get(&key).copied() }
+}
+
+#[inline(always)]
+fn lookup_target(vnet: u32, addr: [u8; 16]) -> Option<u32> {
+    let key = Key::new(
+        128 + portcullis_common::TARGET_VNET_BITS,
+        TargetKey { vnet_be: vnet.to_be_bytes(), addr },
+    );
+    PC_TARGETS.get(&key).copied()
+}
+
+#[inline(always)]
+fn is_protected(target: u32, port: u16) -> bool {
+    let key = PortKey { target, port, _pad: 0 };
+    unsafe { PC_PORTS.get(&key).is_some() }
+}
+
+/// Classifies one packet and counts the verdict.
+#[inline(always)]
+fn classify(pkt: &Packet, ifindex: u32, vlan: u16) -> Outcome {
+    let out = parse::classify(pkt, ifindex, vlan, &Lookups);
+    count(out.target, out.verdict);
+    out
+}
+
+struct Lookups;
+
+impl parse::Tables for Lookups {
+    #[inline(always)]
+    fn vnet(&self, ifindex: u32, vlan: u16) -> Option<u32> {
+        lookup_vnet(ifindex, vlan)
+    }
+    #[inline(always)]
+    fn target(&self, vnet: u32, addr: [u8; 16]) -> Option<u32> {
+        lookup_target(vnet, addr)
+    }
+    #[inline(always)]
+    fn protected(&self, target: u32, port: u16) -> bool {
+        is_protected(target, port)
+    }
+}
+
+#[xdp]
+pub fn pc_xdp_classify(ctx: XdpContext) -> u32 {
+    let pkt = Packet { start: ctx.data(), end: ctx.data_end() };
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    let out = classify(&pkt, ifindex, 0);
+    match out.verdict {
+        verdict::STEERED => {
+            write_meta(&ctx, out.mark);
+            xdp_action::XDP_PASS
+        }
+        verdict::DROPPED => xdp_action::XDP_DROP,
+        _ => xdp_action::XDP_PASS,
+    }
+}
+
+/// Hands the mark to TC. If the driver has no room for metadata, TC classifies on its own.
+#[inline(always)]
+fn write_meta(ctx: &XdpContext, mark: u32) {
+    let len = core::mem::size_of::<XdpMeta>() as i32;
+    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -len) } != 0 {
+        return;
+    }
+    let meta = ctx.metadata();
+    if meta + len as usize > ctx.data() {
+        return;
+    }
+    let meta = meta as *mut XdpMeta;
+    unsafe {
+        (*meta).magic = META_MAGIC;
+        (*meta).mark = mark;
+    }
+}
+
+/// Baseline for benchmarks: what an XDP program costs when it does nothing.
+#[xdp]
+pub fn pc_xdp_noop(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// Bytes TC wants in the linear area before it parses: Ethernet + two VLAN tags + IPv6 +
+/// the first bytes of TCP (IPv4 with options and IPv6 extension headers are pulled on demand).
+const TC_LINEAR: u32 = 14 + 8 + 40 + 20;
+
+#[classifier]
+pub fn pc_tc_mark(ctx: TcContext) -> i32 {
+    let skb = ctx.skb.skb;
+    let (meta, data) = unsafe { ((*skb).data_meta as usize, (*skb).data as usize) };
+    if meta + core::mem::size_of::<XdpMeta>() <= data {
+        let m = meta as *const XdpMeta;
+        if unsafe { (*m).magic } == META_MAGIC {
+            ctx.set_mark(unsafe { (*m).mark });
+            return TC_ACT_OK;
+        }
+    }
+    // XDP did not run (or had no metadata room): classify here.
+    let len = ctx.len();
+    let want = if len < 256 { len } else { 256 };
+    if (ctx.data_end() - ctx.data()) < want as usize && ctx.pull_data(want).is_err() && len >= TC_LINEAR {
+        // Could not linearise the headers of a packet long enough to be TCP: fail closed.
+        return TC_ACT_SHOT;
+    }
+    let (ifindex, vlan) = unsafe {
+        let vlan = if (*skb).vlan_present != 0 { ((*skb).vlan_tci & 0x0fff) as u16 } else { 0 };
+        ((*skb).ingress_ifindex, vlan)
+    };
+    let pkt = Packet { start: ctx.data(), end: ctx.data_end() };
+    let out = classify(&pkt, ifindex, vlan);
+    match out.verdict {
+        verdict::STEERED => {
+            ctx.set_mark(out.mark);
+            TC_ACT_OK
+        }
+        verdict::DROPPED => TC_ACT_SHOT,
+        _ => TC_ACT_OK,
+    }
+}
+
+#[classifier]
+pub fn pc_tc_guard(ctx: TcContext) -> i32 {
+    let mark = unsafe { (*ctx.skb.skb).mark };
+    if mark & MARK_STEER != 0 && mark & !(MARK_STEER | MARK_VNET_MASK) == 0 {
+        TC_ACT_SHOT
+    } else {
+        TC_ACT_OK
+    }
+}
+
+#[sk_lookup]
+pub fn pc_sk_lookup(ctx: SkLookupContext) -> u32 {
+    let l = ctx.lookup;
+    let (family, protocol, ifindex, port) =
+        unsafe { ((*l).family, (*l).protocol, (*l).ingress_ifindex, (*l).local_port) };
+    if protocol != IPPROTO_TCP {
+        return sk_action::SK_PASS;
+    }
+    if unsafe { PC_INGRESS_IF.get(&ifindex).is_none() } {
+        return sk_action::SK_PASS;
+    }
+    let (addr, slot) = if family == AF_INET {
+        let ip4 = unsafe { (*l).local_ip4 };
+        (v4_mapped(ip4.to_ne_bytes()), SOCKET_V4)
+    } else {
+        // One load per field at a constant offset: the verifier rejects context reads
+        // through a computed pointer.
+        let w = unsafe {
+            [
+                core::ptr::read_volatile(&(*l).local_ip6[0]),
+                core::ptr::read_volatile(&(*l).local_ip6[1]),
+                core::ptr::read_volatile(&(*l).local_ip6[2]),
+                core::ptr::read_volatile(&(*l).local_ip6[3]),
+            ]
+        };
+        let mut a = [0u8; 16];
+        a[0..4].copy_from_slice(&w[0].to_ne_bytes());
+        a[4..8].copy_from_slice(&w[1].to_ne_bytes());
+        a[8..12].copy_from_slice(&w[2].to_ne_bytes());
+        a[12..16].copy_from_slice(&w[3].to_ne_bytes());
+        (a, SOCKET_V6)
+    };
+    let key = DestKey { addr, port: port as u16, _pad: 0 };
+    if unsafe { PC_DESTS.get(&key).is_none() } {
+        return sk_action::SK_PASS;
+    }
+    match PC_SOCKETS.redirect_sk_lookup(&ctx, slot, 0) {
+        Ok(()) => sk_action::SK_PASS,
+        // No proxy socket (daemon down or restarting): refuse rather than fall through to
+        // whatever else listens on this port of the gateway.
+        Err(_) => sk_action::SK_DROP,
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+// Silence "unused" for the context trait import on some toolchains.
+#[allow(dead_code)]
+fn _ctx_trait(c: &XdpContext) -> *mut core::ffi::c_void {
+    c.as_ptr()
+}

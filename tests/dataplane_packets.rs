@@ -1,0 +1,302 @@
+//! The classifier in the kernel, through BPF_PROG_TEST_RUN: crafted packets (VLAN, IPv4
+//! options, IPv6 extension headers, fragments), truncations and random mutations. Needs root.
+
+mod support;
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    path::PathBuf,
+};
+
+use portcullis::{
+    dataplane::{
+        testrun::{self, SkBuffCtx},
+        Detached,
+    },
+    targets::{Ingress, TargetAddr, TargetSet, Vnet},
+};
+use portcullis_common::{
+    parse::{self, Packet, Tables},
+    program, v4_mapped, verdict, MARK_STEER,
+};
+use support::packet::{Frame, Rng};
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const LO: u32 = 1;
+
+fn set() -> TargetSet {
+    let vnet = |name: &str, id, vlan| Vnet {
+        name: name.into(),
+        id,
+        ingress: vec![Ingress { interface: "lo".into(), vlan }],
+        upstream: vec![],
+    };
+    let addr = |target: &str, vnet, a: &str, ports: Vec<u16>| TargetAddr {
+        target: target.into(),
+        vnet,
+        addr: a.parse().unwrap(),
+        ports,
+    };
+    TargetSet {
+        vnets: vec![vnet("corp", 1, None), vnet("lab", 2, Some(100))],
+        addrs: vec![
+            addr("web-01", 1, "198.18.10.10", vec![22]),
+            addr("web-01", 1, "2001:db8:10::10", vec![22]),
+            // Same address in another vnet, another port.
+            addr("lab-01", 2, "198.18.10.10", vec![2222]),
+        ],
+    }
+}
+
+fn pin_dir() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf").join(support::unique("portcullis-test-"))
+}
+
+struct Kernel {
+    d: Detached,
+}
+
+impl Kernel {
+    fn new() -> Option<Self> {
+        if !support::privileged() {
+            return None;
+        }
+        let mut d = Detached::load(&pin_dir()).expect("load the BPF object");
+        d.apply(&set()).expect("fill the maps");
+        Some(Self { d })
+    }
+
+    /// (TC verdict, mark) of a packet arriving on `ifindex`.
+    fn tc(&self, pkt: &[u8], ifindex: u32) -> (u32, u32) {
+        let fd = self.d.program_fd(program::TC_MARK).unwrap();
+        let ctx = SkBuffCtx { ingress_ifindex: ifindex, ..Default::default() };
+        let (r, out) = testrun::tc(&fd, pkt, ctx).unwrap_or_else(|e| panic!("test run of {} bytes {pkt:02x?}: {e}", pkt.len()));
+        (r.retval, out.mark)
+    }
+
+    /// (dropped, steered) for any packet: through TC where the kernel's skb test harness
+    /// accepts the packet, otherwise (it refuses truncated IP headers) through XDP and the
+    /// counters.
+    fn verdict(&self, pkt: &[u8]) -> (bool, bool) {
+        let fd = self.d.program_fd(program::TC_MARK).unwrap();
+        let ctx = SkBuffCtx { ingress_ifindex: LO, ..Default::default() };
+        match testrun::tc(&fd, pkt, ctx) {
+            Ok((r, out)) => (r.retval == TC_ACT_SHOT, out.mark != 0),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                let before = self.d.counters().unwrap().total(verdict::STEERED);
+                let ret = self.xdp(pkt);
+                let after = self.d.counters().unwrap().total(verdict::STEERED);
+                (ret == XDP_DROP, after > before)
+            }
+            Err(e) => panic!("test run of {pkt:02x?}: {e}"),
+        }
+    }
+
+    fn xdp(&self, pkt: &[u8]) -> u32 {
+        let fd = self.d.program_fd(program::XDP_CLASSIFY).unwrap();
+        testrun::xdp(&fd, pkt, 1).expect("test run").retval
+    }
+}
+
+/// The same tables as plain maps, for the host-side model of the classifier.
+struct Model(HashMap<(u32, u16), u32>, HashMap<(u32, [u8; 16]), u32>, HashMap<(u32, u16), ()>);
+
+impl Model {
+    fn new(s: &TargetSet) -> Self {
+        let mut ing = HashMap::new();
+        for v in &s.vnets {
+            for i in &v.ingress {
+                ing.insert((LO, i.vlan.unwrap_or(0)), v.id as u32);
+            }
+        }
+        let mut tg = HashMap::new();
+        let mut ports = HashMap::new();
+        for (n, a) in s.addrs.iter().enumerate() {
+            let id = n as u32 + 1;
+            let a16 = match a.addr {
+                IpAddr::V4(v) => v4_mapped(v.octets()),
+                IpAddr::V6(v) => v.octets(),
+            };
+            tg.insert((a.vnet as u32, a16), id);
+            for p in &a.ports {
+                ports.insert((id, *p), ());
+            }
+        }
+        Self(ing, tg, ports)
+    }
+}
+
+impl Tables for Model {
+    fn vnet(&self, ifindex: u32, vlan: u16) -> Option<u32> {
+        self.0.get(&(ifindex, vlan)).copied()
+    }
+    fn target(&self, vnet: u32, addr: [u8; 16]) -> Option<u32> {
+        self.1.get(&(vnet, addr)).copied()
+    }
+    fn protected(&self, target: u32, port: u16) -> bool {
+        self.2.contains_key(&(target, port))
+    }
+}
+
+fn model_verdict(m: &Model, pkt: &[u8]) -> parse::Outcome {
+    let p = Packet { start: pkt.as_ptr() as usize, end: pkt.as_ptr() as usize + pkt.len() };
+    parse::classify(&p, LO, 0, m)
+}
+
+#[test]
+fn ipv4_protected_port_is_marked_with_its_vnet() {
+    let Some(k) = Kernel::new() else { return };
+    let pkt = Frame::tcp("198.18.10.10", 22).build();
+    assert_eq!(k.tc(&pkt, LO), (TC_ACT_OK, MARK_STEER | 1));
+    assert_eq!(k.xdp(&pkt), XDP_PASS);
+    let c = k.d.counters().unwrap();
+    assert_eq!(c.total(verdict::STEERED), 2, "one TC + one XDP run: {c:?}");
+}
+
+#[test]
+fn other_ports_other_addresses_and_other_interfaces_are_untouched() {
+    let Some(k) = Kernel::new() else { return };
+    assert_eq!(k.tc(&Frame::tcp("198.18.10.10", 80).build(), LO), (TC_ACT_OK, 0));
+    assert_eq!(k.tc(&Frame::tcp("198.18.10.11", 22).build(), LO), (TC_ACT_OK, 0));
+    assert_eq!(k.tc(&Frame::tcp("198.18.10.10", 22).build(), 999), (TC_ACT_OK, 0));
+    let mut udp = Frame::tcp("198.18.10.10", 22);
+    udp.proto = 17;
+    assert_eq!(k.tc(&udp.build(), LO), (TC_ACT_OK, 0));
+    let c = k.d.counters().unwrap();
+    assert_eq!(c.total(verdict::OTHER_PORT), 1);
+    assert_eq!(c.total(verdict::NO_TARGET), 1);
+    assert_eq!(c.total(verdict::NOT_INGRESS), 1);
+    assert_eq!(c.total(verdict::NOT_TCP), 1);
+}
+
+#[test]
+fn ipv6_with_extension_headers() {
+    let Some(k) = Kernel::new() else { return };
+    assert_eq!(k.tc(&Frame::tcp("2001:db8:10::10", 22).build(), LO), (TC_ACT_OK, MARK_STEER | 1));
+    let mut f = Frame::tcp("2001:db8:10::10", 22);
+    f.v6_ext = vec![0, 60, 43, 51];
+    assert_eq!(k.tc(&f.build(), LO), (TC_ACT_OK, MARK_STEER | 1));
+    f.dport = 80;
+    assert_eq!(k.tc(&f.build(), LO), (TC_ACT_OK, 0));
+    // A fragment of a flow to a target cannot be vouched for: dropped, never forwarded.
+    let mut frag = Frame::tcp("2001:db8:10::10", 22);
+    frag.v6_ext = vec![44];
+    assert_eq!(k.tc(&frag.build(), LO).0, TC_ACT_SHOT);
+    assert_eq!(k.xdp(&frag.build()), XDP_DROP);
+    // Too many extension headers: dropped.
+    let mut long = Frame::tcp("2001:db8:10::10", 22);
+    long.v6_ext = vec![60; 7];
+    assert_eq!(k.tc(&long.build(), LO).0, TC_ACT_SHOT);
+}
+
+#[test]
+fn ipv4_options_and_fragments() {
+    let Some(k) = Kernel::new() else { return };
+    for opt in [4, 8, 20, 40] {
+        let mut f = Frame::tcp("198.18.10.10", 22);
+        f.v4_options = opt;
+        assert_eq!(k.tc(&f.build(), LO), (TC_ACT_OK, MARK_STEER | 1), "{opt} option bytes");
+    }
+    let mut f = Frame::tcp("198.18.10.10", 22);
+    f.more_fragments = true;
+    assert_eq!(k.tc(&f.build(), LO).0, TC_ACT_SHOT);
+    assert_eq!(k.xdp(&f.build()), XDP_DROP);
+}
+
+#[test]
+fn vlan_tags_select_the_vnet() {
+    let Some(k) = Kernel::new() else { return };
+    // VLAN 100 on lo is vnet "lab", where 198.18.10.10 protects 2222, not 22.
+    assert_eq!(k.tc(&Frame::tcp("198.18.10.10", 2222).vlan(100).build(), LO), (TC_ACT_OK, MARK_STEER | 2));
+    assert_eq!(k.tc(&Frame::tcp("198.18.10.10", 22).vlan(100).build(), LO), (TC_ACT_OK, 0));
+    // Untagged: vnet "corp".
+    assert_eq!(k.tc(&Frame::tcp("198.18.10.10", 2222).build(), LO), (TC_ACT_OK, 0));
+    // Unknown VLAN: not an ingress of any vnet.
+    assert_eq!(k.tc(&Frame::tcp("198.18.10.10", 22).vlan(200).build(), LO), (TC_ACT_OK, 0));
+    // 802.1ad outer tag + 802.1Q inner tag: the inner one names the network.
+    let mut qinq = Frame::tcp("198.18.10.10", 2222);
+    qinq.tags = vec![(0x88a8, 7), (0x8100, 100)];
+    assert_eq!(k.tc(&qinq.build(), LO), (TC_ACT_OK, MARK_STEER | 2));
+    assert_eq!(k.xdp(&qinq.build()), XDP_PASS);
+}
+
+fn well_formed() -> Vec<Frame> {
+    let mut v = vec![
+        Frame::tcp("198.18.10.10", 22),
+        Frame::tcp("198.18.10.10", 80),
+        Frame::tcp("2001:db8:10::10", 22),
+        Frame::tcp("198.18.10.10", 2222).vlan(100),
+        Frame::tcp("198.18.99.1", 22),
+    ];
+    let mut o = Frame::tcp("198.18.10.10", 22);
+    o.v4_options = 12;
+    v.push(o);
+    let mut e = Frame::tcp("2001:db8:10::10", 22);
+    e.v6_ext = vec![0, 60];
+    v.push(e);
+    v
+}
+
+#[test]
+fn truncated_packets_are_never_steered_and_never_forwarded_to_a_target() {
+    let Some(k) = Kernel::new() else { return };
+    let m = Model::new(&set());
+    for f in well_formed() {
+        let full = f.build();
+        let base = k.tc(&full, LO);
+        // The kernel refuses test runs of a bare 14-byte Ethernet header.
+        for len in 15..full.len() {
+            let cut = &full[..len];
+            let (dropped, steered) = k.verdict(cut);
+            assert!(!steered, "{f:?} cut to {len} was steered");
+            let expect = model_verdict(&m, cut);
+            assert_eq!(dropped, expect.verdict == verdict::DROPPED, "{f:?} cut to {len}: model {expect:?}");
+            // Once the packet is known to go to a target, a cut TCP header is dropped.
+            if expect.target != 0 && expect.verdict != verdict::NOT_TCP {
+                assert!(dropped, "{f:?} cut to {len} would be forwarded to a target");
+            }
+        }
+        // Payload bytes never change the verdict.
+        let mut g = f.clone();
+        g.payload = 1000;
+        assert_eq!(k.tc(&g.build(), LO), base, "{f:?} with payload");
+    }
+}
+
+#[test]
+fn random_mutations_agree_with_the_model() {
+    let Some(k) = Kernel::new() else { return };
+    let m = Model::new(&set());
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let bases: Vec<Vec<u8>> = well_formed().iter().map(Frame::build).collect();
+    let mut steered = 0;
+    for i in 0..20_000 {
+        let mut pkt = if i % 4 == 0 {
+            // Pure noise.
+            let len = 15 + rng.below(120) as usize;
+            (0..len).map(|_| rng.next() as u8).collect()
+        } else {
+            bases[rng.below(bases.len() as u64) as usize].clone()
+        };
+        for _ in 0..=rng.below(4) {
+            let at = rng.below(pkt.len().min(80) as u64) as usize;
+            pkt[at] = rng.next() as u8;
+        }
+        if rng.below(3) == 0 {
+            let len = 15 + rng.below((pkt.len() - 14) as u64) as usize;
+            pkt.truncate(len);
+        }
+        let (dropped, is_steered) = k.verdict(&pkt);
+        let expect = model_verdict(&m, &pkt);
+        assert_eq!(is_steered, expect.mark != 0, "packet {pkt:02x?}: model {expect:?}");
+        assert_eq!(dropped, expect.verdict == verdict::DROPPED, "packet {pkt:02x?}: model {expect:?}");
+        if is_steered {
+            steered += 1;
+        }
+    }
+    assert!(steered > 100, "mutations should keep many packets steerable: {steered}");
+}

@@ -1,0 +1,241 @@
+//! The kernel dataplane: one owner for the BPF programs, their pinned maps and links, the
+//! policy-routing rules and the sysctls they need. Nothing else touches the maps.
+//!
+//! Everything is pinned under `<bpffs>/portcullis/<instance>/` and left in place when the
+//! daemon exits or dies, so protected ports stay closed (fail closed) until the next daemon
+//! registers its sockets; only [`down`] removes it.
+
+mod error;
+mod links;
+mod lock;
+mod maps;
+mod preflight;
+mod routing;
+mod state;
+mod sysctl;
+pub mod testrun;
+
+use std::{
+    fs,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+};
+
+use aya::{Ebpf, EbpfLoader};
+pub use error::DataplaneError;
+pub use lock::InstanceLock;
+pub use maps::Counters;
+use portcullis_common::{SOCKET_V4, SOCKET_V6};
+pub use state::StateEntry;
+
+use crate::{config::DataplaneConfig, targets::TargetSet};
+
+/// The BPF object embedded at build time (empty if it was not built).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portcullis.bpf.o"));
+
+/// The BPF object, or an error that says how to build it.
+pub fn object() -> Result<&'static [u8], DataplaneError> {
+    if OBJECT.is_empty() {
+        Err(DataplaneError::NoObject)
+    } else {
+        Ok(OBJECT)
+    }
+}
+
+/// Where an instance keeps its pins and state.
+#[derive(Clone, Debug)]
+pub struct Paths {
+    pub root: PathBuf,
+    pub maps: PathBuf,
+    pub links: PathBuf,
+    pub state: PathBuf,
+}
+
+impl Paths {
+    pub fn new(cfg: &DataplaneConfig) -> Self {
+        let root = cfg.bpffs.join("portcullis").join(&cfg.instance);
+        Self {
+            maps: root.join("maps"),
+            links: root.join("links"),
+            root,
+            state: cfg.state_dir.join(&cfg.instance),
+        }
+    }
+}
+
+/// A running dataplane. Dropping it leaves everything installed (fail closed).
+pub struct Dataplane {
+    // Keeps the programs loaded until their links are pinned; links outlive it.
+    _ebpf: Ebpf,
+    maps: maps::Maps,
+    cfg: DataplaneConfig,
+    paths: Paths,
+    _lock: InstanceLock,
+}
+
+impl Dataplane {
+    /// Installs (or takes over) the dataplane for `set`. Checks everything it can before it
+    /// changes anything; if a fresh install fails halfway it is rolled back.
+    pub async fn up(cfg: &DataplaneConfig, set: &TargetSet) -> Result<Self, DataplaneError> {
+        let object = object()?;
+        preflight::check_kernel()?;
+        preflight::check_bpffs(&cfg.bpffs)?;
+        preflight::resolve_interfaces(set)?;
+        let paths = Paths::new(cfg);
+        let lock = InstanceLock::acquire(&paths.state)?;
+        let fresh = !paths.root.exists();
+        match Self::install(object, cfg, &paths, set, lock).await {
+            Ok(dp) => Ok(dp),
+            Err(e) => {
+                if fresh {
+                    tracing::warn!(error = %e, "install failed; removing what was installed");
+                    if let Err(undo) = teardown(cfg, &paths).await {
+                        tracing::error!(error = %undo, "rollback incomplete");
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn install(
+        object: &[u8],
+        cfg: &DataplaneConfig,
+        paths: &Paths,
+        set: &TargetSet,
+        lock: InstanceLock,
+    ) -> Result<Self, DataplaneError> {
+        for dir in [&paths.maps, &paths.links] {
+            fs::create_dir_all(dir).map_err(|e| DataplaneError::io(format!("create {}", dir.display()), e))?;
+        }
+        let mut ebpf = load(object, &paths.maps)?;
+        let maps = maps::Maps::take(&mut ebpf)?;
+        let mut dp = Self {
+            _ebpf: ebpf,
+            maps,
+            cfg: cfg.clone(),
+            paths: paths.clone(),
+            _lock: lock,
+        };
+        sysctl::apply(&paths.state)?;
+        routing::install(cfg).await?;
+        dp.sync_maps(set)?;
+        links::attach(&mut dp._ebpf, cfg, paths, set)?;
+        Ok(dp)
+    }
+
+    /// Applies a new target set (reload): maps first, in an order that never leaves a
+    /// protected port unprotected, then links for interfaces that came or went.
+    pub fn apply(&mut self, set: &TargetSet) -> Result<(), DataplaneError> {
+        preflight::resolve_interfaces(set)?;
+        self.sync_maps(set)?;
+        links::attach(&mut self._ebpf, &self.cfg, &self.paths, set)
+    }
+
+    fn sync_maps(&mut self, set: &TargetSet) -> Result<(), DataplaneError> {
+        let entries = self.maps.sync(set)?;
+        state::write(&self.paths.state, &entries)
+    }
+
+    /// Registers the proxy's listening sockets: from now on steered flows land on them.
+    pub fn register_listeners(
+        &mut self,
+        v4: &impl AsRawFd,
+        v6: Option<&impl AsRawFd>,
+    ) -> Result<(), DataplaneError> {
+        self.maps.set_socket(SOCKET_V4, v4)?;
+        if let Some(v6) = v6 {
+            self.maps.set_socket(SOCKET_V6, v6)?;
+        }
+        Ok(())
+    }
+
+    pub fn counters(&self) -> Result<Counters, DataplaneError> {
+        self.maps.counters()
+    }
+
+    pub fn paths(&self) -> &Paths {
+        &self.paths
+    }
+}
+
+/// Loads the object, reusing maps already pinned in `maps_dir`.
+fn load(object: &[u8], maps_dir: &Path) -> Result<Ebpf, DataplaneError> {
+    EbpfLoader::new()
+        .default_map_pin_directory(maps_dir)
+        .load(object)
+        .map_err(DataplaneError::Load)
+}
+
+/// Removes an instance's dataplane: links (detaching the programs), routing rules, maps,
+/// sysctls and state. Refuses while a daemon holds the instance.
+pub async fn down(cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
+    let paths = Paths::new(cfg);
+    let _lock = InstanceLock::acquire(&paths.state)?;
+    teardown(cfg, &paths).await
+}
+
+async fn teardown(cfg: &DataplaneConfig, paths: &Paths) -> Result<(), DataplaneError> {
+    links::remove_all(paths)?;
+    routing::remove(cfg).await?;
+    sysctl::restore(&paths.state)?;
+    if paths.root.exists() {
+        fs::remove_dir_all(&paths.root).map_err(|e| DataplaneError::io(format!("remove {}", paths.root.display()), e))?;
+    }
+    state::remove(&paths.state)?;
+    Ok(())
+}
+
+/// Reads the counters of an installed instance from its pins (for `portcullis stats`).
+pub fn read_stats(cfg: &DataplaneConfig) -> Result<(Counters, Vec<StateEntry>), DataplaneError> {
+    let paths = Paths::new(cfg);
+    let entries = state::read(&paths.state)?;
+    let counters = maps::counters_from_pin(&paths.maps, entries.iter().map(|e| e.id))?;
+    Ok((counters, entries))
+}
+
+/// The programs and maps loaded but attached nowhere, with maps pinned in a private
+/// directory that is removed on drop: for `BPF_PROG_TEST_RUN` tests and benchmarks.
+pub struct Detached {
+    ebpf: Ebpf,
+    maps: maps::Maps,
+    dir: PathBuf,
+}
+
+impl Detached {
+    /// `dir` must be on a bpffs and must not exist yet.
+    pub fn load(dir: &Path) -> Result<Self, DataplaneError> {
+        let object = object()?;
+        fs::create_dir_all(dir).map_err(|e| DataplaneError::io(format!("create {}", dir.display()), e))?;
+        let mut ebpf = load(object, dir)?;
+        let maps = maps::Maps::take(&mut ebpf)?;
+        let mut me = Self { ebpf, maps, dir: dir.to_owned() };
+        links::load_programs(&mut me.ebpf)?;
+        Ok(me)
+    }
+
+    pub fn apply(&mut self, set: &TargetSet) -> Result<Vec<StateEntry>, DataplaneError> {
+        self.maps.sync(set)
+    }
+
+    pub fn counters(&self) -> Result<Counters, DataplaneError> {
+        self.maps.counters()
+    }
+
+    /// The file descriptor of a loaded program, by name (`portcullis_common::program`).
+    pub fn program_fd(&self, name: &str) -> Result<std::os::fd::BorrowedFd<'_>, DataplaneError> {
+        use std::os::fd::AsFd;
+        let p = self
+            .ebpf
+            .program(name)
+            .ok_or_else(|| DataplaneError::Capacity(format!("the BPF object has no program {name}")))?;
+        let fd = p.fd().map_err(DataplaneError::program(format!("program {name}")))?;
+        Ok(fd.as_fd())
+    }
+}
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}

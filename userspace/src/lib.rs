@@ -1,0 +1,17 @@
+//! portcullis: a gateway that steers SSH flows to protected targets into a policy-checking,
+//! recording proxy.
+//!
+//! Layout, each module with one job:
+//! - [`config`]: the operator's TOML, validated with file:line:column errors.
+//! - [`targets`]: the typed set of vnets and protected (vnet, address, port) triples.
+//! - [`dataplane`]: the eBPF programs, pinned maps and links, policy routing, sysctls.
+//! - [`steer`]: the proxy's listeners and what an accepted connection tells us.
+//! - [`audit`]: JSON-lines audit events.
+//! - [`daemon`]: ties them together for `portcullis run`.
+
+pub mod audit;
+pub mod config;
+pub mod daemon;
+pub mod dataplane;
+pub mod steer;
+pub mod targets;
