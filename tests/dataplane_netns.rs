@@ -1,1 +1,214 @@
+//! End to end through the kernel: the client → gateway → target topology in network
+//! namespaces, the real daemon with its eBPF dataplane, TCP flows from the clients.
+//! Needs root; `cargo xtask test` runs it.
 
+mod support;
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Output,
+};
+
+use portcullis_testbed::{fetch, Daemon, Server, Topology};
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// A topology, a config for it, and cleanup of the instance's pins and state.
+struct Bed {
+    topo: Topology,
+    dir: PathBuf,
+    config: PathBuf,
+    instance: String,
+}
+
+impl Bed {
+    fn new() -> Option<Self> {
+        if !support::privileged() {
+            return None;
+        }
+        let topo = Topology::build();
+        let instance = portcullis_testbed::unique("t");
+        let dir = std::env::temp_dir().join(format!("portcullis-{instance}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("portcullis.toml");
+        std::fs::write(&config, topo.config(&dir.join("state"), &instance)).unwrap();
+        Some(Self { topo, dir, config, instance })
+    }
+
+    fn daemon(&self) -> Daemon {
+        let mut d = Daemon::start(&self.topo.gw, Path::new(BIN), &self.config);
+        d.wait_ready().expect("daemon ready");
+        d
+    }
+
+    fn cli(&self, args: &str) -> Output {
+        // nsenter, not `ip netns exec`: the latter remounts /sys and hides bpffs.
+        self.topo
+            .gw
+            .command(BIN)
+            .args(args.split_whitespace())
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .expect("run portcullis")
+    }
+
+    fn pins(&self) -> PathBuf {
+        Path::new("/sys/fs/bpf/portcullis").join(&self.instance)
+    }
+
+    fn gw_rules(&self) -> String {
+        let o = self.topo.gw.exec("ip rule; ip -6 rule");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        let _ = self.cli("down");
+        let _ = std::fs::remove_dir_all(self.pins());
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn refused_by_proxy(out: &str, target: &str, dst: &str) {
+    assert!(
+        out.contains(&format!("portcullis: {target} {dst} refused")),
+        "expected the proxy to answer for {target} {dst}, got {out:?}"
+    );
+}
+
+#[test]
+fn steers_protected_flows_and_forwards_the_rest() {
+    let Some(bed) = Bed::new() else { return };
+    let t = &bed.topo;
+    let t1_22 = Server::start(&t.target, sa("198.18.10.10:22"), "t1:22");
+    let _t1_80 = Server::start(&t.target, sa("198.18.10.10:80"), "t1:80");
+    let t2_22 = Server::start(&t.target2, sa("198.18.10.10:22"), "t2:22");
+    let _t2_80 = Server::start(&t.target2, sa("198.18.10.10:80"), "t2:80");
+    let t1v6_22 = Server::start(&t.target, sa("[2001:db8:10::10]:22"), "t1v6:22");
+    let _t1v6_80 = Server::start(&t.target, sa("[2001:db8:10::10]:80"), "t1v6:80");
+    let d = bed.daemon();
+
+    // vnet corp: the protected port lands on the proxy with its original destination.
+    let out = fetch(&t.client, sa("198.18.10.10:22")).unwrap();
+    refused_by_proxy(&out, "web-01", "198.18.10.10:22");
+    let ev = d.wait_event(&["\"connect\"", "198.18.1.2"]).expect("connect event");
+    assert!(ev.contains("\"vnet\":\"corp\"") && ev.contains("\"target\":\"web-01\""), "{ev}");
+    assert!(ev.contains("\"target_addr\":\"198.18.10.10:22\""), "{ev}");
+    // Another port of the same target is forwarded untouched.
+    assert_eq!(fetch(&t.client, sa("198.18.10.10:80")).unwrap(), "t1:80\n");
+
+    // vnet lab: same address, told apart by the vnet.
+    let out = fetch(&t.client2, sa("198.18.10.10:22")).unwrap();
+    refused_by_proxy(&out, "lab-01", "198.18.10.10:22");
+    let ev = d.wait_event(&["\"connect\"", "198.18.2.2"]).expect("connect event");
+    assert!(ev.contains("\"vnet\":\"lab\"") && ev.contains("\"target\":\"lab-01\""), "{ev}");
+    assert_eq!(fetch(&t.client2, sa("198.18.10.10:80")).unwrap(), "t2:80\n");
+
+    // IPv6.
+    let out = fetch(&t.client, sa("[2001:db8:10::10]:22")).unwrap();
+    refused_by_proxy(&out, "web-01", "[2001:db8:10::10]:22");
+    assert!(d.wait_event(&["\"connect\"", "2001:db8:1::2", "\"vnet\":\"corp\""]).is_some());
+    assert_eq!(fetch(&t.client, sa("[2001:db8:10::10]:80")).unwrap(), "t1v6:80\n");
+
+    // The gateway's own connection to a protected port is not captured.
+    assert_eq!(fetch(&t.gw, sa("198.18.10.10:22")).unwrap(), "t1:22\n");
+    assert_eq!(t1_22.hits(), 1, "only the gateway's own connection reached the target");
+    assert_eq!(t2_22.hits(), 0);
+    assert_eq!(t1v6_22.hits(), 0);
+
+    // Counters from the pinned maps.
+    let stats = bed.cli("stats --json");
+    assert!(stats.status.success(), "{}", String::from_utf8_lossy(&stats.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert!(v["corp.web-01.198.18.10.10.steered"].as_u64().unwrap() >= 3, "{v}");
+    assert!(v["lab.lab-01.198.18.10.10.steered"].as_u64().unwrap() >= 3, "{v}");
+    assert!(v["corp.web-01.198.18.10.10.other_port"].as_u64().unwrap() >= 3, "{v}");
+}
+
+#[test]
+fn fail_closed_when_killed_restarted_stopped_and_only_open_after_down() {
+    let Some(bed) = Bed::new() else { return };
+    let t = &bed.topo;
+    let t1_22 = Server::start(&t.target, sa("198.18.10.10:22"), "t1:22");
+    let _t1_80 = Server::start(&t.target, sa("198.18.10.10:80"), "t1:80");
+
+    let mut d = bed.daemon();
+    refused_by_proxy(&fetch(&t.client, sa("198.18.10.10:22")).unwrap(), "web-01", "198.18.10.10:22");
+
+    // Killed: the protected port is refused, never forwarded; other ports still work.
+    d.kill9();
+    let r = fetch(&t.client, sa("198.18.10.10:22"));
+    assert!(r.is_err() || r.as_ref().unwrap().is_empty(), "no bypass while dead: {r:?}");
+    assert_eq!(t1_22.hits(), 0);
+    assert_eq!(fetch(&t.client, sa("198.18.10.10:80")).unwrap(), "t1:80\n");
+
+    // Second line: even with the steering rule flushed, marked packets never leave towards
+    // the target.
+    t.gw.exec("ip rule del pref 90; ip -6 rule del pref 90");
+    let r = fetch(&t.client, sa("198.18.10.10:22"));
+    assert!(r.is_err(), "flushed rule must not open a bypass: {r:?}");
+    assert_eq!(t1_22.hits(), 0);
+
+    // Restart: takes over the pinned dataplane, restores the rule, serves again.
+    let mut d = bed.daemon();
+    assert!(bed.gw_rules().contains("0x80000000"), "{}", bed.gw_rules());
+    refused_by_proxy(&fetch(&t.client, sa("198.18.10.10:22")).unwrap(), "web-01", "198.18.10.10:22");
+
+    // Clean stop: still closed.
+    assert!(d.stop().success());
+    let r = fetch(&t.client, sa("198.18.10.10:22"));
+    assert!(r.is_err() || r.as_ref().unwrap().is_empty(), "no bypass after stop: {r:?}");
+    assert_eq!(t1_22.hits(), 0);
+
+    // `down` removes everything; only then does the port answer directly.
+    let o = bed.cli("down");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!bed.gw_rules().contains("0x80000000"), "{}", bed.gw_rules());
+    assert!(!bed.pins().exists());
+    assert_eq!(fetch(&t.client, sa("198.18.10.10:22")).unwrap(), "t1:22\n");
+}
+
+#[test]
+fn second_daemon_and_bad_environments_are_refused_and_leave_no_trace() {
+    let Some(bed) = Bed::new() else { return };
+    let t = &bed.topo;
+    let mut d = bed.daemon();
+
+    let mut second = Daemon::start(&t.gw, Path::new(BIN), &bed.config);
+    assert!(!second.wait_exit().success());
+    let err = second.stderr().join("\n");
+    assert!(err.contains("another portcullis daemon"), "{err}");
+    assert!(err.contains(&d.pid().to_string()), "names the running pid: {err}");
+    drop(second);
+    d.stop();
+    assert!(bed.cli("down").status.success());
+
+    // An interface that does not exist: one clear line, nothing installed.
+    let text = std::fs::read_to_string(&bed.config).unwrap().replace("\"cl2\"", "\"nope0\"");
+    std::fs::write(&bed.config, text).unwrap();
+    let mut bad = Daemon::start(&t.gw, Path::new(BIN), &bed.config);
+    assert!(!bad.wait_exit().success());
+    let err = bad.stderr().join("\n");
+    assert!(err.contains("interface \"nope0\" of vnet \"lab\" does not exist"), "{err}");
+    assert!(!bed.pins().exists(), "nothing pinned");
+    assert!(!bed.gw_rules().contains("0x80000000"), "no rule installed");
+
+    // No bpffs at the configured place.
+    let text = std::fs::read_to_string(&bed.config)
+        .unwrap()
+        .replace("\"nope0\"", "\"cl2\"")
+        .replace("[dataplane]\n", "[dataplane]\nbpffs = \"/tmp\"\n");
+    std::fs::write(&bed.config, text).unwrap();
+    let mut bad = Daemon::start(&t.gw, Path::new(BIN), &bed.config);
+    assert!(!bad.wait_exit().success());
+    let err = bad.stderr().join("\n");
+    assert!(err.contains("no BPF filesystem is mounted at /tmp"), "{err}");
+    assert!(!bed.gw_rules().contains("0x80000000"));
+}

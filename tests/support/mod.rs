@@ -1,7 +1,7 @@
 //! Helpers shared by the privileged integration tests.
 #![allow(dead_code)]
 
-pub mod netns;
+
 pub mod packet;
 
 /// Privileged tests need root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN) and a mounted bpffs;

@@ -221,6 +221,9 @@ fn validate(c: &Config) -> Result<TargetSet, Invalid> {
             ),
         ));
     }
+    if !(2..32766).contains(&d.rule_priority) {
+        return Err((0..0, format!("dataplane.rule_priority {}: expected 2..32765 (before the main table)", d.rule_priority)));
+    }
     if d.route_table == 0 || (253..=255).contains(&d.route_table) {
         return Err((
             0..0,

@@ -9,7 +9,7 @@ use std::{
 };
 
 use portcullis_common::{MARK_STEER, MARK_VNET_MASK};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 /// One listener per address family; they are bound to loopback on ephemeral ports because
 /// only sk_lookup hands them connections.
@@ -20,8 +20,8 @@ pub struct Listeners {
 
 impl Listeners {
     pub async fn bind() -> io::Result<Self> {
-        let v4 = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
-        let v6 = match TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).await {
+        let v4 = transparent_listener(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
+        let v6 = match transparent_listener(SocketAddr::from((Ipv6Addr::LOCALHOST, 0))) {
             Ok(l) => Some(l),
             Err(e) => {
                 tracing::warn!(error = %e, "no IPv6 loopback: IPv6 targets cannot be steered");
@@ -30,6 +30,33 @@ impl Listeners {
         };
         Ok(Self { v4, v6 })
     }
+}
+
+/// A listener with IP_TRANSPARENT: it answers for destination addresses that are not the
+/// gateway's own (the target's), which the kernel otherwise refuses as a reply source.
+fn transparent_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let (sock, level, opt) = match addr {
+        SocketAddr::V4(_) => (TcpSocket::new_v4()?, libc::SOL_IP, libc::IP_TRANSPARENT),
+        SocketAddr::V6(_) => (TcpSocket::new_v6()?, libc::SOL_IPV6, libc::IPV6_TRANSPARENT),
+    };
+    let one: libc::c_int = 1;
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            opt,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::other(format!(
+            "set IP_TRANSPARENT on the proxy listener (needs CAP_NET_ADMIN): {}",
+            io::Error::last_os_error()
+        )));
+    }
+    sock.bind(addr)?;
+    sock.listen(4096)
 }
 
 /// An accepted connection and where it was going.

@@ -170,6 +170,7 @@ fn load(object: &[u8], maps_dir: &Path) -> Result<Ebpf, DataplaneError> {
 /// Removes an instance's dataplane: links (detaching the programs), routing rules, maps,
 /// sysctls and state. Refuses while a daemon holds the instance.
 pub async fn down(cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
+    preflight::check_bpffs(&cfg.bpffs)?;
     let paths = Paths::new(cfg);
     let _lock = InstanceLock::acquire(&paths.state)?;
     teardown(cfg, &paths).await
@@ -188,6 +189,7 @@ async fn teardown(cfg: &DataplaneConfig, paths: &Paths) -> Result<(), DataplaneE
 
 /// Reads the counters of an installed instance from its pins (for `portcullis stats`).
 pub fn read_stats(cfg: &DataplaneConfig) -> Result<(Counters, Vec<StateEntry>), DataplaneError> {
+    preflight::check_bpffs(&cfg.bpffs)?;
     let paths = Paths::new(cfg);
     let entries = state::read(&paths.state)?;
     let counters = maps::counters_from_pin(&paths.maps, entries.iter().map(|e| e.id))?;

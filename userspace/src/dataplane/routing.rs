@@ -1,8 +1,14 @@
 //! Policy routing over netlink: packets carrying the steering mark are looked up in our
 //! table, whose only route delivers everything locally, where sk_lookup picks the proxy.
 //!
-//! `ip rule add fwmark 0x80000000/0x80000000 lookup T pref P` and
-//! `ip route add local default dev lo table T`, for IPv4 and IPv6.
+//! ```text
+//! ip rule add iif lo fwmark 0x80000000/0x80000000 lookup main pref P-1
+//! ip rule add fwmark 0x80000000/0x80000000 lookup T pref P
+//! ip route add local default dev lo table T
+//! ```
+//! for IPv4 and IPv6. The accepted socket inherits the SYN's mark (that is how the proxy
+//! learns the vnet), so its replies carry it too: the first rule sends locally generated
+//! marked packets to the main table instead of back into the local route.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -30,46 +36,68 @@ fn connect() -> Result<Handle, DataplaneError> {
     Ok(handle)
 }
 
-fn is_ours(r: &RuleMessage, cfg: &DataplaneConfig) -> bool {
-    let mut mark = false;
-    let mut prio = false;
-    let mut table = r.header.table as u32 == cfg.route_table;
-    for a in &r.attributes {
-        match a {
-            RuleAttribute::FwMark(m) if *m == MARK_STEER => mark = true,
-            RuleAttribute::Priority(p) if *p == cfg.rule_priority => prio = true,
-            RuleAttribute::Table(t) if *t == cfg.route_table => table = true,
-            _ => {}
-        }
-    }
-    mark && prio && table
+/// One of our two rules: its priority, table, and whether it matches only local traffic.
+struct RuleSpec {
+    priority: u32,
+    table: u32,
+    local_only: bool,
 }
 
-async fn our_rules(handle: &Handle, cfg: &DataplaneConfig, v: IpVersion) -> Result<Vec<RuleMessage>, DataplaneError> {
-    let rules: Vec<RuleMessage> = handle.rule().get(v).execute().try_collect().await.map_err(nl("list rules"))?;
-    Ok(rules.into_iter().filter(|r| is_ours(r, cfg)).collect())
+const RT_TABLE_MAIN: u32 = 254;
+
+fn specs(cfg: &DataplaneConfig) -> [RuleSpec; 2] {
+    [
+        RuleSpec { priority: cfg.rule_priority - 1, table: RT_TABLE_MAIN, local_only: true },
+        RuleSpec { priority: cfg.rule_priority, table: cfg.route_table, local_only: false },
+    ]
+}
+
+fn rule_table(r: &RuleMessage) -> u32 {
+    r.attributes
+        .iter()
+        .find_map(|a| match a {
+            RuleAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(r.header.table as u32)
+}
+
+fn matches(r: &RuleMessage, spec: &RuleSpec) -> bool {
+    let has = |want: &RuleAttribute| r.attributes.iter().any(|a| a == want);
+    has(&RuleAttribute::FwMark(MARK_STEER))
+        && has(&RuleAttribute::Priority(spec.priority))
+        && rule_table(r) == spec.table
+}
+
+async fn rules(handle: &Handle, v: IpVersion) -> Result<Vec<RuleMessage>, DataplaneError> {
+    handle.rule().get(v).execute().try_collect().await.map_err(nl("list rules"))
 }
 
 pub async fn install(cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
     let handle = connect()?;
     let lo = ifindex("lo").ok_or_else(|| DataplaneError::NoInterface { interface: "lo".into(), vnet: "-".into() })?;
     for v in [IpVersion::V4, IpVersion::V6] {
-        if our_rules(&handle, cfg, v.clone()).await?.is_empty() {
-            let req = handle.rule().add().fw_mark(MARK_STEER).table_id(cfg.route_table).priority(cfg.rule_priority).action(RuleAction::ToTable);
-            let mut req = match v {
-                IpVersion::V4 => {
-                    let mut r = req.v4();
-                    r.message_mut().attributes.push(RuleAttribute::FwMask(MARK_STEER));
-                    r.execute().await
-                }
-                IpVersion::V6 => {
-                    let mut r = req.v6();
-                    r.message_mut().attributes.push(RuleAttribute::FwMask(MARK_STEER));
-                    r.execute().await
-                }
+        let existing = rules(&handle, v.clone()).await?;
+        for spec in specs(cfg) {
+            if existing.iter().any(|r| matches(r, &spec)) {
+                continue;
+            }
+            let mut req = handle
+                .rule()
+                .add()
+                .fw_mark(MARK_STEER)
+                .table_id(spec.table)
+                .priority(spec.priority)
+                .action(RuleAction::ToTable);
+            if spec.local_only {
+                req = req.input_interface("lo".into());
+            }
+            req.message_mut().attributes.push(RuleAttribute::FwMask(MARK_STEER));
+            let res = match v {
+                IpVersion::V4 => req.v4().execute().await,
+                IpVersion::V6 => req.v6().execute().await,
             };
-            req = req.map_err(|e| e);
-            req.map_err(nl("add fwmark rule"))?;
+            res.map_err(nl("add fwmark rule"))?;
         }
     }
     let v4 = RouteMessageBuilder::<Ipv4Addr>::new()
@@ -94,8 +122,10 @@ pub async fn install(cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
 pub async fn remove(cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
     let handle = connect()?;
     for v in [IpVersion::V4, IpVersion::V6] {
-        for r in our_rules(&handle, cfg, v).await? {
-            handle.rule().del(r).execute().await.map_err(nl("delete fwmark rule"))?;
+        for r in rules(&handle, v).await? {
+            if specs(cfg).iter().any(|s| matches(&r, s)) {
+                handle.rule().del(r).execute().await.map_err(nl("delete fwmark rule"))?;
+            }
         }
     }
     for family in [AddressFamily::Inet, AddressFamily::Inet6] {

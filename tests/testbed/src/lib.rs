@@ -1,0 +1,26 @@
+//! The test bed shared by the end-to-end tests and `cargo xtask demo`: network namespaces
+//! that are always removed, veth links, the client → gateway → target topology of DESIGN §8,
+//! small TCP servers and clients that run inside a namespace, and a handle on a running
+//! `portcullis` daemon. Built on iproute2 and `setns(2)`: scaffolding, not the product.
+
+mod daemon;
+mod netns;
+mod tcp;
+mod topology;
+
+pub use daemon::Daemon;
+pub use netns::{link, sh, Netns};
+pub use tcp::{fetch, Server};
+pub use topology::Topology;
+
+/// A name unique to this process and call, with a short prefix (netns names are global).
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}{}-{}", std::process::id() % 100_000, N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Whether this process can create namespaces and load BPF (root).
+pub fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}

@@ -1,0 +1,104 @@
+use crate::{link, unique, Netns};
+
+/// DESIGN §8: two client devices in two virtual networks, a gateway, and one target per
+/// vnet. Both targets have the same addresses (198.18.10.10, 2001:db8:10::10), so only the
+/// vnet tells them apart.
+///
+/// ```text
+/// client  (198.18.1.2)  eth0 ── cl1 ┐        ┌ tg1 ── eth0 target  (vnet corp, 198.18.10.10)
+///                                   gw (fwd) ┤
+/// client2 (198.18.2.2)  eth0 ── cl2 ┘        └ tg2 ── eth0 target2 (vnet lab,  198.18.10.10)
+/// ```
+///
+/// The gateway forwards by ingress interface (`iif cl1 → table 101`, `iif cl2 → table 102`),
+/// its own traffic uses corp's target by default, and its upstream connections marked
+/// `0x40000000 | vnet` use the vnet's table.
+pub struct Topology {
+    pub client: Netns,
+    pub client2: Netns,
+    pub gw: Netns,
+    pub target: Netns,
+    pub target2: Netns,
+}
+
+pub const TARGET_V4: &str = "198.18.10.10";
+pub const TARGET_V6: &str = "2001:db8:10::10";
+
+impl Topology {
+    pub fn build() -> Self {
+        let p = unique("pc");
+        let t = Self {
+            client: Netns::new(&format!("{p}-c1")),
+            client2: Netns::new(&format!("{p}-c2")),
+            gw: Netns::new(&format!("{p}-gw")),
+            target: Netns::new(&format!("{p}-t1")),
+            target2: Netns::new(&format!("{p}-t2")),
+        };
+        link(&t.client, "eth0", &["198.18.1.2/24", "2001:db8:1::2/64"], &t.gw, "cl1", &["198.18.1.1/24", "2001:db8:1::1/64"]);
+        link(&t.client2, "eth0", &["198.18.2.2/24", "2001:db8:2::2/64"], &t.gw, "cl2", &["198.18.2.1/24", "2001:db8:2::1/64"]);
+        link(&t.gw, "tg1", &["198.18.101.1/24", "2001:db8:101::1/64"], &t.target, "eth0", &["198.18.101.2/24", "2001:db8:101::2/64"]);
+        link(&t.gw, "tg2", &["198.18.102.1/24", "2001:db8:102::1/64"], &t.target2, "eth0", &["198.18.102.2/24", "2001:db8:102::2/64"]);
+        for (ns, n) in [(&t.client, 1), (&t.client2, 2)] {
+            ns.exec(&format!("ip route add default via 198.18.{n}.1 && ip -6 route add default via 2001:db8:{n}::1"));
+        }
+        for (ns, n) in [(&t.target, 101), (&t.target2, 102)] {
+            ns.exec(&format!(
+                "ip addr add {TARGET_V4}/32 dev eth0 && ip addr add {TARGET_V6}/128 dev eth0 nodad \
+                 && ip route add default via 198.18.{n}.1 && ip -6 route add default via 2001:db8:{n}::1"
+            ));
+        }
+        t.gw.exec("sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1");
+        for (n, cl, vnet) in [(101, "cl1", 1), (102, "cl2", 2)] {
+            t.gw.exec(&format!(
+                "ip route add {TARGET_V4}/32 via 198.18.{n}.2 table {n} \
+                 && ip -6 route add {TARGET_V6}/128 via 2001:db8:{n}::2 table {n} \
+                 && ip rule add iif {cl} lookup {n} pref 1000 && ip -6 rule add iif {cl} lookup {n} pref 1000 \
+                 && ip rule add fwmark {m:#x} lookup {n} pref 1001 && ip -6 rule add fwmark {m:#x} lookup {n} pref 1001",
+                m = 0x4000_0000u32 | vnet
+            ));
+        }
+        t.gw.exec(&format!("ip route add {TARGET_V4}/32 via 198.18.101.2 && ip -6 route add {TARGET_V6}/128 via 2001:db8:101::2"));
+        t
+    }
+
+    /// A portcullis configuration for this topology: vnet `corp` (client) and `lab`
+    /// (client2), target `web-01` in corp and `lab-01` in lab, both at the same addresses,
+    /// port 22 protected.
+    pub fn config(&self, state_dir: &std::path::Path, instance: &str) -> String {
+        format!(
+            r#"[dataplane]
+instance = "{instance}"
+state_dir = "{state}"
+
+[[vnet]]
+name = "corp"
+id = 1
+ingress = ["cl1"]
+upstream = ["tg1"]
+
+[[vnet]]
+name = "lab"
+id = 2
+ingress = ["cl2"]
+upstream = ["tg2"]
+
+[[target]]
+hostname = "web-01"
+ipv4 = "{TARGET_V4}"
+ipv6 = "{TARGET_V6}"
+vnet = "corp"
+
+[[target]]
+hostname = "lab-01"
+ipv4 = "{TARGET_V4}"
+ipv6 = "{TARGET_V6}"
+vnet = "lab"
+
+[[application]]
+name = "ssh"
+target = [{{ hostname = "web-01", ports = [22] }}, {{ hostname = "lab-01", ports = [22] }}]
+"#,
+            state = state_dir.display()
+        )
+    }
+}
