@@ -37,7 +37,12 @@ impl Bed {
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("portcullis.toml");
         std::fs::write(&config, topo.config(&dir.join("state"), &instance)).unwrap();
-        Some(Self { topo, dir, config, instance })
+        Some(Self {
+            topo,
+            dir,
+            config,
+            instance,
+        })
     }
 
     fn daemon(&self) -> Daemon {
@@ -98,8 +103,13 @@ fn steers_protected_flows_and_forwards_the_rest() {
     // vnet corp: the protected port lands on the proxy with its original destination.
     let out = fetch(&t.client, sa("198.18.10.10:22")).unwrap();
     refused_by_proxy(&out, "web-01", "198.18.10.10:22");
-    let ev = d.wait_event(&["\"connect\"", "198.18.1.2"]).expect("connect event");
-    assert!(ev.contains("\"vnet\":\"corp\"") && ev.contains("\"target\":\"web-01\""), "{ev}");
+    let ev = d
+        .wait_event(&["\"connect\"", "198.18.1.2"])
+        .expect("connect event");
+    assert!(
+        ev.contains("\"vnet\":\"corp\"") && ev.contains("\"target\":\"web-01\""),
+        "{ev}"
+    );
     assert!(ev.contains("\"target_addr\":\"198.18.10.10:22\""), "{ev}");
     // Another port of the same target is forwarded untouched.
     assert_eq!(fetch(&t.client, sa("198.18.10.10:80")).unwrap(), "t1:80\n");
@@ -107,29 +117,50 @@ fn steers_protected_flows_and_forwards_the_rest() {
     // vnet lab: same address, told apart by the vnet.
     let out = fetch(&t.client2, sa("198.18.10.10:22")).unwrap();
     refused_by_proxy(&out, "lab-01", "198.18.10.10:22");
-    let ev = d.wait_event(&["\"connect\"", "198.18.2.2"]).expect("connect event");
-    assert!(ev.contains("\"vnet\":\"lab\"") && ev.contains("\"target\":\"lab-01\""), "{ev}");
+    let ev = d
+        .wait_event(&["\"connect\"", "198.18.2.2"])
+        .expect("connect event");
+    assert!(
+        ev.contains("\"vnet\":\"lab\"") && ev.contains("\"target\":\"lab-01\""),
+        "{ev}"
+    );
     assert_eq!(fetch(&t.client2, sa("198.18.10.10:80")).unwrap(), "t2:80\n");
 
     // IPv6.
     let out = fetch(&t.client, sa("[2001:db8:10::10]:22")).unwrap();
     refused_by_proxy(&out, "web-01", "[2001:db8:10::10]:22");
-    assert!(d.wait_event(&["\"connect\"", "2001:db8:1::2", "\"vnet\":\"corp\""]).is_some());
+    assert!(d
+        .wait_event(&["\"connect\"", "2001:db8:1::2", "\"vnet\":\"corp\""])
+        .is_some());
     assert_eq!(fetch(&t.client, sa("[2001:db8:10::10]:80")).unwrap(), "t1v6:80\n");
 
     // The gateway's own connection to a protected port is not captured.
     assert_eq!(fetch(&t.gw, sa("198.18.10.10:22")).unwrap(), "t1:22\n");
-    assert_eq!(t1_22.hits(), 1, "only the gateway's own connection reached the target");
+    assert_eq!(
+        t1_22.hits(),
+        1,
+        "only the gateway's own connection reached the target"
+    );
     assert_eq!(t2_22.hits(), 0);
     assert_eq!(t1v6_22.hits(), 0);
 
     // Counters from the pinned maps.
     let stats = bed.cli("stats --json");
-    assert!(stats.status.success(), "{}", String::from_utf8_lossy(&stats.stderr));
+    assert!(
+        stats.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stats.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
-    assert!(v["corp.web-01.198.18.10.10.steered"].as_u64().unwrap() >= 3, "{v}");
+    assert!(
+        v["corp.web-01.198.18.10.10.steered"].as_u64().unwrap() >= 3,
+        "{v}"
+    );
     assert!(v["lab.lab-01.198.18.10.10.steered"].as_u64().unwrap() >= 3, "{v}");
-    assert!(v["corp.web-01.198.18.10.10.other_port"].as_u64().unwrap() >= 3, "{v}");
+    assert!(
+        v["corp.web-01.198.18.10.10.other_port"].as_u64().unwrap() >= 3,
+        "{v}"
+    );
 }
 
 #[test]
@@ -140,12 +171,19 @@ fn fail_closed_when_killed_restarted_stopped_and_only_open_after_down() {
     let _t1_80 = Server::start(&t.target, sa("198.18.10.10:80"), "t1:80");
 
     let mut d = bed.daemon();
-    refused_by_proxy(&fetch(&t.client, sa("198.18.10.10:22")).unwrap(), "web-01", "198.18.10.10:22");
+    refused_by_proxy(
+        &fetch(&t.client, sa("198.18.10.10:22")).unwrap(),
+        "web-01",
+        "198.18.10.10:22",
+    );
 
     // Killed: the protected port is refused, never forwarded; other ports still work.
     d.kill9();
     let r = fetch(&t.client, sa("198.18.10.10:22"));
-    assert!(r.is_err() || r.as_ref().unwrap().is_empty(), "no bypass while dead: {r:?}");
+    assert!(
+        r.is_err() || r.as_ref().unwrap().is_empty(),
+        "no bypass while dead: {r:?}"
+    );
     assert_eq!(t1_22.hits(), 0);
     assert_eq!(fetch(&t.client, sa("198.18.10.10:80")).unwrap(), "t1:80\n");
 
@@ -159,12 +197,19 @@ fn fail_closed_when_killed_restarted_stopped_and_only_open_after_down() {
     // Restart: takes over the pinned dataplane, restores the rule, serves again.
     let mut d = bed.daemon();
     assert!(bed.gw_rules().contains("0x80000000"), "{}", bed.gw_rules());
-    refused_by_proxy(&fetch(&t.client, sa("198.18.10.10:22")).unwrap(), "web-01", "198.18.10.10:22");
+    refused_by_proxy(
+        &fetch(&t.client, sa("198.18.10.10:22")).unwrap(),
+        "web-01",
+        "198.18.10.10:22",
+    );
 
     // Clean stop: still closed.
     assert!(d.stop().success());
     let r = fetch(&t.client, sa("198.18.10.10:22"));
-    assert!(r.is_err() || r.as_ref().unwrap().is_empty(), "no bypass after stop: {r:?}");
+    assert!(
+        r.is_err() || r.as_ref().unwrap().is_empty(),
+        "no bypass after stop: {r:?}"
+    );
     assert_eq!(t1_22.hits(), 0);
 
     // `down` removes everything; only then does the port answer directly.
@@ -191,12 +236,17 @@ fn second_daemon_and_bad_environments_are_refused_and_leave_no_trace() {
     assert!(bed.cli("down").status.success());
 
     // An interface that does not exist: one clear line, nothing installed.
-    let text = std::fs::read_to_string(&bed.config).unwrap().replace("\"cl2\"", "\"nope0\"");
+    let text = std::fs::read_to_string(&bed.config)
+        .unwrap()
+        .replace("\"cl2\"", "\"nope0\"");
     std::fs::write(&bed.config, text).unwrap();
     let mut bad = Daemon::start(&t.gw, Path::new(BIN), &bed.config);
     assert!(!bad.wait_exit().success());
     let err = bad.stderr().join("\n");
-    assert!(err.contains("interface \"nope0\" of vnet \"lab\" does not exist"), "{err}");
+    assert!(
+        err.contains("interface \"nope0\" of vnet \"lab\" does not exist"),
+        "{err}"
+    );
     assert!(!bed.pins().exists(), "nothing pinned");
     assert!(!bed.gw_rules().contains("0x80000000"), "no rule installed");
 

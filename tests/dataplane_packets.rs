@@ -3,11 +3,7 @@
 
 mod support;
 
-use std::{
-    collections::HashMap,
-    net::IpAddr,
-    path::PathBuf,
-};
+use std::{collections::HashMap, net::IpAddr, path::PathBuf};
 
 use portcullis::{
     dataplane::{
@@ -32,7 +28,10 @@ fn set() -> TargetSet {
     let vnet = |name: &str, id, vlan| Vnet {
         name: name.into(),
         id,
-        ingress: vec![Ingress { interface: "lo".into(), vlan }],
+        ingress: vec![Ingress {
+            interface: "lo".into(),
+            vlan,
+        }],
         upstream: vec![],
     };
     let addr = |target: &str, vnet, a: &str, ports: Vec<u16>| TargetAddr {
@@ -73,8 +72,12 @@ impl Kernel {
     /// (TC verdict, mark) of a packet arriving on `ifindex`.
     fn tc(&self, pkt: &[u8], ifindex: u32) -> (u32, u32) {
         let fd = self.d.program_fd(program::TC_MARK).unwrap();
-        let ctx = SkBuffCtx { ingress_ifindex: ifindex, ..Default::default() };
-        let (r, out) = testrun::tc(&fd, pkt, ctx).unwrap_or_else(|e| panic!("test run of {} bytes {pkt:02x?}: {e}", pkt.len()));
+        let ctx = SkBuffCtx {
+            ingress_ifindex: ifindex,
+            ..Default::default()
+        };
+        let (r, out) = testrun::tc(&fd, pkt, ctx)
+            .unwrap_or_else(|e| panic!("test run of {} bytes {pkt:02x?}: {e}", pkt.len()));
         (r.retval, out.mark)
     }
 
@@ -83,7 +86,10 @@ impl Kernel {
     /// counters.
     fn verdict(&self, pkt: &[u8]) -> (bool, bool) {
         let fd = self.d.program_fd(program::TC_MARK).unwrap();
-        let ctx = SkBuffCtx { ingress_ifindex: LO, ..Default::default() };
+        let ctx = SkBuffCtx {
+            ingress_ifindex: LO,
+            ..Default::default()
+        };
         match testrun::tc(&fd, pkt, ctx) {
             Ok((r, out)) => (r.retval == TC_ACT_SHOT, out.mark != 0),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
@@ -103,7 +109,11 @@ impl Kernel {
 }
 
 /// The same tables as plain maps, for the host-side model of the classifier.
-struct Model(HashMap<(u32, u16), u32>, HashMap<(u32, [u8; 16]), u32>, HashMap<(u32, u16), ()>);
+struct Model(
+    HashMap<(u32, u16), u32>,
+    HashMap<(u32, [u8; 16]), u32>,
+    HashMap<(u32, u16), ()>,
+);
 
 impl Model {
     fn new(s: &TargetSet) -> Self {
@@ -143,7 +153,10 @@ impl Tables for Model {
 }
 
 fn model_verdict(m: &Model, pkt: &[u8]) -> parse::Outcome {
-    let p = Packet { start: pkt.as_ptr() as usize, end: pkt.as_ptr() as usize + pkt.len() };
+    let p = Packet {
+        start: pkt.as_ptr() as usize,
+        end: pkt.as_ptr() as usize + pkt.len(),
+    };
     parse::classify(&p, LO, 0, m)
 }
 
@@ -176,7 +189,10 @@ fn other_ports_other_addresses_and_other_interfaces_are_untouched() {
 #[test]
 fn ipv6_with_extension_headers() {
     let Some(k) = Kernel::new() else { return };
-    assert_eq!(k.tc(&Frame::tcp("2001:db8:10::10", 22).build(), LO), (TC_ACT_OK, MARK_STEER | 1));
+    assert_eq!(
+        k.tc(&Frame::tcp("2001:db8:10::10", 22).build(), LO),
+        (TC_ACT_OK, MARK_STEER | 1)
+    );
     let mut f = Frame::tcp("2001:db8:10::10", 22);
     f.v6_ext = vec![0, 60, 43, 51];
     assert_eq!(k.tc(&f.build(), LO), (TC_ACT_OK, MARK_STEER | 1));
@@ -199,7 +215,11 @@ fn ipv4_options_and_fragments() {
     for opt in [4, 8, 20, 40] {
         let mut f = Frame::tcp("198.18.10.10", 22);
         f.v4_options = opt;
-        assert_eq!(k.tc(&f.build(), LO), (TC_ACT_OK, MARK_STEER | 1), "{opt} option bytes");
+        assert_eq!(
+            k.tc(&f.build(), LO),
+            (TC_ACT_OK, MARK_STEER | 1),
+            "{opt} option bytes"
+        );
     }
     let mut f = Frame::tcp("198.18.10.10", 22);
     f.more_fragments = true;
@@ -211,12 +231,24 @@ fn ipv4_options_and_fragments() {
 fn vlan_tags_select_the_vnet() {
     let Some(k) = Kernel::new() else { return };
     // VLAN 100 on lo is vnet "lab", where 198.18.10.10 protects 2222, not 22.
-    assert_eq!(k.tc(&Frame::tcp("198.18.10.10", 2222).vlan(100).build(), LO), (TC_ACT_OK, MARK_STEER | 2));
-    assert_eq!(k.tc(&Frame::tcp("198.18.10.10", 22).vlan(100).build(), LO), (TC_ACT_OK, 0));
+    assert_eq!(
+        k.tc(&Frame::tcp("198.18.10.10", 2222).vlan(100).build(), LO),
+        (TC_ACT_OK, MARK_STEER | 2)
+    );
+    assert_eq!(
+        k.tc(&Frame::tcp("198.18.10.10", 22).vlan(100).build(), LO),
+        (TC_ACT_OK, 0)
+    );
     // Untagged: vnet "corp".
-    assert_eq!(k.tc(&Frame::tcp("198.18.10.10", 2222).build(), LO), (TC_ACT_OK, 0));
+    assert_eq!(
+        k.tc(&Frame::tcp("198.18.10.10", 2222).build(), LO),
+        (TC_ACT_OK, 0)
+    );
     // Unknown VLAN: not an ingress of any vnet.
-    assert_eq!(k.tc(&Frame::tcp("198.18.10.10", 22).vlan(200).build(), LO), (TC_ACT_OK, 0));
+    assert_eq!(
+        k.tc(&Frame::tcp("198.18.10.10", 22).vlan(200).build(), LO),
+        (TC_ACT_OK, 0)
+    );
     // 802.1ad outer tag + 802.1Q inner tag: the inner one names the network.
     let mut qinq = Frame::tcp("198.18.10.10", 2222);
     qinq.tags = vec![(0x88a8, 7), (0x8100, 100)];
@@ -254,7 +286,11 @@ fn truncated_packets_are_never_steered_and_never_forwarded_to_a_target() {
             let (dropped, steered) = k.verdict(cut);
             assert!(!steered, "{f:?} cut to {len} was steered");
             let expect = model_verdict(&m, cut);
-            assert_eq!(dropped, expect.verdict == verdict::DROPPED, "{f:?} cut to {len}: model {expect:?}");
+            assert_eq!(
+                dropped,
+                expect.verdict == verdict::DROPPED,
+                "{f:?} cut to {len}: model {expect:?}"
+            );
             // Once the packet is known to go to a target, a cut TCP header is dropped.
             if expect.target != 0 && expect.verdict != verdict::NOT_TCP {
                 assert!(dropped, "{f:?} cut to {len} would be forwarded to a target");
@@ -292,11 +328,22 @@ fn random_mutations_agree_with_the_model() {
         }
         let (dropped, is_steered) = k.verdict(&pkt);
         let expect = model_verdict(&m, &pkt);
-        assert_eq!(is_steered, expect.mark != 0, "packet {pkt:02x?}: model {expect:?}");
-        assert_eq!(dropped, expect.verdict == verdict::DROPPED, "packet {pkt:02x?}: model {expect:?}");
+        assert_eq!(
+            is_steered,
+            expect.mark != 0,
+            "packet {pkt:02x?}: model {expect:?}"
+        );
+        assert_eq!(
+            dropped,
+            expect.verdict == verdict::DROPPED,
+            "packet {pkt:02x?}: model {expect:?}"
+        );
         if is_steered {
             steered += 1;
         }
     }
-    assert!(steered > 100, "mutations should keep many packets steerable: {steered}");
+    assert!(
+        steered > 100,
+        "mutations should keep many packets steerable: {steered}"
+    );
 }

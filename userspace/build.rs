@@ -6,7 +6,9 @@ fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let default = manifest.join("../target/bpf/bpfel-unknown-none/release/portcullis-ebpf");
-    let src = env::var_os("PORTCULLIS_BPF_OBJECT").map(PathBuf::from).unwrap_or(default);
+    let src = env::var_os("PORTCULLIS_BPF_OBJECT")
+        .map(PathBuf::from)
+        .unwrap_or(default);
     println!("cargo:rerun-if-env-changed=PORTCULLIS_BPF_OBJECT");
     println!("cargo:rerun-if-changed={}", src.display());
     let bytes = fs::read(&src).unwrap_or_default();

@@ -1,7 +1,6 @@
 //! Helpers shared by the privileged integration tests.
 #![allow(dead_code)]
 
-
 pub mod packet;
 
 /// Privileged tests need root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN) and a mounted bpffs;
@@ -22,5 +21,9 @@ pub fn privileged() -> bool {
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}{}x{}", std::process::id() % 100_000, N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}{}x{}",
+        std::process::id() % 100_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }

@@ -25,7 +25,11 @@ pub struct Frame {
 impl Frame {
     pub fn tcp(dst: &str, dport: u16) -> Self {
         let dst: IpAddr = dst.parse().unwrap();
-        let src: IpAddr = if dst.is_ipv4() { "198.18.1.2".parse().unwrap() } else { "2001:db8:1::2".parse().unwrap() };
+        let src: IpAddr = if dst.is_ipv4() {
+            "198.18.1.2".parse().unwrap()
+        } else {
+            "2001:db8:1::2".parse().unwrap()
+        };
         Self {
             tags: vec![],
             src,
@@ -76,7 +80,12 @@ impl Frame {
             (IpAddr::V6(s), IpAddr::V6(d)) => {
                 p.extend_from_slice(&0x86ddu16.to_be_bytes());
                 let mut ext = Vec::new();
-                let kinds: Vec<u8> = self.v6_ext.iter().copied().chain(std::iter::once(self.proto)).collect();
+                let kinds: Vec<u8> = self
+                    .v6_ext
+                    .iter()
+                    .copied()
+                    .chain(std::iter::once(self.proto))
+                    .collect();
                 for w in kinds.windows(2) {
                     let (kind, next) = (w[0], w[1]);
                     match kind {

@@ -34,7 +34,10 @@ pub fn now_rfc3339() -> String {
 pub fn session_id() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
     format!("{t:012x}{:04x}{n:06x}", std::process::id() & 0xffff)
 }
 
@@ -45,4 +48,3 @@ pub fn emit(e: &Event<'_>) {
         let _ = out.flush();
     }
 }
-

@@ -200,7 +200,8 @@ pub fn valid_hostname(h: &str) -> bool {
     let b = h.as_bytes();
     !b.is_empty()
         && b.len() <= 253
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'.')
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'.')
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
 }
@@ -222,7 +223,13 @@ fn validate(c: &Config) -> Result<TargetSet, Invalid> {
         ));
     }
     if !(2..32766).contains(&d.rule_priority) {
-        return Err((0..0, format!("dataplane.rule_priority {}: expected 2..32765 (before the main table)", d.rule_priority)));
+        return Err((
+            0..0,
+            format!(
+                "dataplane.rule_priority {}: expected 2..32765 (before the main table)",
+                d.rule_priority
+            ),
+        ));
     }
     if d.route_table == 0 || (253..=255).contains(&d.route_table) {
         return Err((
@@ -255,36 +262,66 @@ fn validate(c: &Config) -> Result<TargetSet, Invalid> {
         let mut ingress = Vec::new();
         for i in &v.ingress {
             let ing = match i.get_ref() {
-                IngressConfig::Interface(s) => Ingress { interface: s.clone(), vlan: None },
+                IngressConfig::Interface(s) => Ingress {
+                    interface: s.clone(),
+                    vlan: None,
+                },
                 IngressConfig::Vlan(v) => {
                     if v.vlan == 0 || v.vlan > 4094 {
-                        return Err((i.span(), format!("vnet.ingress vlan {}: expected 1..=4094", v.vlan)));
+                        return Err((
+                            i.span(),
+                            format!("vnet.ingress vlan {}: expected 1..=4094", v.vlan),
+                        ));
                     }
-                    Ingress { interface: v.interface.clone(), vlan: Some(v.vlan) }
+                    Ingress {
+                        interface: v.interface.clone(),
+                        vlan: Some(v.vlan),
+                    }
                 }
             };
             if !valid_ifname(&ing.interface) {
-                return Err((i.span(), format!("vnet.ingress {:?}: not an interface name", ing.interface)));
+                return Err((
+                    i.span(),
+                    format!("vnet.ingress {:?}: not an interface name", ing.interface),
+                ));
             }
             if !ingress_seen.insert(ing.clone()) {
-                return Err((i.span(), format!("vnet.ingress {:?}: already an ingress of a vnet", ing.interface)));
+                return Err((
+                    i.span(),
+                    format!("vnet.ingress {:?}: already an ingress of a vnet", ing.interface),
+                ));
             }
             ingress.push(ing);
         }
         let mut upstream = Vec::new();
         for u in &v.upstream {
             if !valid_ifname(u.get_ref()) {
-                return Err((u.span(), format!("vnet.upstream {:?}: not an interface name", u.get_ref())));
+                return Err((
+                    u.span(),
+                    format!("vnet.upstream {:?}: not an interface name", u.get_ref()),
+                ));
             }
             upstream.push(u.get_ref().clone());
         }
-        vnets.push(Vnet { name: name.clone(), id: id as u16, ingress, upstream });
+        vnets.push(Vnet {
+            name: name.clone(),
+            id: id as u16,
+            ingress,
+            upstream,
+        });
     }
     if !names.contains_key("default") {
         // The default vnet always exists; with no ingress it steers nothing.
-        let id = (1..=u16::MAX).find(|i| !vnets.iter().any(|v| v.id == *i)).unwrap_or(1);
+        let id = (1..=u16::MAX)
+            .find(|i| !vnets.iter().any(|v| v.id == *i))
+            .unwrap_or(1);
         names.insert("default".into(), id);
-        vnets.push(Vnet { name: "default".into(), id, ingress: vec![], upstream: vec![] });
+        vnets.push(Vnet {
+            name: "default".into(),
+            id,
+            ingress: vec![],
+            upstream: vec![],
+        });
     }
 
     // Ports per hostname selector, from the applications.
@@ -292,7 +329,10 @@ fn validate(c: &Config) -> Result<TargetSet, Invalid> {
     let mut app_names = HashSet::new();
     for a in &c.applications {
         if !app_names.insert(a.name.get_ref().clone()) {
-            return Err((a.name.span(), format!("application.name {:?}: used twice", a.name.get_ref())));
+            return Err((
+                a.name.span(),
+                format!("application.name {:?}: used twice", a.name.get_ref()),
+            ));
         }
         for t in &a.targets {
             let h = t.hostname.get_ref();
@@ -300,12 +340,24 @@ fn validate(c: &Config) -> Result<TargetSet, Invalid> {
                 return Err((t.hostname.span(), format!("application.target.hostname {h:?}: expected a hostname (alphanumerics, '-', '.'; ≤ 253 characters) or \"*\"")));
             }
             if t.protocol.get_ref() != "ssh" {
-                return Err((t.protocol.span(), format!("application.target.protocol {:?}: expected \"ssh\"", t.protocol.get_ref())));
+                return Err((
+                    t.protocol.span(),
+                    format!(
+                        "application.target.protocol {:?}: expected \"ssh\"",
+                        t.protocol.get_ref()
+                    ),
+                ));
             }
             if t.ports.get_ref().is_empty() || t.ports.get_ref().contains(&0) {
-                return Err((t.ports.span(), "application.target.ports: expected one or more ports in 1..=65535".into()));
+                return Err((
+                    t.ports.span(),
+                    "application.target.ports: expected one or more ports in 1..=65535".into(),
+                ));
             }
-            selectors.push((h.to_ascii_lowercase(), t.ports.get_ref().iter().copied().collect()));
+            selectors.push((
+                h.to_ascii_lowercase(),
+                t.ports.get_ref().iter().copied().collect(),
+            ));
         }
     }
 
@@ -317,10 +369,16 @@ fn validate(c: &Config) -> Result<TargetSet, Invalid> {
             return Err((t.hostname.span(), format!("target.hostname {h:?}: expected ≤ 253 characters of alphanumerics, '-' and '.', starting and ending alphanumeric")));
         }
         let Some(&vnet) = names.get(t.vnet.get_ref()) else {
-            return Err((t.vnet.span(), format!("target.vnet {:?}: no [[vnet]] has this name", t.vnet.get_ref())));
+            return Err((
+                t.vnet.span(),
+                format!("target.vnet {:?}: no [[vnet]] has this name", t.vnet.get_ref()),
+            ));
         };
         if t.ipv4.is_none() && t.ipv6.is_none() {
-            return Err((t.hostname.span(), format!("target {h:?}: expected ipv4 and/or ipv6")));
+            return Err((
+                t.hostname.span(),
+                format!("target {h:?}: expected ipv4 and/or ipv6"),
+            ));
         }
         let lower = h.to_ascii_lowercase();
         let ports: BTreeSet<u16> = selectors
@@ -334,9 +392,20 @@ fn validate(c: &Config) -> Result<TargetSet, Invalid> {
         ];
         for (span, ip) in ips.into_iter().flatten() {
             if let Some(other) = owners.insert((vnet, ip), h.clone()) {
-                return Err((span, format!("target {h:?}: address {ip} in vnet {:?} already belongs to target {other:?}", t.vnet.get_ref())));
+                return Err((
+                    span,
+                    format!(
+                        "target {h:?}: address {ip} in vnet {:?} already belongs to target {other:?}",
+                        t.vnet.get_ref()
+                    ),
+                ));
             }
-            addrs.push(TargetAddr { target: h.clone(), vnet, addr: ip, ports: ports.iter().copied().collect() });
+            addrs.push(TargetAddr {
+                target: h.clone(),
+                vnet,
+                addr: ip,
+                ports: ports.iter().copied().collect(),
+            });
         }
     }
     Ok(TargetSet { vnets, addrs })
@@ -380,12 +449,19 @@ target = [{ hostname = "web-01", ports = [22, 2222] }]
         assert_eq!(t.addrs[0].vnet, 7);
         assert!(t.vnets.iter().any(|v| v.name == "default"));
         let corp = t.vnet_by_id(7).unwrap();
-        assert_eq!(corp.ingress[1], Ingress { interface: "eth1".into(), vlan: Some(100) });
+        assert_eq!(
+            corp.ingress[1],
+            Ingress {
+                interface: "eth1".into(),
+                vlan: Some(100)
+            }
+        );
     }
 
     #[test]
     fn rejects_duplicate_address_with_location() {
-        let text = format!("{GOOD}\n[[target]]\nhostname = \"db\"\nipv4 = \"198.18.10.10\"\nvnet = \"corp\"\n");
+        let text =
+            format!("{GOOD}\n[[target]]\nhostname = \"db\"\nipv4 = \"198.18.10.10\"\nvnet = \"corp\"\n");
         let e = p(&text).unwrap_err().to_string();
         assert!(e.starts_with("t.toml:"), "{e}");
         assert!(e.contains("already belongs to target \"Web-01\""), "{e}");
@@ -395,8 +471,13 @@ target = [{ hostname = "web-01", ports = [22, 2222] }]
 
     #[test]
     fn rejects_unknown_keys_and_bad_hostnames() {
-        assert!(p("[[vnet]]\nname=\"a\"\nid=1\nbogus=1\n").unwrap_err().to_string().contains("bogus"));
-        let e = p("[[target]]\nhostname=\"-bad\"\nipv4=\"198.18.0.1\"\n").unwrap_err().to_string();
+        assert!(p("[[vnet]]\nname=\"a\"\nid=1\nbogus=1\n")
+            .unwrap_err()
+            .to_string()
+            .contains("bogus"));
+        let e = p("[[target]]\nhostname=\"-bad\"\nipv4=\"198.18.0.1\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("t.toml:2:10"), "{e}");
         let long = "a".repeat(254);
         assert!(p(&format!("[[target]]\nhostname=\"{long}\"\nipv4=\"198.18.0.1\"\n")).is_err());
@@ -405,7 +486,9 @@ target = [{ hostname = "web-01", ports = [22, 2222] }]
 
     #[test]
     fn rejects_dangling_vnet_and_bad_ids() {
-        let e = p("[[target]]\nhostname=\"a\"\nipv4=\"198.18.0.1\"\nvnet=\"nope\"\n").unwrap_err().to_string();
+        let e = p("[[target]]\nhostname=\"a\"\nipv4=\"198.18.0.1\"\nvnet=\"nope\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no [[vnet]] has this name"), "{e}");
         assert!(p("[[vnet]]\nname=\"a\"\nid=0\n").is_err());
         assert!(p("[[vnet]]\nname=\"a\"\nid=1\n[[vnet]]\nname=\"b\"\nid=1\n").is_err());

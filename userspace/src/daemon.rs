@@ -33,9 +33,10 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
     let loaded = config::load(config_path)?;
     let mut targets = loaded.targets.clone();
     let mut dp = Dataplane::up(&loaded.config.dataplane, &targets).await?;
-    let listeners = steer::Listeners::bind()
-        .await
-        .map_err(|source| DaemonError::Io { what: "bind the proxy listeners", source })?;
+    let listeners = steer::Listeners::bind().await.map_err(|source| DaemonError::Io {
+        what: "bind the proxy listeners",
+        source,
+    })?;
     dp.register_listeners(&listeners.v4, listeners.v6.as_ref())?;
     tracing::info!(
         instance = %loaded.config.dataplane.instance,
@@ -43,8 +44,17 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
         pins = %dp.paths().root.display(),
         "dataplane up; serving steered connections"
     );
-    let sig = |k| signal(k).map_err(|source| DaemonError::Io { what: "install signal handler", source });
-    let (mut hup, mut term, mut int) = (sig(SignalKind::hangup())?, sig(SignalKind::terminate())?, sig(SignalKind::interrupt())?);
+    let sig = |k| {
+        signal(k).map_err(|source| DaemonError::Io {
+            what: "install signal handler",
+            source,
+        })
+    };
+    let (mut hup, mut term, mut int) = (
+        sig(SignalKind::hangup())?,
+        sig(SignalKind::terminate())?,
+        sig(SignalKind::interrupt())?,
+    );
     let path: PathBuf = config_path.to_owned();
     loop {
         let accepted = tokio::select! {
@@ -75,7 +85,9 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
     Ok(())
 }
 
-async fn accept_opt(l: Option<&tokio::net::TcpListener>) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+async fn accept_opt(
+    l: Option<&tokio::net::TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
     match l {
         Some(l) => l.accept().await,
         None => std::future::pending().await,
@@ -100,7 +112,9 @@ fn reload(path: &Path, dp: &mut Dataplane, targets: &mut TargetSet) {
 async fn serve(mut conn: Steered, targets: &TargetSet) {
     let session = audit::session_id();
     let vnet = conn.vnet.and_then(|id| targets.vnet_by_id(id));
-    let target = conn.vnet.and_then(|id| targets.lookup(id, conn.original_dst.ip()));
+    let target = conn
+        .vnet
+        .and_then(|id| targets.lookup(id, conn.original_dst.ip()));
     let base = audit::Event {
         time: audit::now_rfc3339(),
         event: "connect",
@@ -118,7 +132,12 @@ async fn serve(mut conn: Steered, targets: &TargetSet) {
         (Some(_), None) => "no_target",
         (Some(_), Some(_)) => "proxy_unavailable",
     };
-    audit::emit(&audit::Event { time: audit::now_rfc3339(), event: "deny", reason: Some(reason), ..base });
+    audit::emit(&audit::Event {
+        time: audit::now_rfc3339(),
+        event: "deny",
+        reason: Some(reason),
+        ..base
+    });
     let msg = format!(
         "portcullis: {} {} refused ({reason})\r\n",
         target.map(|t| t.target.as_str()).unwrap_or("-"),

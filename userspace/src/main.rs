@@ -53,7 +53,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { config } => return check(&config),
-        Command::Run { config } => runtime().and_then(|rt| rt.block_on(async { Ok(daemon::run(&config).await?) })),
+        Command::Run { config } => {
+            runtime().and_then(|rt| rt.block_on(async { Ok(daemon::run(&config).await?) }))
+        }
         Command::Down { config } => runtime().and_then(|rt| rt.block_on(down(&config))),
         Command::Stats { config, json } => stats(&config, json),
     };
@@ -67,7 +69,10 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
@@ -76,7 +81,10 @@ fn check(path: &std::path::Path) -> ExitCode {
             let vnets = l.targets.vnets.len();
             let addrs = l.targets.addrs.len();
             let ports: usize = l.targets.addrs.iter().map(|a| a.ports.len()).sum();
-            println!("{}: ok ({vnets} vnets, {addrs} target addresses, {ports} protected ports)", path.display());
+            println!(
+                "{}: ok ({vnets} vnets, {addrs} target addresses, {ports} protected ports)",
+                path.display()
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -105,14 +113,20 @@ fn stats(path: &std::path::Path, json: bool) -> anyhow::Result<()> {
             for (v, name) in verdict::NAMES.iter().enumerate() {
                 let n = c.get(e.id, v as u32);
                 if n != 0 {
-                    obj.insert(format!("{}.{}.{}.{name}", e.vnet_name, e.target, e.addr), n.into());
+                    obj.insert(
+                        format!("{}.{}.{}.{name}", e.vnet_name, e.target, e.addr),
+                        n.into(),
+                    );
                 }
             }
         }
         println!("{}", serde_json::Value::Object(obj));
         return Ok(());
     }
-    println!("{:<24} {:<10} {:<40} {:>12} {:>12} {:>10}", "target", "vnet", "address", "steered", "other_port", "dropped");
+    println!(
+        "{:<24} {:<10} {:<40} {:>12} {:>12} {:>10}",
+        "target", "vnet", "address", "steered", "other_port", "dropped"
+    );
     for e in &entries {
         println!(
             "{:<24} {:<10} {:<40} {:>12} {:>12} {:>10}",

@@ -74,7 +74,12 @@ pub fn inspect(stream: TcpStream, peer: SocketAddr) -> io::Result<Steered> {
     let original_dst = canonical(stream.local_addr()?);
     let mark = so_mark(&stream)?;
     let vnet = (mark & MARK_STEER != 0).then_some((mark & MARK_VNET_MASK) as u16);
-    Ok(Steered { stream, peer: canonical(peer), original_dst, vnet })
+    Ok(Steered {
+        stream,
+        peer: canonical(peer),
+        original_dst,
+        vnet,
+    })
 }
 
 fn canonical(a: SocketAddr) -> SocketAddr {

@@ -46,7 +46,9 @@ impl TargetSet {
     /// The target that owns `addr` in vnet `vnet`, if any.
     pub fn lookup(&self, vnet: u16, addr: IpAddr) -> Option<&TargetAddr> {
         let addr = canonical(addr);
-        self.addrs.iter().find(|t| t.vnet == vnet && canonical(t.addr) == addr)
+        self.addrs
+            .iter()
+            .find(|t| t.vnet == vnet && canonical(t.addr) == addr)
     }
 }
 

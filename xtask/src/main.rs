@@ -1,1 +1,71 @@
-fn main(){}
+//! `cargo xtask`: the project's one entry point for setup, builds, tests, benchmarks and the
+//! demo. Every verb runs `setup` first, so a fresh machine needs nothing but this checkout.
+
+mod bench;
+mod build;
+mod demo;
+mod setup;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what this machine lacks (Debian packages, nightly rust-src, bpf-linker, bpffs).
+    Setup,
+    /// Build the eBPF object and the userspace binaries.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Everything CI checks: fmt, clippy, unit, packet and network-namespace tests (as root).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Bring up the demo topology and show flows being steered; cleans up after itself.
+    Demo,
+    /// Benchmarks; writes target/bench/report.{json,md}.
+    Bench {
+        /// Groups to run (default: all). Known: xdp.
+        groups: Vec<String>,
+        /// Fewer repetitions, for a quick look.
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = util::workspace_root();
+    std::env::set_current_dir(&root)?;
+    setup::run()?;
+    match cli.command {
+        Command::Setup => Ok(()),
+        Command::Build { release } => build::all(release),
+        Command::Test { args } => test(&args),
+        Command::Demo => demo::run(),
+        Command::Bench { groups, quick } => bench::run(&groups, quick),
+    }
+}
+
+fn test(args: &[String]) -> Result<()> {
+    build::ebpf()?;
+    util::cargo(&["fmt", "--all", "--", "--check"])?;
+    util::cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+    if !util::is_root() {
+        eprintln!("xtask: not root: the privileged tests (eBPF, network namespaces) will skip");
+    }
+    let mut a = vec!["test"];
+    a.extend(args.iter().map(String::as_str));
+    util::cargo(&a)
+}

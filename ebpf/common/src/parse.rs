@@ -69,7 +69,11 @@ pub struct Outcome {
 
 #[inline(always)]
 const fn outcome(verdict: u32, target: u32) -> Outcome {
-    Outcome { verdict, target, mark: 0 }
+    Outcome {
+        verdict,
+        target,
+        mark: 0,
+    }
 }
 
 /// Classifies an Ethernet frame that arrived on `ifindex`. `vlan` is a VLAN id the driver

@@ -11,8 +11,6 @@
 #![no_std]
 #![no_main]
 
-
-
 use aya_ebpf::{
     bindings::{sk_action, xdp_action, TC_ACT_OK, TC_ACT_SHOT},
     helpers::bpf_xdp_adjust_meta,
@@ -23,9 +21,8 @@ use aya_ebpf::{
 };
 use portcullis_common::parse::{self, Outcome, Packet};
 use portcullis_common::{
-    v4_mapped, verdict, DestKey, IngressKey, PortKey, TargetKey, XdpMeta, MARK_STEER,
-    MARK_VNET_MASK, MAX_INGRESS, MAX_PORTS, MAX_TARGETS, META_MAGIC, SOCKET_SLOTS, SOCKET_V4,
-    SOCKET_V6, VERDICTS,
+    v4_mapped, verdict, DestKey, IngressKey, PortKey, TargetKey, XdpMeta, MARK_STEER, MARK_VNET_MASK,
+    MAX_INGRESS, MAX_PORTS, MAX_TARGETS, META_MAGIC, SOCKET_SLOTS, SOCKET_V4, SOCKET_V6, VERDICTS,
 };
 
 #[map(name = "PC_INGRESS")]
@@ -62,7 +59,11 @@ fn count(target: u32, v: u32) {
 
 #[inline(always)]
 fn lookup_vnet(ifindex: u32, vlan: u16) -> Option<u32> {
-    let key = IngressKey { ifindex, vlan, _pad: 0 };
+    let key = IngressKey {
+        ifindex,
+        vlan,
+        _pad: 0,
+    };
     unsafe { PC_INGRESS.get(&key).copied() }
 }
 
@@ -70,14 +71,21 @@ fn lookup_vnet(ifindex: u32, vlan: u16) -> Option<u32> {
 fn lookup_target(vnet: u32, addr: [u8; 16]) -> Option<u32> {
     let key = Key::new(
         128 + portcullis_common::TARGET_VNET_BITS,
-        TargetKey { vnet_be: vnet.to_be_bytes(), addr },
+        TargetKey {
+            vnet_be: vnet.to_be_bytes(),
+            addr,
+        },
     );
     PC_TARGETS.get(&key).copied()
 }
 
 #[inline(always)]
 fn is_protected(target: u32, port: u16) -> bool {
-    let key = PortKey { target, port, _pad: 0 };
+    let key = PortKey {
+        target,
+        port,
+        _pad: 0,
+    };
     unsafe { PC_PORTS.get(&key).is_some() }
 }
 
@@ -108,7 +116,10 @@ impl parse::Tables for Lookups {
 
 #[xdp]
 pub fn pc_xdp_classify(ctx: XdpContext) -> u32 {
-    let pkt = Packet { start: ctx.data(), end: ctx.data_end() };
+    let pkt = Packet {
+        start: ctx.data(),
+        end: ctx.data_end(),
+    };
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     let out = classify(&pkt, ifindex, 0);
     match out.verdict {
@@ -168,10 +179,17 @@ pub fn pc_tc_mark(ctx: TcContext) -> i32 {
         return TC_ACT_SHOT;
     }
     let (ifindex, vlan) = unsafe {
-        let vlan = if (*skb).vlan_present != 0 { ((*skb).vlan_tci & 0x0fff) as u16 } else { 0 };
+        let vlan = if (*skb).vlan_present != 0 {
+            ((*skb).vlan_tci & 0x0fff) as u16
+        } else {
+            0
+        };
         ((*skb).ingress_ifindex, vlan)
     };
-    let pkt = Packet { start: ctx.data(), end: ctx.data_end() };
+    let pkt = Packet {
+        start: ctx.data(),
+        end: ctx.data_end(),
+    };
     let out = classify(&pkt, ifindex, vlan);
     match out.verdict {
         verdict::STEERED => {
@@ -225,7 +243,11 @@ pub fn pc_sk_lookup(ctx: SkLookupContext) -> u32 {
         a[12..16].copy_from_slice(&w[3].to_ne_bytes());
         (a, SOCKET_V6)
     };
-    let key = DestKey { addr, port: port as u16, _pad: 0 };
+    let key = DestKey {
+        addr,
+        port: port as u16,
+        _pad: 0,
+    };
     if unsafe { PC_DESTS.get(&key).is_none() } {
         return sk_action::SK_PASS;
     }

@@ -44,8 +44,15 @@ impl Daemon {
             .spawn()
             .expect("spawn portcullis");
         let stdout = collect(child.stdout.take().unwrap(), false);
-        let stderr = collect(child.stderr.take().unwrap(), std::env::var_os("PORTCULLIS_TEST_ECHO").is_some());
-        Self { child, stdout, stderr }
+        let stderr = collect(
+            child.stderr.take().unwrap(),
+            std::env::var_os("PORTCULLIS_TEST_ECHO").is_some(),
+        );
+        Self {
+            child,
+            stdout,
+            stderr,
+        }
     }
 
     /// Waits until the daemon says it serves; `Err(stderr)` if it exits first.
@@ -83,7 +90,11 @@ impl Daemon {
     pub fn wait_event(&self, needles: &[&str]) -> Option<String> {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if let Some(l) = self.stdout().into_iter().find(|l| needles.iter().all(|n| l.contains(n))) {
+            if let Some(l) = self
+                .stdout()
+                .into_iter()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+            {
                 return Some(l);
             }
             std::thread::sleep(Duration::from_millis(10));

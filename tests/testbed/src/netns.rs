@@ -21,14 +21,20 @@ pub struct Netns {
 impl Netns {
     pub fn new(name: &str) -> Self {
         sh(&format!("ip netns add {name}"));
-        let ns = Self { name: name.to_string() };
+        let ns = Self {
+            name: name.to_string(),
+        };
         ns.exec("ip link set lo up");
         ns
     }
 
     /// Runs a shell command inside the namespace; panics on failure.
     pub fn exec(&self, cmd: &str) -> Output {
-        sh(&format!("ip netns exec {} sh -c '{}'", self.name, cmd.replace('\'', "'\\''")))
+        sh(&format!(
+            "ip netns exec {} sh -c '{}'",
+            self.name,
+            cmd.replace('\'', "'\\''")
+        ))
     }
 
     /// Runs a shell command inside the namespace, whatever its exit status.
@@ -43,7 +49,9 @@ impl Netns {
     /// as bpffs stay visible), for long-running processes.
     pub fn command(&self, program: &str) -> Command {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", self.name)).arg("--").arg(program);
+        c.arg(format!("--net=/run/netns/{}", self.name))
+            .arg("--")
+            .arg(program);
         c
     }
 
@@ -59,7 +67,10 @@ impl Netns {
     }
 
     /// Like [`Netns::run`] without waiting.
-    pub fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
         let path = format!("/run/netns/{}", self.name);
         std::thread::spawn(move || {
             enter(&path);

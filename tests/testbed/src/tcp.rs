@@ -45,8 +45,14 @@ impl Server {
                 }
             }
         });
-        rx.recv().unwrap().unwrap_or_else(|e| panic!("bind {addr} in {}: {e}", ns.name));
-        Self { hits, stop, thread: Some(thread) }
+        rx.recv()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("bind {addr} in {}: {e}", ns.name));
+        Self {
+            hits,
+            stop,
+            thread: Some(thread),
+        }
     }
 
     pub fn hits(&self) -> usize {

@@ -7,7 +7,9 @@ pub enum DataplaneError {
     NoObject,
     #[error("the kernel exposes no BTF (/sys/kernel/btf/vmlinux is missing): portcullis needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")]
     NoBtf,
-    #[error("no BPF filesystem is mounted at {0}: mount it with `mount -t bpf bpf {0}` or set dataplane.bpffs")]
+    #[error(
+        "no BPF filesystem is mounted at {0}: mount it with `mount -t bpf bpf {0}` or set dataplane.bpffs"
+    )]
     NoBpffs(PathBuf),
     #[error("interface {interface:?} of vnet {vnet:?} does not exist in this network namespace: create it or fix the [[vnet]] entry")]
     NoInterface { interface: String, vnet: String },
@@ -57,7 +59,10 @@ pub enum DataplaneError {
 
 impl DataplaneError {
     pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
-        Self::Io { what: what.into(), source }
+        Self::Io {
+            what: what.into(),
+            source,
+        }
     }
     pub(crate) fn map(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> Self {
         move |source| Self::Map { map, source }
@@ -66,8 +71,13 @@ impl DataplaneError {
         let what = what.into();
         move |source| Self::Program { what, source }
     }
-    pub(crate) fn link<E: std::error::Error + Send + Sync + 'static>(what: impl Into<String>) -> impl FnOnce(E) -> Self {
+    pub(crate) fn link<E: std::error::Error + Send + Sync + 'static>(
+        what: impl Into<String>,
+    ) -> impl FnOnce(E) -> Self {
         let what = what.into();
-        move |source| Self::Link { what, source: Box::new(source) }
+        move |source| Self::Link {
+            what,
+            source: Box::new(source),
+        }
     }
 }

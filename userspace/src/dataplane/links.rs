@@ -34,28 +34,33 @@ where
     let p = ebpf
         .program_mut(name)
         .ok_or_else(|| DataplaneError::Capacity(format!("the BPF object has no program {name}")))?;
-    p.try_into().map_err(DataplaneError::program(format!("program {name}")))
+    p.try_into()
+        .map_err(DataplaneError::program(format!("program {name}")))
 }
 
 /// Loads every program into the kernel (verifier included) without attaching it.
 pub fn load_programs(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
     let x: &mut Xdp = prog(ebpf, program::XDP_CLASSIFY)?;
     if x.fd().is_err() {
-        x.load().map_err(DataplaneError::program("load the XDP classifier"))?;
+        x.load()
+            .map_err(DataplaneError::program("load the XDP classifier"))?;
     }
     for name in [program::TC_MARK, program::TC_GUARD] {
         let t: &mut SchedClassifier = prog(ebpf, name)?;
         if t.fd().is_err() {
-            t.load().map_err(DataplaneError::program(format!("load {name}")))?;
+            t.load()
+                .map_err(DataplaneError::program(format!("load {name}")))?;
         }
     }
     let x: &mut Xdp = prog(ebpf, program::XDP_NOOP)?;
     if x.fd().is_err() {
-        x.load().map_err(DataplaneError::program("load the no-op XDP program"))?;
+        x.load()
+            .map_err(DataplaneError::program("load the no-op XDP program"))?;
     }
     let s: &mut SkLookup = prog(ebpf, program::SK_LOOKUP)?;
     if s.fd().is_err() {
-        s.load().map_err(DataplaneError::program("load the sk_lookup program"))?;
+        s.load()
+            .map_err(DataplaneError::program("load the sk_lookup program"))?;
     }
     Ok(())
 }
@@ -63,22 +68,44 @@ pub fn load_programs(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
 fn pinned(path: &Path) -> Result<Option<PinnedLink>, DataplaneError> {
     match PinnedLink::from_pin(path) {
         Ok(l) => Ok(Some(l)),
-        Err(LinkError::SyscallError(SyscallError { io_error, .. })) if io_error.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(DataplaneError::link(format!("open pinned link {}", path.display()))(e)),
+        Err(LinkError::SyscallError(SyscallError { io_error, .. }))
+            if io_error.kind() == io::ErrorKind::NotFound =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(DataplaneError::link(format!(
+            "open pinned link {}",
+            path.display()
+        ))(e)),
     }
 }
 
 fn pin(link: FdLink, path: &Path) -> Result<(), DataplaneError> {
-    link.pin(path).map(drop).map_err(DataplaneError::link(format!("pin link {}", path.display())))
+    link.pin(path)
+        .map(drop)
+        .map_err(DataplaneError::link(format!("pin link {}", path.display())))
 }
 
 /// Attaches (or updates) every link `set` needs and removes the pins of links it no longer
 /// needs (interfaces that left the config).
-pub fn attach(ebpf: &mut Ebpf, cfg: &DataplaneConfig, paths: &Paths, set: &TargetSet) -> Result<(), DataplaneError> {
+pub fn attach(
+    ebpf: &mut Ebpf,
+    cfg: &DataplaneConfig,
+    paths: &Paths,
+    set: &TargetSet,
+) -> Result<(), DataplaneError> {
     load_programs(ebpf)?;
     let mut wanted: BTreeSet<PathBuf> = BTreeSet::new();
-    let ingress: BTreeSet<&str> = set.vnets.iter().flat_map(|v| v.ingress.iter().map(|i| i.interface.as_str())).collect();
-    let upstream: BTreeSet<&str> = set.vnets.iter().flat_map(|v| v.upstream.iter().map(String::as_str)).collect();
+    let ingress: BTreeSet<&str> = set
+        .vnets
+        .iter()
+        .flat_map(|v| v.ingress.iter().map(|i| i.interface.as_str()))
+        .collect();
+    let upstream: BTreeSet<&str> = set
+        .vnets
+        .iter()
+        .flat_map(|v| v.upstream.iter().map(String::as_str))
+        .collect();
 
     for iface in &ingress {
         let path = paths.links.join(format!("xdp-{iface}"));
@@ -97,7 +124,8 @@ pub fn attach(ebpf: &mut Ebpf, cfg: &DataplaneConfig, paths: &Paths, set: &Targe
     attach_sk_lookup(ebpf, &path)?;
     wanted.insert(path);
 
-    let dir = fs::read_dir(&paths.links).map_err(|e| DataplaneError::io(format!("list {}", paths.links.display()), e))?;
+    let dir = fs::read_dir(&paths.links)
+        .map_err(|e| DataplaneError::io(format!("list {}", paths.links.display()), e))?;
     for entry in dir.flatten() {
         if !wanted.contains(&entry.path()) {
             unpin(&entry.path())?;
@@ -106,58 +134,104 @@ pub fn attach(ebpf: &mut Ebpf, cfg: &DataplaneConfig, paths: &Paths, set: &Targe
     Ok(())
 }
 
-fn attach_xdp(ebpf: &mut Ebpf, cfg: &DataplaneConfig, iface: &str, path: &Path) -> Result<(), DataplaneError> {
+fn attach_xdp(
+    ebpf: &mut Ebpf,
+    cfg: &DataplaneConfig,
+    iface: &str,
+    path: &Path,
+) -> Result<(), DataplaneError> {
     let p: &mut Xdp = prog(ebpf, program::XDP_CLASSIFY)?;
     if let Some(old) = pinned(path)? {
-        let link = FdLink::from(old).try_into().map_err(DataplaneError::link(format!("reuse XDP link {}", path.display())))?;
-        p.attach_to_link(link).map_err(DataplaneError::program(format!("update XDP program on {iface}")))?;
+        let link = FdLink::from(old)
+            .try_into()
+            .map_err(DataplaneError::link(format!("reuse XDP link {}", path.display())))?;
+        p.attach_to_link(link)
+            .map_err(DataplaneError::program(format!("update XDP program on {iface}")))?;
         return Ok(());
     }
-    let idx = ifindex(iface).ok_or_else(|| DataplaneError::NoInterface { interface: iface.into(), vnet: "-".into() })?;
+    let idx = ifindex(iface).ok_or_else(|| DataplaneError::NoInterface {
+        interface: iface.into(),
+        vnet: "-".into(),
+    })?;
     let id = match cfg.xdp_mode {
-        XdpModeConfig::Skb => p.attach_to_if_index(idx, XdpMode::Skb).map_err(DataplaneError::program(format!("attach XDP (skb mode) to {iface}")))?,
-        XdpModeConfig::Native => p
-            .attach_to_if_index(idx, XdpMode::Driver)
-            .map_err(|source| DataplaneError::XdpNative { interface: iface.into(), source })?,
+        XdpModeConfig::Skb => p
+            .attach_to_if_index(idx, XdpMode::Skb)
+            .map_err(DataplaneError::program(format!(
+                "attach XDP (skb mode) to {iface}"
+            )))?,
+        XdpModeConfig::Native => {
+            p.attach_to_if_index(idx, XdpMode::Driver)
+                .map_err(|source| DataplaneError::XdpNative {
+                    interface: iface.into(),
+                    source,
+                })?
+        }
         XdpModeConfig::Auto => match p.attach_to_if_index(idx, XdpMode::Driver) {
             Ok(id) => id,
             Err(e) => {
                 tracing::warn!(interface = iface, error = %e, "native XDP unavailable; using generic (skb) mode");
-                p.attach_to_if_index(idx, XdpMode::Skb).map_err(DataplaneError::program(format!("attach XDP (skb mode) to {iface}")))?
+                p.attach_to_if_index(idx, XdpMode::Skb)
+                    .map_err(DataplaneError::program(format!(
+                        "attach XDP (skb mode) to {iface}"
+                    )))?
             }
         },
     };
-    let link = p.take_link(id).map_err(DataplaneError::program("take XDP link"))?;
-    let fd: FdLink = link.try_into().map_err(DataplaneError::link(format!("XDP on {iface} is not a BPF link (kernel too old to pin it)")))?;
+    let link = p
+        .take_link(id)
+        .map_err(DataplaneError::program("take XDP link"))?;
+    let fd: FdLink = link.try_into().map_err(DataplaneError::link(format!(
+        "XDP on {iface} is not a BPF link (kernel too old to pin it)"
+    )))?;
     pin(fd, path)
 }
 
-fn attach_tc(ebpf: &mut Ebpf, name: &str, iface: &str, kind: TcAttachType, path: &Path) -> Result<(), DataplaneError> {
+fn attach_tc(
+    ebpf: &mut Ebpf,
+    name: &str,
+    iface: &str,
+    kind: TcAttachType,
+    path: &Path,
+) -> Result<(), DataplaneError> {
     let p: &mut SchedClassifier = prog(ebpf, name)?;
     if let Some(old) = pinned(path)? {
-        let link = FdLink::from(old).try_into().map_err(DataplaneError::link(format!("reuse TC link {}", path.display())))?;
-        p.attach_to_link(link).map_err(DataplaneError::program(format!("update {name} on {iface}")))?;
+        let link = FdLink::from(old)
+            .try_into()
+            .map_err(DataplaneError::link(format!("reuse TC link {}", path.display())))?;
+        p.attach_to_link(link)
+            .map_err(DataplaneError::program(format!("update {name} on {iface}")))?;
         return Ok(());
     }
     let id = p
         .attach_with_options(iface, kind, TcAttachOptions::TcxOrder(LinkOrder::default()))
-        .map_err(DataplaneError::program(format!("attach {name} to {iface} (TCX needs Linux ≥ 6.6)")))?;
+        .map_err(DataplaneError::program(format!(
+            "attach {name} to {iface} (TCX needs Linux ≥ 6.6)"
+        )))?;
     let link = p.take_link(id).map_err(DataplaneError::program("take TC link"))?;
-    let fd: FdLink = link.try_into().map_err(DataplaneError::link(format!("TC link on {iface}")))?;
+    let fd: FdLink = link
+        .try_into()
+        .map_err(DataplaneError::link(format!("TC link on {iface}")))?;
     pin(fd, path)
 }
 
 fn attach_sk_lookup(ebpf: &mut Ebpf, path: &Path) -> Result<(), DataplaneError> {
     let p: &mut SkLookup = prog(ebpf, program::SK_LOOKUP)?;
-    let netns = File::open("/proc/self/ns/net").map_err(|e| DataplaneError::io("open /proc/self/ns/net", e))?;
+    let netns =
+        File::open("/proc/self/ns/net").map_err(|e| DataplaneError::io("open /proc/self/ns/net", e))?;
     // sk_lookup links cannot be updated in place; several programs may share a netns, so the
     // new one is attached before the old one is detached.
     let old = pinned(path)?;
-    let id = p.attach(&netns).map_err(DataplaneError::program("attach sk_lookup to this network namespace"))?;
-    let link = p.take_link(id).map_err(DataplaneError::program("take sk_lookup link"))?;
+    let id = p.attach(&netns).map_err(DataplaneError::program(
+        "attach sk_lookup to this network namespace",
+    ))?;
+    let link = p
+        .take_link(id)
+        .map_err(DataplaneError::program("take sk_lookup link"))?;
     let fd: FdLink = link.into();
     if let Some(old) = old {
-        let old = old.unpin().map_err(|e| DataplaneError::io(format!("unpin {}", path.display()), e))?;
+        let old = old
+            .unpin()
+            .map_err(|e| DataplaneError::io(format!("unpin {}", path.display()), e))?;
         drop(old);
     }
     pin(fd, path)
@@ -166,7 +240,9 @@ fn attach_sk_lookup(ebpf: &mut Ebpf, path: &Path) -> Result<(), DataplaneError> 
 fn unpin(path: &Path) -> Result<(), DataplaneError> {
     match pinned(path)? {
         Some(link) => {
-            let fd = link.unpin().map_err(|e| DataplaneError::io(format!("unpin {}", path.display()), e))?;
+            let fd = link
+                .unpin()
+                .map_err(|e| DataplaneError::io(format!("unpin {}", path.display()), e))?;
             drop(fd); // last reference: the program is detached
             Ok(())
         }

@@ -15,7 +15,8 @@ pub struct InstanceLock {
 
 impl InstanceLock {
     pub fn acquire(state: &Path) -> Result<Self, DataplaneError> {
-        fs::create_dir_all(state).map_err(|e| DataplaneError::io(format!("create {}", state.display()), e))?;
+        fs::create_dir_all(state)
+            .map_err(|e| DataplaneError::io(format!("create {}", state.display()), e))?;
         let path = state.join("lock");
         let mut file = OpenOptions::new()
             .read(true)
@@ -27,9 +28,14 @@ impl InstanceLock {
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let mut pid = String::new();
             let _ = file.read_to_string(&mut pid);
-            return Err(DataplaneError::Locked { path, pid: pid.trim().to_string() });
+            return Err(DataplaneError::Locked {
+                path,
+                pid: pid.trim().to_string(),
+            });
         }
-        file.set_len(0).and_then(|_| file.rewind()).and_then(|_| write!(file, "{}", std::process::id()))
+        file.set_len(0)
+            .and_then(|_| file.rewind())
+            .and_then(|_| write!(file, "{}", std::process::id()))
             .map_err(|e| DataplaneError::io(format!("write {}", path.display()), e))?;
         Ok(Self { _file: file })
     }

@@ -48,7 +48,11 @@ impl Counters {
         self.by_target.get(&(target, verdict)).copied().unwrap_or(0)
     }
     pub fn total(&self, verdict: u32) -> u64 {
-        self.by_target.iter().filter(|((_, v), _)| *v == verdict).map(|(_, n)| n).sum()
+        self.by_target
+            .iter()
+            .filter(|((_, v), _)| *v == verdict)
+            .map(|(_, n)| n)
+            .sum()
     }
 }
 
@@ -62,27 +66,36 @@ fn ip16(addr: IpAddr) -> [u8; 16] {
 fn lpm_key(vnet: u16, addr: IpAddr) -> Key<TargetKey> {
     Key::new(
         TARGET_VNET_BITS + 128,
-        TargetKey { vnet_be: (vnet as u32).to_be_bytes(), addr: ip16(addr) },
+        TargetKey {
+            vnet_be: (vnet as u32).to_be_bytes(),
+            addr: ip16(addr),
+        },
     )
 }
 
 impl Maps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
         Ok(Self {
-            ingress: HashMap::try_from(take(ebpf, map::INGRESS)?).map_err(DataplaneError::map(map::INGRESS))?,
+            ingress: HashMap::try_from(take(ebpf, map::INGRESS)?)
+                .map_err(DataplaneError::map(map::INGRESS))?,
             ingress_if: HashMap::try_from(take(ebpf, map::INGRESS_IFINDEX)?)
                 .map_err(DataplaneError::map(map::INGRESS_IFINDEX))?,
-            targets: LpmTrie::try_from(take(ebpf, map::TARGETS)?).map_err(DataplaneError::map(map::TARGETS))?,
+            targets: LpmTrie::try_from(take(ebpf, map::TARGETS)?)
+                .map_err(DataplaneError::map(map::TARGETS))?,
             ports: HashMap::try_from(take(ebpf, map::PORTS)?).map_err(DataplaneError::map(map::PORTS))?,
             dests: HashMap::try_from(take(ebpf, map::DESTS)?).map_err(DataplaneError::map(map::DESTS))?,
-            counters: PerCpuArray::try_from(take(ebpf, map::COUNTERS)?).map_err(DataplaneError::map(map::COUNTERS))?,
-            sockets: SockMap::try_from(take(ebpf, map::SOCKETS)?).map_err(DataplaneError::map(map::SOCKETS))?,
+            counters: PerCpuArray::try_from(take(ebpf, map::COUNTERS)?)
+                .map_err(DataplaneError::map(map::COUNTERS))?,
+            sockets: SockMap::try_from(take(ebpf, map::SOCKETS)?)
+                .map_err(DataplaneError::map(map::SOCKETS))?,
             ids: Vec::new(),
         })
     }
 
     pub fn set_socket(&mut self, slot: u32, fd: &impl AsRawFd) -> Result<(), DataplaneError> {
-        self.sockets.set(slot, fd, 0).map_err(DataplaneError::map(map::SOCKETS))
+        self.sockets
+            .set(slot, fd, 0)
+            .map_err(DataplaneError::map(map::SOCKETS))
     }
 
     /// Makes the maps describe `set`. Order matters: everything that protects is added
@@ -143,8 +156,10 @@ impl Maps {
                 ports: t.ports.clone(),
             });
         }
-        let ports: BTreeSet<(u32, u16)> =
-            entries.iter().flat_map(|e| e.ports.iter().map(move |p| (e.id, *p))).collect();
+        let ports: BTreeSet<(u32, u16)> = entries
+            .iter()
+            .flat_map(|e| e.ports.iter().map(move |p| (e.id, *p)))
+            .collect();
         let mut dests: BTreeMap<([u8; 16], u16), u32> = BTreeMap::new();
         for e in &entries {
             for p in &e.ports {
@@ -154,24 +169,45 @@ impl Maps {
 
         // 1. Additions: ingress, ports, dests, then the addresses themselves.
         for ((ifindex, vlan), vnet) in &ingress {
-            let k = IngressKey { ifindex: *ifindex, vlan: *vlan, _pad: 0 };
-            self.ingress.insert(k, vnet, 0).map_err(DataplaneError::map(map::INGRESS))?;
+            let k = IngressKey {
+                ifindex: *ifindex,
+                vlan: *vlan,
+                _pad: 0,
+            };
+            self.ingress
+                .insert(k, vnet, 0)
+                .map_err(DataplaneError::map(map::INGRESS))?;
         }
         for idx in &ingress_if {
-            self.ingress_if.insert(idx, 1, 0).map_err(DataplaneError::map(map::INGRESS_IFINDEX))?;
+            self.ingress_if
+                .insert(idx, 1, 0)
+                .map_err(DataplaneError::map(map::INGRESS_IFINDEX))?;
         }
         for (id, port) in &ports {
-            let k = PortKey { target: *id, port: *port, _pad: 0 };
-            self.ports.insert(k, 1, 0).map_err(DataplaneError::map(map::PORTS))?;
+            let k = PortKey {
+                target: *id,
+                port: *port,
+                _pad: 0,
+            };
+            self.ports
+                .insert(k, 1, 0)
+                .map_err(DataplaneError::map(map::PORTS))?;
         }
         for ((addr, port), n) in &dests {
-            let k = DestKey { addr: *addr, port: *port, _pad: 0 };
-            self.dests.insert(k, n, 0).map_err(DataplaneError::map(map::DESTS))?;
+            let k = DestKey {
+                addr: *addr,
+                port: *port,
+                _pad: 0,
+            };
+            self.dests
+                .insert(k, n, 0)
+                .map_err(DataplaneError::map(map::DESTS))?;
         }
         let cpus = nr_cpus().map_err(|(_, e)| DataplaneError::io("read possible CPUs", e))?;
         for id in &fresh {
             for v in 0..VERDICTS {
-                let zero = PerCpuValues::try_from(vec![0u64; cpus]).map_err(|e| DataplaneError::io("per-CPU values", e))?;
+                let zero = PerCpuValues::try_from(vec![0u64; cpus])
+                    .map_err(|e| DataplaneError::io("per-CPU values", e))?;
                 self.counters
                     .set(id * VERDICTS + v, zero, 0)
                     .map_err(DataplaneError::map(map::COUNTERS))?;
@@ -184,10 +220,22 @@ impl Maps {
         }
 
         // 2. Removals: addresses first, then what hung off them.
-        let keep: BTreeSet<_> = set.addrs.iter().map(|t| ((t.vnet as u32).to_be_bytes(), ip16(t.addr))).collect();
+        let keep: BTreeSet<_> = set
+            .addrs
+            .iter()
+            .map(|t| ((t.vnet as u32).to_be_bytes(), ip16(t.addr)))
+            .collect();
         for ((vnet_be, addr), _) in current.iter().filter(|(k, _)| !keep.contains(k)) {
-            let k = Key::new(TARGET_VNET_BITS + 128, TargetKey { vnet_be: *vnet_be, addr: *addr });
-            self.targets.remove(&k).map_err(DataplaneError::map(map::TARGETS))?;
+            let k = Key::new(
+                TARGET_VNET_BITS + 128,
+                TargetKey {
+                    vnet_be: *vnet_be,
+                    addr: *addr,
+                },
+            );
+            self.targets
+                .remove(&k)
+                .map_err(DataplaneError::map(map::TARGETS))?;
         }
         let stale: Vec<PortKey> = self
             .ports
@@ -214,11 +262,20 @@ impl Maps {
             .filter(|k| !ingress.contains_key(&(k.ifindex, k.vlan)))
             .collect();
         for k in stale {
-            self.ingress.remove(&k).map_err(DataplaneError::map(map::INGRESS))?;
+            self.ingress
+                .remove(&k)
+                .map_err(DataplaneError::map(map::INGRESS))?;
         }
-        let stale: Vec<u32> = self.ingress_if.keys().filter_map(Result::ok).filter(|k| !ingress_if.contains(k)).collect();
+        let stale: Vec<u32> = self
+            .ingress_if
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !ingress_if.contains(k))
+            .collect();
         for k in stale {
-            self.ingress_if.remove(&k).map_err(DataplaneError::map(map::INGRESS_IFINDEX))?;
+            self.ingress_if
+                .remove(&k)
+                .map_err(DataplaneError::map(map::INGRESS_IFINDEX))?;
         }
         self.ids = entries.iter().map(|e| e.id).collect();
         Ok(entries)
@@ -237,7 +294,9 @@ fn read_counters(
     let mut c = Counters::default();
     for id in std::iter::once(0).chain(ids) {
         for v in 0..VERDICTS {
-            let vals = arr.get(&(id * VERDICTS + v), 0).map_err(DataplaneError::map(map::COUNTERS))?;
+            let vals = arr
+                .get(&(id * VERDICTS + v), 0)
+                .map_err(DataplaneError::map(map::COUNTERS))?;
             let n: u64 = vals.iter().sum();
             if n != 0 {
                 c.by_target.insert((id, v), n);
@@ -247,7 +306,10 @@ fn read_counters(
     Ok(c)
 }
 
-pub fn counters_from_pin(maps_dir: &Path, ids: impl IntoIterator<Item = u32>) -> Result<Counters, DataplaneError> {
+pub fn counters_from_pin(
+    maps_dir: &Path,
+    ids: impl IntoIterator<Item = u32>,
+) -> Result<Counters, DataplaneError> {
     let path = maps_dir.join(map::COUNTERS);
     let data = MapData::from_pin(&path).map_err(DataplaneError::map(map::COUNTERS))?;
     let arr = PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(DataplaneError::map(map::COUNTERS))?;

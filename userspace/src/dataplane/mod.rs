@@ -106,7 +106,8 @@ impl Dataplane {
         lock: InstanceLock,
     ) -> Result<Self, DataplaneError> {
         for dir in [&paths.maps, &paths.links] {
-            fs::create_dir_all(dir).map_err(|e| DataplaneError::io(format!("create {}", dir.display()), e))?;
+            fs::create_dir_all(dir)
+                .map_err(|e| DataplaneError::io(format!("create {}", dir.display()), e))?;
         }
         let mut ebpf = load(object, &paths.maps)?;
         let maps = maps::Maps::take(&mut ebpf)?;
@@ -181,7 +182,8 @@ async fn teardown(cfg: &DataplaneConfig, paths: &Paths) -> Result<(), DataplaneE
     routing::remove(cfg).await?;
     sysctl::restore(&paths.state)?;
     if paths.root.exists() {
-        fs::remove_dir_all(&paths.root).map_err(|e| DataplaneError::io(format!("remove {}", paths.root.display()), e))?;
+        fs::remove_dir_all(&paths.root)
+            .map_err(|e| DataplaneError::io(format!("remove {}", paths.root.display()), e))?;
     }
     state::remove(&paths.state)?;
     Ok(())
@@ -211,7 +213,11 @@ impl Detached {
         fs::create_dir_all(dir).map_err(|e| DataplaneError::io(format!("create {}", dir.display()), e))?;
         let mut ebpf = load(object, dir)?;
         let maps = maps::Maps::take(&mut ebpf)?;
-        let mut me = Self { ebpf, maps, dir: dir.to_owned() };
+        let mut me = Self {
+            ebpf,
+            maps,
+            dir: dir.to_owned(),
+        };
         links::load_programs(&mut me.ebpf)?;
         Ok(me)
     }
@@ -231,7 +237,9 @@ impl Detached {
             .ebpf
             .program(name)
             .ok_or_else(|| DataplaneError::Capacity(format!("the BPF object has no program {name}")))?;
-        let fd = p.fd().map_err(DataplaneError::program(format!("program {name}")))?;
+        let fd = p
+            .fd()
+            .map_err(DataplaneError::program(format!("program {name}")))?;
         Ok(fd.as_fd())
     }
 }

@@ -17,7 +17,8 @@ pub fn check_kernel() -> Result<(), DataplaneError> {
 }
 
 pub fn check_bpffs(path: &Path) -> Result<(), DataplaneError> {
-    let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| DataplaneError::NoBpffs(path.into()))?;
+    let c = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| DataplaneError::NoBpffs(path.into()))?;
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 || st.f_type as i64 != BPF_FS_MAGIC {
         return Err(DataplaneError::NoBpffs(path.into()));
@@ -39,7 +40,10 @@ pub fn resolve_interfaces(set: &TargetSet) -> Result<(), DataplaneError> {
         let names = v.ingress.iter().map(|i| &i.interface).chain(v.upstream.iter());
         for name in names {
             if ifindex(name).is_none() {
-                return Err(DataplaneError::NoInterface { interface: name.clone(), vnet: v.name.clone() });
+                return Err(DataplaneError::NoInterface {
+                    interface: name.clone(),
+                    vnet: v.name.clone(),
+                });
             }
         }
     }

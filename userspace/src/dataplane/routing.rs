@@ -27,11 +27,15 @@ use super::{preflight::ifindex, DataplaneError};
 use crate::config::DataplaneConfig;
 
 fn nl(what: &str) -> impl FnOnce(rtnetlink::Error) -> DataplaneError + '_ {
-    move |source| DataplaneError::Netlink { what: what.to_string(), source }
+    move |source| DataplaneError::Netlink {
+        what: what.to_string(),
+        source,
+    }
 }
 
 fn connect() -> Result<Handle, DataplaneError> {
-    let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| DataplaneError::io("open a netlink socket", e))?;
+    let (conn, handle, _) =
+        rtnetlink::new_connection().map_err(|e| DataplaneError::io("open a netlink socket", e))?;
     tokio::spawn(conn);
     Ok(handle)
 }
@@ -47,8 +51,16 @@ const RT_TABLE_MAIN: u32 = 254;
 
 fn specs(cfg: &DataplaneConfig) -> [RuleSpec; 2] {
     [
-        RuleSpec { priority: cfg.rule_priority - 1, table: RT_TABLE_MAIN, local_only: true },
-        RuleSpec { priority: cfg.rule_priority, table: cfg.route_table, local_only: false },
+        RuleSpec {
+            priority: cfg.rule_priority - 1,
+            table: RT_TABLE_MAIN,
+            local_only: true,
+        },
+        RuleSpec {
+            priority: cfg.rule_priority,
+            table: cfg.route_table,
+            local_only: false,
+        },
     ]
 }
 
@@ -70,12 +82,21 @@ fn matches(r: &RuleMessage, spec: &RuleSpec) -> bool {
 }
 
 async fn rules(handle: &Handle, v: IpVersion) -> Result<Vec<RuleMessage>, DataplaneError> {
-    handle.rule().get(v).execute().try_collect().await.map_err(nl("list rules"))
+    handle
+        .rule()
+        .get(v)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl("list rules"))
 }
 
 pub async fn install(cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
     let handle = connect()?;
-    let lo = ifindex("lo").ok_or_else(|| DataplaneError::NoInterface { interface: "lo".into(), vnet: "-".into() })?;
+    let lo = ifindex("lo").ok_or_else(|| DataplaneError::NoInterface {
+        interface: "lo".into(),
+        vnet: "-".into(),
+    })?;
     for v in [IpVersion::V4, IpVersion::V6] {
         let existing = rules(&handle, v.clone()).await?;
         for spec in specs(cfg) {
@@ -92,7 +113,9 @@ pub async fn install(cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
             if spec.local_only {
                 req = req.input_interface("lo".into());
             }
-            req.message_mut().attributes.push(RuleAttribute::FwMask(MARK_STEER));
+            req.message_mut()
+                .attributes
+                .push(RuleAttribute::FwMask(MARK_STEER));
             let res = match v {
                 IpVersion::V4 => req.v4().execute().await,
                 IpVersion::V6 => req.v6().execute().await,
@@ -107,7 +130,13 @@ pub async fn install(cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
         .output_interface(lo)
         .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
         .build();
-    handle.route().add(v4).replace().execute().await.map_err(nl("add IPv4 local route"))?;
+    handle
+        .route()
+        .add(v4)
+        .replace()
+        .execute()
+        .await
+        .map_err(nl("add IPv4 local route"))?;
     let v6 = RouteMessageBuilder::<Ipv6Addr>::new()
         .table_id(cfg.route_table)
         .kind(RouteType::Local)
@@ -115,7 +144,13 @@ pub async fn install(cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
         .output_interface(lo)
         .destination_prefix(Ipv6Addr::UNSPECIFIED, 0)
         .build();
-    handle.route().add(v6).replace().execute().await.map_err(nl("add IPv6 local route"))?;
+    handle
+        .route()
+        .add(v6)
+        .replace()
+        .execute()
+        .await
+        .map_err(nl("add IPv6 local route"))?;
     Ok(())
 }
 
@@ -124,23 +159,43 @@ pub async fn remove(cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
     for v in [IpVersion::V4, IpVersion::V6] {
         for r in rules(&handle, v).await? {
             if specs(cfg).iter().any(|s| matches(&r, s)) {
-                handle.rule().del(r).execute().await.map_err(nl("delete fwmark rule"))?;
+                handle
+                    .rule()
+                    .del(r)
+                    .execute()
+                    .await
+                    .map_err(nl("delete fwmark rule"))?;
             }
         }
     }
     for family in [AddressFamily::Inet, AddressFamily::Inet6] {
         let filter = match family {
-            AddressFamily::Inet => RouteMessageBuilder::<Ipv4Addr>::new().table_id(cfg.route_table).build(),
-            _ => RouteMessageBuilder::<Ipv6Addr>::new().table_id(cfg.route_table).build(),
+            AddressFamily::Inet => RouteMessageBuilder::<Ipv4Addr>::new()
+                .table_id(cfg.route_table)
+                .build(),
+            _ => RouteMessageBuilder::<Ipv6Addr>::new()
+                .table_id(cfg.route_table)
+                .build(),
         };
-        let routes: Vec<_> = handle.route().get(filter).execute().try_collect().await.map_err(nl("list routes"))?;
+        let routes: Vec<_> = handle
+            .route()
+            .get(filter)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl("list routes"))?;
         for r in routes {
             let table = r.attributes.iter().find_map(|a| match a {
                 rtnetlink::packet_route::route::RouteAttribute::Table(t) => Some(*t),
                 _ => None,
             });
             if table.unwrap_or(r.header.table as u32) == cfg.route_table {
-                handle.route().del(r).execute().await.map_err(nl("delete local route"))?;
+                handle
+                    .route()
+                    .del(r)
+                    .execute()
+                    .await
+                    .map_err(nl("delete local route"))?;
             }
         }
     }

@@ -30,8 +30,14 @@ pub fn write(dir: &Path, entries: &[StateEntry]) -> Result<(), DataplaneError> {
 
 pub fn read(dir: &Path) -> Result<Vec<StateEntry>, DataplaneError> {
     let path = dir.join(FILE);
-    let body = fs::read(&path).map_err(|e| DataplaneError::io(format!("read {} (is the dataplane installed?)", path.display()), e))?;
-    serde_json::from_slice(&body).map_err(|e| DataplaneError::io(format!("parse {}", path.display()), e.into()))
+    let body = fs::read(&path).map_err(|e| {
+        DataplaneError::io(
+            format!("read {} (is the dataplane installed?)", path.display()),
+            e,
+        )
+    })?;
+    serde_json::from_slice(&body)
+        .map_err(|e| DataplaneError::io(format!("parse {}", path.display()), e.into()))
 }
 
 pub fn remove(dir: &Path) -> Result<(), DataplaneError> {

@@ -87,7 +87,10 @@ pub fn xdp(prog: &impl AsRawFd, packet: &[u8], repeat: u32) -> io::Result<RunRes
         ..Default::default()
     };
     run(&mut attr)?;
-    Ok(RunResult { retval: attr.retval, duration_ns: attr.duration })
+    Ok(RunResult {
+        retval: attr.retval,
+        duration_ns: attr.duration,
+    })
 }
 
 /// Runs a TC program once on `packet` with the given context; returns the verdict and the
@@ -110,5 +113,11 @@ pub fn tc(prog: &impl AsRawFd, packet: &[u8], ctx: SkBuffCtx) -> io::Result<(Run
         ..Default::default()
     };
     run(&mut attr)?;
-    Ok((RunResult { retval: attr.retval, duration_ns: attr.duration }, ctx_out))
+    Ok((
+        RunResult {
+            retval: attr.retval,
+            duration_ns: attr.duration,
+        },
+        ctx_out,
+    ))
 }

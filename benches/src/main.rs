@@ -1,0 +1,28 @@
+//! Benchmark drivers. `portcullis-bench GROUP [--quick]` prints one flat JSON object
+//! (metric name → number); `cargo xtask bench` merges the groups into target/bench/.
+
+mod xdp;
+
+use anyhow::{bail, Result};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let metrics = match args.first().map(String::as_str) {
+        Some("xdp") => xdp::run(quick)?,
+        other => bail!("unknown benchmark group {other:?}; known: xdp"),
+    };
+    println!("{}", serde_json::Value::Object(metrics));
+    Ok(())
+}
+
+/// The median of a non-empty sample.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
