@@ -14,7 +14,7 @@ use portcullis::{
 };
 use portcullis_common::{
     parse::{self, Packet, Tables},
-    program, v4_mapped, verdict, MARK_STEER,
+    program, verdict, TargetValue, INLINE_PORTS, MARK_STEER,
 };
 use support::packet::{Frame, Rng};
 
@@ -109,46 +109,50 @@ impl Kernel {
 }
 
 /// The same tables as plain maps, for the host-side model of the classifier.
-struct Model(
-    HashMap<(u32, u16), u32>,
-    HashMap<(u32, [u8; 16]), u32>,
-    HashMap<(u32, u16), ()>,
-);
+struct Model {
+    ingress: HashMap<(u32, u16), u32>,
+    targets: HashMap<(u32, [u8; 16]), TargetValue>,
+}
 
 impl Model {
     fn new(s: &TargetSet) -> Self {
-        let mut ing = HashMap::new();
+        let mut m = Model {
+            ingress: HashMap::new(),
+            targets: HashMap::new(),
+        };
         for v in &s.vnets {
             for i in &v.ingress {
-                ing.insert((LO, i.vlan.unwrap_or(0)), v.id as u32);
+                m.ingress.insert((LO, i.vlan.unwrap_or(0)), v.id as u32);
             }
         }
-        let mut tg = HashMap::new();
-        let mut ports = HashMap::new();
         for (n, a) in s.addrs.iter().enumerate() {
-            let id = n as u32 + 1;
-            let a16 = match a.addr {
-                IpAddr::V4(v) => v4_mapped(v.octets()),
-                IpAddr::V6(v) => v.octets(),
+            let mut ports = [0u16; INLINE_PORTS];
+            ports[..a.ports.len()].copy_from_slice(&a.ports);
+            let v = TargetValue {
+                id: n as u32 + 1,
+                nports: a.ports.len() as u16,
+                ports,
+                _pad: 0,
             };
-            tg.insert((a.vnet as u32, a16), id);
-            for p in &a.ports {
-                ports.insert((id, *p), ());
-            }
+            let addr = match a.addr {
+                IpAddr::V4(x) => x.to_ipv6_mapped().octets(),
+                IpAddr::V6(x) => x.octets(),
+            };
+            m.targets.insert((a.vnet as u32, addr), v);
         }
-        Self(ing, tg, ports)
+        m
     }
 }
 
 impl Tables for Model {
     fn vnet(&self, ifindex: u32, vlan: u16) -> Option<u32> {
-        self.0.get(&(ifindex, vlan)).copied()
+        self.ingress.get(&(ifindex, vlan)).copied()
     }
-    fn target(&self, vnet: u32, addr: [u8; 16]) -> Option<u32> {
-        self.1.get(&(vnet, addr)).copied()
+    fn target(&self, vnet: u32, addr: &[u8; 16]) -> Option<&TargetValue> {
+        self.targets.get(&(vnet, *addr))
     }
-    fn protected(&self, target: u32, port: u16) -> bool {
-        self.2.contains_key(&(target, port))
+    fn overflow_port(&self, _target: u32, _port: u16) -> bool {
+        false
     }
 }
 
@@ -346,4 +350,119 @@ fn random_mutations_agree_with_the_model() {
         steered > 100,
         "mutations should keep many packets steerable: {steered}"
     );
+}
+
+/// Addresses in 2001:db8::/32 whose table home slot (in vnet 1) is the same. (Consecutive
+/// addresses never collide: the multiplicative hash spreads them evenly.)
+fn colliding(n: usize) -> Vec<std::net::Ipv6Addr> {
+    use portcullis_common::{addr_hash, addr_words, home_slot};
+    let home = |a: std::net::Ipv6Addr| home_slot(addr_hash(1, &addr_words(&a.octets())));
+    let addr = |i: u32| std::net::Ipv6Addr::new(0x2001, 0xdb8, (i >> 16) as u16, i as u16, 0, 0, 0, 1);
+    let h = home(addr(0));
+    let out: Vec<_> = (0u32..1 << 24)
+        .map(addr)
+        .filter(|a| home(*a) == h)
+        .take(n)
+        .collect();
+    assert_eq!(out.len(), n, "found {} colliding addresses", out.len());
+    out
+}
+
+#[test]
+fn colliding_targets_spill_into_the_overflow_map_and_stay_protected() {
+    let Some(mut k) = Kernel::new() else { return };
+    let addrs = colliding(8);
+    let mut s = set();
+    // Six targets share one home slot: four fit the probe window, two overflow.
+    for a in &addrs[..6] {
+        s.addrs.push(TargetAddr {
+            target: format!("c{a}"),
+            vnet: 1,
+            addr: IpAddr::V6(*a),
+            ports: vec![22],
+        });
+    }
+    k.d.apply(&s).unwrap();
+    for a in &addrs[..6] {
+        assert_eq!(
+            k.tc(&Frame::tcp(&a.to_string(), 22).build(), LO),
+            (TC_ACT_OK, MARK_STEER | 1),
+            "{a}"
+        );
+        assert_eq!(
+            k.tc(&Frame::tcp(&a.to_string(), 80).build(), LO),
+            (TC_ACT_OK, 0),
+            "{a}"
+        );
+    }
+    // Colliding, but not a target: probes the full window, then misses in the overflow map.
+    for a in &addrs[6..] {
+        assert_eq!(
+            k.tc(&Frame::tcp(&a.to_string(), 22).build(), LO),
+            (TC_ACT_OK, 0),
+            "{a}"
+        );
+    }
+    // Removing the in-table ones leaves the overflowed ones protected after the rebuild.
+    let keep: Vec<_> = s
+        .addrs
+        .iter()
+        .filter(|t| !addrs[..2].iter().any(|a| t.addr == IpAddr::V6(*a)))
+        .cloned()
+        .collect();
+    s.addrs = keep;
+    k.d.apply(&s).unwrap();
+    for a in &addrs[2..6] {
+        assert_eq!(
+            k.tc(&Frame::tcp(&a.to_string(), 22).build(), LO),
+            (TC_ACT_OK, MARK_STEER | 1),
+            "{a}"
+        );
+    }
+    for a in &addrs[..2] {
+        assert_eq!(
+            k.tc(&Frame::tcp(&a.to_string(), 22).build(), LO),
+            (TC_ACT_OK, 0),
+            "{a} removed"
+        );
+    }
+}
+
+#[test]
+fn updates_change_verdicts_and_keep_address_ids() {
+    let Some(mut k) = Kernel::new() else { return };
+    let first = k.d.apply(&set()).unwrap();
+    let mut s = set();
+    // web-01's IPv4 address now protects 22 and 2200; its IPv6 address is gone; a new
+    // target with more ports than fit inline appears.
+    s.addrs[0].ports = vec![22, 2200];
+    s.addrs.remove(1);
+    let many: Vec<u16> = (1000..1012).collect();
+    s.addrs.push(TargetAddr {
+        target: "db-01".into(),
+        vnet: 1,
+        addr: "198.18.10.20".parse().unwrap(),
+        ports: many.clone(),
+    });
+    let second = k.d.apply(&s).unwrap();
+    assert_eq!(
+        first[0].id, second[0].id,
+        "an address keeps its id across updates"
+    );
+    assert_eq!(
+        k.tc(&Frame::tcp("198.18.10.10", 2200).build(), LO),
+        (TC_ACT_OK, MARK_STEER | 1)
+    );
+    assert_eq!(
+        k.tc(&Frame::tcp("2001:db8:10::10", 22).build(), LO),
+        (TC_ACT_OK, 0)
+    );
+    for p in many {
+        assert_eq!(
+            k.tc(&Frame::tcp("198.18.10.20", p).build(), LO),
+            (TC_ACT_OK, MARK_STEER | 1),
+            "port {p}"
+        );
+    }
+    assert_eq!(k.tc(&Frame::tcp("198.18.10.20", 999).build(), LO), (TC_ACT_OK, 0));
 }

@@ -5,7 +5,7 @@
 //! vouch for (truncated TCP header, fragments, over-long IPv6 extension chains) is
 //! `DROPPED`: forwarding it could let a segment reach the target's protected port.
 
-use crate::{v4_mapped, verdict, MARK_STEER, MARK_VNET_MASK};
+use crate::{v4_mapped, verdict, TargetValue, INLINE_PORTS, MARK_STEER, MARK_VNET_MASK};
 
 const ETH_P_IPV4: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -18,9 +18,26 @@ const MAX_V6_EXT: usize = 6;
 
 /// The lookups the classifier needs: BPF maps in the kernel, plain tables in unit tests.
 pub trait Tables {
+    /// The vnet of traffic arriving on `ifindex` with VLAN id `vlan` (0: untagged).
     fn vnet(&self, ifindex: u32, vlan: u16) -> Option<u32>;
-    fn target(&self, vnet: u32, addr: [u8; 16]) -> Option<u32>;
-    fn protected(&self, target: u32, port: u16) -> bool;
+    /// The target at (vnet, address); IPv4 addresses come mapped (`::ffff:a.b.c.d`).
+    fn target(&self, vnet: u32, addr: &[u8; 16]) -> Option<&TargetValue>;
+    /// Ports beyond the inline ones.
+    fn overflow_port(&self, target: u32, port: u16) -> bool;
+}
+
+/// Whether `port` is protected on the target `t`.
+#[inline(always)]
+pub fn protected<T: Tables>(t: &T, v: &TargetValue, port: u16) -> bool {
+    let n = v.nports as usize;
+    let mut i = 0;
+    while i < INLINE_PORTS {
+        if i < n && v.ports[i] == port {
+            return true;
+        }
+        i += 1;
+    }
+    n > INLINE_PORTS && t.overflow_port(v.id, port)
 }
 
 /// A packet as the half-open byte range `[start, end)` in memory.
@@ -130,12 +147,12 @@ fn ipv4<T: Tables>(p: &Packet, off: usize, vnet: u32, t: &T) -> Outcome {
         return outcome(verdict::NOT_TCP, 0);
     }
     let dst = unsafe { p.get::<4>(off + 16) };
-    let Some(target) = t.target(vnet, v4_mapped(dst)) else {
+    let Some(target) = t.target(vnet, &v4_mapped(dst)) else {
         return outcome(verdict::NO_TARGET, 0);
     };
     // More-fragments or a fragment offset: the ports may be in another fragment.
     if unsafe { p.be16(off + 6) } & 0x3fff != 0 {
-        return outcome(verdict::DROPPED, target);
+        return outcome(verdict::DROPPED, target.id);
     }
     tcp(p, off + ihl, vnet, target, t)
 }
@@ -150,7 +167,7 @@ fn ipv6<T: Tables>(p: &Packet, off: usize, vnet: u32, t: &T) -> Outcome {
     }
     let mut next = unsafe { p.byte(off + 6) };
     let dst = unsafe { p.get::<16>(off + 24) };
-    let Some(target) = t.target(vnet, dst) else {
+    let Some(target) = t.target(vnet, &dst) else {
         return outcome(verdict::NO_TARGET, 0);
     };
     let mut l4 = off + 40;
@@ -161,7 +178,7 @@ fn ipv6<T: Tables>(p: &Packet, off: usize, vnet: u32, t: &T) -> Outcome {
             // Hop-by-hop, routing, destination options: length in 8-octet units, minus one.
             0 | 43 | 60 => {
                 if !p.has(l4, 2) {
-                    return outcome(verdict::DROPPED, target);
+                    return outcome(verdict::DROPPED, target.id);
                 }
                 let [n, len] = unsafe { p.get::<2>(l4) };
                 next = n;
@@ -170,34 +187,34 @@ fn ipv6<T: Tables>(p: &Packet, off: usize, vnet: u32, t: &T) -> Outcome {
             // Authentication header: length in 4-octet units, minus two.
             51 => {
                 if !p.has(l4, 2) {
-                    return outcome(verdict::DROPPED, target);
+                    return outcome(verdict::DROPPED, target.id);
                 }
                 let [n, len] = unsafe { p.get::<2>(l4) };
                 next = n;
                 l4 += (len as usize + 2) * 4;
             }
             // Fragment header: the ports may be in another fragment.
-            44 => return outcome(verdict::DROPPED, target),
-            _ => return outcome(verdict::NOT_TCP, target),
+            44 => return outcome(verdict::DROPPED, target.id),
+            _ => return outcome(verdict::NOT_TCP, target.id),
         }
         i += 1;
     }
-    outcome(verdict::DROPPED, target)
+    outcome(verdict::DROPPED, target.id)
 }
 
 #[inline(always)]
-fn tcp<T: Tables>(p: &Packet, l4: usize, vnet: u32, target: u32, t: &T) -> Outcome {
+fn tcp<T: Tables>(p: &Packet, l4: usize, vnet: u32, target: &TargetValue, t: &T) -> Outcome {
     if !p.has(l4, TCP_HDR) {
-        return outcome(verdict::DROPPED, target);
+        return outcome(verdict::DROPPED, target.id);
     }
     let dport = unsafe { p.be16(l4 + 2) };
-    if t.protected(target, dport) {
+    if protected(t, target, dport) {
         Outcome {
             verdict: verdict::STEERED,
-            target,
+            target: target.id,
             mark: MARK_STEER | (vnet & MARK_VNET_MASK),
         }
     } else {
-        outcome(verdict::OTHER_PORT, target)
+        outcome(verdict::OTHER_PORT, target.id)
     }
 }

@@ -15,30 +15,44 @@ use aya_ebpf::{
     bindings::{sk_action, xdp_action, TC_ACT_OK, TC_ACT_SHOT},
     helpers::bpf_xdp_adjust_meta,
     macros::{classifier, map, sk_lookup, xdp},
-    maps::{lpm_trie::Key, HashMap, LpmTrie, PerCpuArray, SockMap},
+    maps::{Array, HashMap, PerCpuArray, SockMap},
     programs::{SkLookupContext, TcContext, XdpContext},
     EbpfContext,
 };
 use portcullis_common::parse::{self, Outcome, Packet};
 use portcullis_common::{
-    v4_mapped, verdict, DestKey, IngressKey, PortKey, TargetKey, XdpMeta, MARK_STEER, MARK_VNET_MASK,
-    MAX_INGRESS, MAX_PORTS, MAX_TARGETS, META_MAGIC, SOCKET_SLOTS, SOCKET_V4, SOCKET_V6, VERDICTS,
+    addr_hash, addr_words, filter_bit, home_slot, v4_mapped, verdict, DestKey, IngressKey, PortKey, Slot,
+    TargetKey, TargetValue, XdpMeta, CONTROL_ACTIVE, CONTROL_OVERFLOW, CONTROL_SLOTS, FILTER_WORDS,
+    MARK_STEER, MARK_VNET_MASK, MAX_IFINDEX, MAX_INGRESS, MAX_PORTS, MAX_TARGETS, META_MAGIC, PROBES,
+    SOCKET_SLOTS, SOCKET_V4, SOCKET_V6, TABLE_MASK, TABLE_SLOTS, VERDICTS,
 };
 
-#[map(name = "PC_INGRESS")]
-static PC_INGRESS: HashMap<IngressKey, u32> = HashMap::pinned(MAX_INGRESS, 0);
-
 #[map(name = "PC_INGRESS_IF")]
-static PC_INGRESS_IF: HashMap<u32, u32> = HashMap::pinned(MAX_INGRESS, 0);
+static PC_INGRESS_IF: Array<u32> = Array::pinned(MAX_IFINDEX, 0);
 
-#[map(name = "PC_TARGETS")]
-static PC_TARGETS: LpmTrie<TargetKey, u32> = LpmTrie::pinned(MAX_TARGETS, 0);
+#[map(name = "PC_INGRESS_VLAN")]
+static PC_INGRESS_VLAN: HashMap<IngressKey, u32> = HashMap::pinned(MAX_INGRESS, 0);
+
+#[map(name = "PC_TABLE_A")]
+static PC_TABLE_A: Array<Slot> = Array::pinned(TABLE_SLOTS, 0);
+
+#[map(name = "PC_TABLE_B")]
+static PC_TABLE_B: Array<Slot> = Array::pinned(TABLE_SLOTS, 0);
+
+#[map(name = "PC_CONTROL")]
+static PC_CONTROL: Array<u32> = Array::pinned(CONTROL_SLOTS, 0);
+
+#[map(name = "PC_OVERFLOW")]
+static PC_OVERFLOW: HashMap<TargetKey, TargetValue> = HashMap::pinned(MAX_TARGETS, 0);
 
 #[map(name = "PC_PORTS")]
 static PC_PORTS: HashMap<PortKey, u32> = HashMap::pinned(MAX_PORTS, 0);
 
 #[map(name = "PC_DESTS")]
 static PC_DESTS: HashMap<DestKey, u32> = HashMap::pinned(MAX_PORTS, 0);
+
+#[map(name = "PC_FILTER")]
+static PC_FILTER: Array<u64> = Array::pinned(FILTER_WORDS, 0);
 
 #[map(name = "PC_COUNTERS")]
 static PC_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(MAX_TARGETS * VERDICTS, 0);
@@ -57,60 +71,64 @@ fn count(target: u32, v: u32) {
     }
 }
 
-#[inline(always)]
-fn lookup_vnet(ifindex: u32, vlan: u16) -> Option<u32> {
-    let key = IngressKey {
-        ifindex,
-        vlan,
-        _pad: 0,
-    };
-    unsafe { PC_INGRESS.get(&key).copied() }
-}
-
-#[inline(always)]
-fn lookup_target(vnet: u32, addr: [u8; 16]) -> Option<u32> {
-    let key = Key::new(
-        128 + portcullis_common::TARGET_VNET_BITS,
-        TargetKey {
-            vnet_be: vnet.to_be_bytes(),
-            addr,
-        },
-    );
-    PC_TARGETS.get(&key).copied()
-}
-
-#[inline(always)]
-fn is_protected(target: u32, port: u16) -> bool {
-    let key = PortKey {
-        target,
-        port,
-        _pad: 0,
-    };
-    unsafe { PC_PORTS.get(&key).is_some() }
-}
-
 /// Classifies one packet and counts the verdict.
 #[inline(always)]
 fn classify(pkt: &Packet, ifindex: u32, vlan: u16) -> Outcome {
-    let out = parse::classify(pkt, ifindex, vlan, &Lookups);
+    let out = parse::classify(pkt, ifindex, vlan, &Maps);
     count(out.target, out.verdict);
     out
 }
 
-struct Lookups;
+/// The classifier's tables are the BPF maps.
+struct Maps;
 
-impl parse::Tables for Lookups {
+impl parse::Tables for Maps {
     #[inline(always)]
     fn vnet(&self, ifindex: u32, vlan: u16) -> Option<u32> {
-        lookup_vnet(ifindex, vlan)
+        if vlan == 0 {
+            let v = PC_INGRESS_IF.get(ifindex).copied().unwrap_or(0) & MARK_VNET_MASK;
+            return (v != 0).then_some(v);
+        }
+        let key = IngressKey {
+            ifindex,
+            vlan,
+            _pad: 0,
+        };
+        unsafe { PC_INGRESS_VLAN.get(&key).copied() }
     }
     #[inline(always)]
-    fn target(&self, vnet: u32, addr: [u8; 16]) -> Option<u32> {
-        lookup_target(vnet, addr)
+    fn target(&self, vnet: u32, addr: &[u8; 16]) -> Option<&TargetValue> {
+        let words = addr_words(addr);
+        let hash = addr_hash(vnet, &words);
+        // Prefilter: most traffic is not for a target and stops here.
+        let bit = filter_bit(hash);
+        let word = PC_FILTER.get(bit / 64).copied().unwrap_or(0);
+        if word & (1u64 << (bit % 64)) == 0 {
+            return None;
+        }
+        let home = home_slot(hash);
+        let found = if PC_CONTROL.get(CONTROL_ACTIVE).copied().unwrap_or(0) == 0 {
+            probe(&PC_TABLE_A, home, vnet, &words)
+        } else {
+            probe(&PC_TABLE_B, home, vnet, &words)
+        };
+        match found {
+            Probe::Found(v) => Some(v),
+            Probe::Absent => None,
+            Probe::Full if PC_CONTROL.get(CONTROL_OVERFLOW).copied().unwrap_or(0) != 0 => unsafe {
+                PC_OVERFLOW.get(&TargetKey { vnet, addr: *addr })
+            },
+            Probe::Full => None,
+        }
     }
     #[inline(always)]
-    fn protected(&self, target: u32, port: u16) -> bool {
-        is_protected(target, port)
+    fn overflow_port(&self, target: u32, port: u16) -> bool {
+        let key = PortKey {
+            target,
+            port,
+            _pad: 0,
+        };
+        unsafe { PC_PORTS.get(&key).is_some() }
     }
 }
 
@@ -148,6 +166,32 @@ fn write_meta(ctx: &XdpContext, mark: u32) {
         (*meta).magic = META_MAGIC;
         (*meta).mark = mark;
     }
+}
+
+enum Probe<'a> {
+    Found(&'a TargetValue),
+    /// An empty slot ends the probe: the key is in no slot.
+    Absent,
+    /// Every probed slot held another key: the key may be in the overflow map.
+    Full,
+}
+
+#[inline(always)]
+fn probe(table: &'static Array<Slot>, home: u32, vnet: u32, words: &[u64; 2]) -> Probe<'static> {
+    let mut i = 0;
+    while i < PROBES {
+        let Some(s) = table.get((home + i) & TABLE_MASK) else {
+            return Probe::Absent;
+        };
+        if s.vnet == 0 {
+            return Probe::Absent;
+        }
+        if s.vnet == vnet && s.addr[0] == words[0] && s.addr[1] == words[1] {
+            return Probe::Found(&s.value);
+        }
+        i += 1;
+    }
+    Probe::Full
 }
 
 /// Baseline for benchmarks: what an XDP program costs when it does nothing.
@@ -219,7 +263,7 @@ pub fn pc_sk_lookup(ctx: SkLookupContext) -> u32 {
     if protocol != IPPROTO_TCP {
         return sk_action::SK_PASS;
     }
-    if unsafe { PC_INGRESS_IF.get(&ifindex).is_none() } {
+    if PC_INGRESS_IF.get(ifindex).copied().unwrap_or(0) == 0 {
         return sk_action::SK_PASS;
     }
     let (addr, slot) = if family == AF_INET {

@@ -8,24 +8,32 @@ use std::{
 };
 
 use aya::{
-    maps::{lpm_trie::Key, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues, SockMap},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues, SockMap},
     util::nr_cpus,
     Ebpf,
 };
 use portcullis_common::{
-    map, v4_mapped, DestKey, IngressKey, PortKey, TargetKey, MAX_TARGETS, TARGET_VNET_BITS, VERDICTS,
+    addr_hash, addr_words, filter_bit, home_slot, map, v4_mapped, DestKey, IngressKey, PortKey, Slot,
+    TargetKey, TargetValue, CONTROL_ACTIVE, CONTROL_OVERFLOW, FILTER_WORDS, INGRESS_HAS_VLANS, INLINE_PORTS,
+    MAX_IFINDEX, MAX_TARGETS, PROBES, TABLE_MASK, TABLE_SLOTS, VERDICTS,
 };
 
 use super::{preflight::ifindex, state::StateEntry, DataplaneError};
 use crate::targets::{canonical, TargetSet};
 
 pub struct Maps {
-    ingress: HashMap<MapData, IngressKey, u32>,
-    ingress_if: HashMap<MapData, u32, u32>,
-    targets: LpmTrie<MapData, TargetKey, u32>,
+    ingress_if: Array<MapData, u32>,
+    ingress_vlan: HashMap<MapData, IngressKey, u32>,
+    tables: [Array<MapData, Slot>; 2],
+    control: Array<MapData, u32>,
+    overflow: HashMap<MapData, TargetKey, TargetValue>,
+    /// What each table holds, kept in step with the kernel; `active` is the one readers use.
+    mirror: [Vec<Slot>; 2],
+    active: u32,
     ports: HashMap<MapData, PortKey, u32>,
     dests: HashMap<MapData, DestKey, u32>,
     counters: PerCpuArray<MapData, u64>,
+    filter: Array<MapData, u64>,
     sockets: SockMap<MapData>,
     /// Address ids of the last sync, for reading counters.
     ids: Vec<u32>,
@@ -63,33 +71,105 @@ fn ip16(addr: IpAddr) -> [u8; 16] {
     }
 }
 
-fn lpm_key(vnet: u16, addr: IpAddr) -> Key<TargetKey> {
-    Key::new(
-        TARGET_VNET_BITS + 128,
-        TargetKey {
-            vnet_be: (vnet as u32).to_be_bytes(),
-            addr: ip16(addr),
-        },
-    )
+fn target_key(vnet: u16, addr: IpAddr) -> TargetKey {
+    TargetKey {
+        vnet: vnet as u32,
+        addr: ip16(addr),
+    }
+}
+
+const EMPTY: Slot = Slot {
+    addr: [0; 2],
+    vnet: 0,
+    _pad: 0,
+    value: TargetValue {
+        id: 0,
+        nports: 0,
+        ports: [0; INLINE_PORTS],
+        _pad: 0,
+    },
+};
+
+/// Lays targets out in a fresh table: linear probing from each key's home slot, at most
+/// `PROBES` slots; what does not fit goes to the overflow map.
+fn layout(wanted: &BTreeMap<TargetKey, TargetValue>) -> (Vec<Slot>, BTreeMap<TargetKey, TargetValue>) {
+    let mut table = vec![EMPTY; TABLE_SLOTS as usize];
+    let mut overflow = BTreeMap::new();
+    for (k, v) in wanted {
+        let words = addr_words(&k.addr);
+        let home = home_slot(addr_hash(k.vnet, &words));
+        let free = (0..PROBES)
+            .map(|i| ((home + i) & TABLE_MASK) as usize)
+            .find(|i| table[*i].vnet == 0);
+        match free {
+            Some(i) => {
+                table[i] = Slot {
+                    addr: words,
+                    vnet: k.vnet,
+                    _pad: 0,
+                    value: *v,
+                }
+            }
+            None => {
+                overflow.insert(*k, *v);
+            }
+        }
+    }
+    (table, overflow)
+}
+
+fn read_table(t: &Array<MapData, Slot>) -> Result<Vec<Slot>, DataplaneError> {
+    (0..TABLE_SLOTS)
+        .map(|i| t.get(&i, 0).map_err(DataplaneError::map(map::TABLE_A)))
+        .collect()
+}
+
+fn target_value(id: u32, ports: &[u16]) -> TargetValue {
+    let mut inline = [0u16; INLINE_PORTS];
+    for (slot, p) in inline.iter_mut().zip(ports) {
+        *slot = *p;
+    }
+    TargetValue {
+        id,
+        nports: ports.len().min(u16::MAX as usize) as u16,
+        ports: inline,
+        _pad: 0,
+    }
 }
 
 impl Maps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
-        Ok(Self {
-            ingress: HashMap::try_from(take(ebpf, map::INGRESS)?)
-                .map_err(DataplaneError::map(map::INGRESS))?,
-            ingress_if: HashMap::try_from(take(ebpf, map::INGRESS_IFINDEX)?)
-                .map_err(DataplaneError::map(map::INGRESS_IFINDEX))?,
-            targets: LpmTrie::try_from(take(ebpf, map::TARGETS)?)
-                .map_err(DataplaneError::map(map::TARGETS))?,
+        let mut me = Self {
+            ingress_if: Array::try_from(take(ebpf, map::INGRESS_IF)?)
+                .map_err(DataplaneError::map(map::INGRESS_IF))?,
+            ingress_vlan: HashMap::try_from(take(ebpf, map::INGRESS_VLAN)?)
+                .map_err(DataplaneError::map(map::INGRESS_VLAN))?,
+            tables: [
+                Array::try_from(take(ebpf, map::TABLE_A)?).map_err(DataplaneError::map(map::TABLE_A))?,
+                Array::try_from(take(ebpf, map::TABLE_B)?).map_err(DataplaneError::map(map::TABLE_B))?,
+            ],
+            control: Array::try_from(take(ebpf, map::CONTROL)?).map_err(DataplaneError::map(map::CONTROL))?,
+            overflow: HashMap::try_from(take(ebpf, map::OVERFLOW)?)
+                .map_err(DataplaneError::map(map::OVERFLOW))?,
+            mirror: [Vec::new(), Vec::new()],
+            active: 0,
             ports: HashMap::try_from(take(ebpf, map::PORTS)?).map_err(DataplaneError::map(map::PORTS))?,
             dests: HashMap::try_from(take(ebpf, map::DESTS)?).map_err(DataplaneError::map(map::DESTS))?,
             counters: PerCpuArray::try_from(take(ebpf, map::COUNTERS)?)
                 .map_err(DataplaneError::map(map::COUNTERS))?,
+            filter: Array::try_from(take(ebpf, map::FILTER)?).map_err(DataplaneError::map(map::FILTER))?,
             sockets: SockMap::try_from(take(ebpf, map::SOCKETS)?)
                 .map_err(DataplaneError::map(map::SOCKETS))?,
             ids: Vec::new(),
-        })
+        };
+        // Pinned maps of a previous daemon: learn what they hold.
+        me.active = me
+            .control
+            .get(&CONTROL_ACTIVE, 0)
+            .map_err(DataplaneError::map(map::CONTROL))?
+            & 1;
+        me.mirror = [read_table(&me.tables[0])?, read_table(&me.tables[1])?];
+        Ok(me)
     }
 
     pub fn set_socket(&mut self, slot: u32, fd: &impl AsRawFd) -> Result<(), DataplaneError> {
@@ -98,38 +178,69 @@ impl Maps {
             .map_err(DataplaneError::map(map::SOCKETS))
     }
 
+    fn current_targets(&self) -> Result<BTreeMap<TargetKey, u32>, DataplaneError> {
+        let mut current = BTreeMap::new();
+        for slot in self.mirror[self.active as usize].iter().filter(|s| s.vnet != 0) {
+            let [a, b] = slot.addr;
+            let mut addr = [0u8; 16];
+            addr[..8].copy_from_slice(&a.to_ne_bytes());
+            addr[8..].copy_from_slice(&b.to_ne_bytes());
+            current.insert(
+                TargetKey {
+                    vnet: slot.vnet,
+                    addr,
+                },
+                slot.value.id,
+            );
+        }
+        for item in self.overflow.iter() {
+            let (k, v) = item.map_err(DataplaneError::map(map::OVERFLOW))?;
+            current.insert(k, v.id);
+        }
+        Ok(current)
+    }
+
     /// Makes the maps describe `set`. Order matters: everything that protects is added
-    /// before anything that unprotects is removed, and a target address's ports are in place
-    /// before the address itself becomes visible, so no packet of a protected flow is ever
-    /// classified as unprotected while the update runs. Address ids are kept across updates.
+    /// before anything that unprotects is removed, and a target's overflow ports are in
+    /// place before the target itself becomes visible, so no packet of a protected flow is
+    /// classified as unprotected while the update runs. Each target (with its inline ports)
+    /// changes in one map update. Address ids are kept across updates.
     pub fn sync(&mut self, set: &TargetSet) -> Result<Vec<StateEntry>, DataplaneError> {
         // Desired ingress entries.
-        let mut ingress = BTreeMap::new();
-        let mut ingress_if = BTreeSet::new();
+        let mut ingress_if: BTreeMap<u32, u32> = BTreeMap::new();
+        let mut ingress_vlan = BTreeMap::new();
         for v in &set.vnets {
             for i in &v.ingress {
                 let idx = ifindex(&i.interface).ok_or_else(|| DataplaneError::NoInterface {
                     interface: i.interface.clone(),
                     vnet: v.name.clone(),
                 })?;
-                ingress.insert((idx, i.vlan.unwrap_or(0)), v.id as u32);
-                ingress_if.insert(idx);
+                if idx >= MAX_IFINDEX {
+                    return Err(DataplaneError::Capacity(format!(
+                        "interface {:?} has ifindex {idx}; the dataplane supports ifindexes below {MAX_IFINDEX}",
+                        i.interface
+                    )));
+                }
+                let e = ingress_if.entry(idx).or_default();
+                match i.vlan {
+                    None => *e |= v.id as u32,
+                    Some(vlan) => {
+                        *e |= INGRESS_HAS_VLANS;
+                        ingress_vlan.insert((idx, vlan), v.id as u32);
+                    }
+                }
             }
         }
 
-        // Current address ids, kept for addresses that stay.
-        let mut current: BTreeMap<([u8; 4], [u8; 16]), u32> = BTreeMap::new();
-        for item in self.targets.iter() {
-            let (k, id) = item.map_err(DataplaneError::map(map::TARGETS))?;
-            let data = k.data();
-            current.insert((data.vnet_be, data.addr), id);
-        }
+        // Address ids: kept for addresses that stay, the lowest free one for new ones.
+        let current = self.current_targets()?;
         let mut used: BTreeSet<u32> = current.values().copied().collect();
         let mut next_free = 1u32;
         let mut entries = Vec::new();
         let mut fresh = Vec::new();
+        let mut wanted: BTreeMap<TargetKey, TargetValue> = BTreeMap::new();
         for t in &set.addrs {
-            let key = ((t.vnet as u32).to_be_bytes(), ip16(t.addr));
+            let key = target_key(t.vnet, t.addr);
             let id = match current.get(&key) {
                 Some(id) => *id,
                 None => {
@@ -147,6 +258,7 @@ impl Maps {
                     next_free
                 }
             };
+            wanted.insert(key, target_value(id, &t.ports));
             entries.push(StateEntry {
                 id,
                 target: t.target.clone(),
@@ -156,9 +268,9 @@ impl Maps {
                 ports: t.ports.clone(),
             });
         }
-        let ports: BTreeSet<(u32, u16)> = entries
+        let overflow: BTreeSet<(u32, u16)> = entries
             .iter()
-            .flat_map(|e| e.ports.iter().map(move |p| (e.id, *p)))
+            .flat_map(|e| e.ports.iter().skip(INLINE_PORTS).map(move |p| (e.id, *p)))
             .collect();
         let mut dests: BTreeMap<([u8; 16], u16), u32> = BTreeMap::new();
         for e in &entries {
@@ -167,23 +279,31 @@ impl Maps {
             }
         }
 
-        // 1. Additions: ingress, ports, dests, then the addresses themselves.
-        for ((ifindex, vlan), vnet) in &ingress {
+        let mut filter: BTreeMap<u32, u64> = BTreeMap::new();
+        for k in wanted.keys() {
+            let bit = filter_bit(addr_hash(k.vnet, &addr_words(&k.addr)));
+            *filter.entry(bit / 64).or_default() |= 1u64 << (bit % 64);
+        }
+
+        // 1. Additions: ingress, overflow ports, sk_lookup destinations, prefilter bits
+        // (only ever added here, so a reader sees old or new bits, both covering every
+        // target that stays), then the targets.
+        for ((ifindex, vlan), vnet) in &ingress_vlan {
             let k = IngressKey {
                 ifindex: *ifindex,
                 vlan: *vlan,
                 _pad: 0,
             };
-            self.ingress
+            self.ingress_vlan
                 .insert(k, vnet, 0)
-                .map_err(DataplaneError::map(map::INGRESS))?;
+                .map_err(DataplaneError::map(map::INGRESS_VLAN))?;
         }
-        for idx in &ingress_if {
+        for (idx, v) in &ingress_if {
             self.ingress_if
-                .insert(idx, 1, 0)
-                .map_err(DataplaneError::map(map::INGRESS_IFINDEX))?;
+                .set(*idx, v, 0)
+                .map_err(DataplaneError::map(map::INGRESS_IF))?;
         }
-        for (id, port) in &ports {
+        for (id, port) in &overflow {
             let k = PortKey {
                 target: *id,
                 port: *port,
@@ -203,6 +323,17 @@ impl Maps {
                 .insert(k, n, 0)
                 .map_err(DataplaneError::map(map::DESTS))?;
         }
+        for (word, bits) in &filter {
+            let old = self
+                .filter
+                .get(word, 0)
+                .map_err(DataplaneError::map(map::FILTER))?;
+            if old | bits != old {
+                self.filter
+                    .set(*word, old | bits, 0)
+                    .map_err(DataplaneError::map(map::FILTER))?;
+            }
+        }
         let cpus = nr_cpus().map_err(|(_, e)| DataplaneError::io("read possible CPUs", e))?;
         for id in &fresh {
             for v in 0..VERDICTS {
@@ -213,35 +344,53 @@ impl Maps {
                     .map_err(DataplaneError::map(map::COUNTERS))?;
             }
         }
-        for (t, e) in set.addrs.iter().zip(&entries) {
-            self.targets
-                .insert(&lpm_key(t.vnet, t.addr), e.id, 0)
-                .map_err(DataplaneError::map(map::TARGETS))?;
+        let (table, overflow_entries) = layout(&wanted);
+        let old_overflow: Vec<TargetKey> = self.overflow.keys().filter_map(Result::ok).collect();
+        for (k, v) in &overflow_entries {
+            self.overflow
+                .insert(k, v, 0)
+                .map_err(DataplaneError::map(map::OVERFLOW))?;
         }
+        if !overflow_entries.is_empty() {
+            self.control
+                .set(CONTROL_OVERFLOW, 1, 0)
+                .map_err(DataplaneError::map(map::CONTROL))?;
+        }
+        // The inactive table has no readers: rewrite what differs, then flip.
+        let next = 1 - self.active;
+        let t = &mut self.tables[next as usize];
+        let mirror = &mut self.mirror[next as usize];
+        for (i, slot) in table.iter().enumerate() {
+            if mirror[i] != *slot {
+                t.set(i as u32, slot, 0)
+                    .map_err(DataplaneError::map(map::TABLE_A))?;
+                mirror[i] = *slot;
+            }
+        }
+        self.control
+            .set(CONTROL_ACTIVE, next, 0)
+            .map_err(DataplaneError::map(map::CONTROL))?;
+        self.active = next;
+        // Programs already running on the old table finish within microseconds (they run
+        // with preemption disabled); give them ample time before removing what they may use.
+        std::thread::sleep(std::time::Duration::from_millis(10));
 
-        // 2. Removals: addresses first, then what hung off them.
-        let keep: BTreeSet<_> = set
-            .addrs
-            .iter()
-            .map(|t| ((t.vnet as u32).to_be_bytes(), ip16(t.addr)))
-            .collect();
-        for ((vnet_be, addr), _) in current.iter().filter(|(k, _)| !keep.contains(k)) {
-            let k = Key::new(
-                TARGET_VNET_BITS + 128,
-                TargetKey {
-                    vnet_be: *vnet_be,
-                    addr: *addr,
-                },
-            );
-            self.targets
-                .remove(&k)
-                .map_err(DataplaneError::map(map::TARGETS))?;
+        // 2. Removals: what the previous table needed and the new one does not.
+        for k in old_overflow.iter().filter(|k| !overflow_entries.contains_key(k)) {
+            self.overflow
+                .remove(k)
+                .map_err(DataplaneError::map(map::OVERFLOW))?;
+        }
+        if overflow_entries.is_empty() {
+            self.control
+                .set(CONTROL_OVERFLOW, 0, 0)
+                .map_err(DataplaneError::map(map::CONTROL))?;
         }
         let stale: Vec<PortKey> = self
             .ports
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| !ports.contains(&(k.target, k.port)))
+            .filter(|k| !overflow.contains(&(k.target, k.port)))
             .collect();
         for k in stale {
             self.ports.remove(&k).map_err(DataplaneError::map(map::PORTS))?;
@@ -256,26 +405,37 @@ impl Maps {
             self.dests.remove(&k).map_err(DataplaneError::map(map::DESTS))?;
         }
         let stale: Vec<IngressKey> = self
-            .ingress
+            .ingress_vlan
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| !ingress.contains_key(&(k.ifindex, k.vlan)))
+            .filter(|k| !ingress_vlan.contains_key(&(k.ifindex, k.vlan)))
             .collect();
         for k in stale {
-            self.ingress
+            self.ingress_vlan
                 .remove(&k)
-                .map_err(DataplaneError::map(map::INGRESS))?;
+                .map_err(DataplaneError::map(map::INGRESS_VLAN))?;
         }
-        let stale: Vec<u32> = self
-            .ingress_if
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !ingress_if.contains(k))
+        let stale: Vec<u32> = (0..MAX_IFINDEX)
+            .filter(|i| !ingress_if.contains_key(i))
+            .filter(|i| self.ingress_if.get(i, 0).map(|v| v != 0).unwrap_or(false))
             .collect();
-        for k in stale {
+        for i in stale {
             self.ingress_if
-                .remove(&k)
-                .map_err(DataplaneError::map(map::INGRESS_IFINDEX))?;
+                .set(i, 0, 0)
+                .map_err(DataplaneError::map(map::INGRESS_IF))?;
+        }
+        // Prefilter bits of removed targets: words shrink to what the remaining targets need.
+        for word in 0..FILTER_WORDS {
+            let want = filter.get(&word).copied().unwrap_or(0);
+            let old = self
+                .filter
+                .get(&word, 0)
+                .map_err(DataplaneError::map(map::FILTER))?;
+            if old != want {
+                self.filter
+                    .set(word, want, 0)
+                    .map_err(DataplaneError::map(map::FILTER))?;
+            }
         }
         self.ids = entries.iter().map(|e| e.id).collect();
         Ok(entries)

@@ -33,12 +33,16 @@ use crate::{config::DataplaneConfig, targets::TargetSet};
 /// The BPF object embedded at build time (empty if it was not built).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portcullis.bpf.o"));
 
-/// The BPF object, or an error that says how to build it.
+/// The BPF object, or an error that says how to build it. `PORTCULLIS_BPF_OBJECT` names a
+/// file to load instead of the embedded object (development, benchmarks of variants).
 pub fn object() -> Result<&'static [u8], DataplaneError> {
-    if OBJECT.is_empty() {
-        Err(DataplaneError::NoObject)
-    } else {
-        Ok(OBJECT)
+    static OVERRIDE: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
+    let over =
+        OVERRIDE.get_or_init(|| std::env::var_os("PORTCULLIS_BPF_OBJECT").and_then(|p| fs::read(p).ok()));
+    match over {
+        Some(bytes) => Ok(bytes),
+        None if OBJECT.is_empty() => Err(DataplaneError::NoObject),
+        None => Ok(OBJECT),
     }
 }
 
