@@ -494,3 +494,20 @@ target = [{ hostname = "web-01", ports = [22, 2222] }]
         assert!(p("[[vnet]]\nname=\"a\"\nid=1\n[[vnet]]\nname=\"b\"\nid=1\n").is_err());
     }
 }
+
+#[cfg(test)]
+mod shipped {
+    /// The configurations shipped in configs/ are valid.
+    #[test]
+    fn shipped_configs_are_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            if e.path().extension().is_some_and(|x| x == "toml") {
+                super::load(&e.path()).unwrap_or_else(|err| panic!("{err}"));
+                n += 1;
+            }
+        }
+        assert!(n >= 2);
+    }
+}
