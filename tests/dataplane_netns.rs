@@ -262,3 +262,57 @@ fn second_daemon_and_bad_environments_are_refused_and_leave_no_trace() {
     assert!(err.contains("no BPF filesystem is mounted at /tmp"), "{err}");
     assert!(!bed.gw_rules().contains("0x80000000"));
 }
+
+#[test]
+fn reload_applies_a_valid_config_and_rejects_an_invalid_one() {
+    let Some(bed) = Bed::new() else { return };
+    let t = &bed.topo;
+    let _t1_80 = Server::start(&t.target, sa("198.18.10.10:80"), "t1:80");
+    let d = bed.daemon();
+    assert_eq!(fetch(&t.client, sa("198.18.10.10:80")).unwrap(), "t1:80\n");
+
+    // Protect port 80 too; `portcullis reload` validates, then signals the daemon.
+    let original = std::fs::read_to_string(&bed.config).unwrap();
+    std::fs::write(
+        &bed.config,
+        original.replace(
+            "hostname = \"web-01\", ports = [22]",
+            "hostname = \"web-01\", ports = [22, 80]",
+        ),
+    )
+    .unwrap();
+    let o = bed.cli("reload");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    wait_until(|| d.stderr().iter().any(|l| l.contains("configuration reloaded")));
+    refused_by_proxy(
+        &fetch(&t.client, sa("198.18.10.10:80")).unwrap(),
+        "web-01",
+        "198.18.10.10:80",
+    );
+
+    // An invalid configuration is refused by `reload` itself, and by the daemon on SIGHUP;
+    // the previous one keeps serving.
+    std::fs::write(
+        &bed.config,
+        format!("{original}\n[[target]]\nhostname = \"-bad\"\nipv4 = \"198.18.10.11\"\n"),
+    )
+    .unwrap();
+    let o = bed.cli("reload");
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("target.hostname \"-bad\""));
+    unsafe { libc::kill(d.pid() as i32, libc::SIGHUP) };
+    wait_until(|| d.stderr().iter().any(|l| l.contains("reload rejected")));
+    refused_by_proxy(
+        &fetch(&t.client, sa("198.18.10.10:80")).unwrap(),
+        "web-01",
+        "198.18.10.10:80",
+    );
+}
+
+fn wait_until(mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !f() {
+        assert!(std::time::Instant::now() < deadline, "timed out");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -1,26 +1,53 @@
-//! Audit events as JSON lines on stdout (and, later, an append-only file).
+//! The audit trail (DESIGN §5): one JSON object per line, to an append-only file (reopened
+//! on SIGHUP for log rotation) and/or stdout. Every event carries the same fields, null when
+//! not known yet, so readers never need to guess.
 
 use std::{
+    fs::{File, OpenOptions},
     io::Write,
     net::SocketAddr,
-    sync::atomic::{AtomicU64, Ordering},
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex,
+    },
     time::{SystemTime, UNIX_EPOCH},
 };
 
 use serde::Serialize;
 
-#[derive(Debug, Serialize)]
-pub struct Event<'a> {
+use crate::config::schema::AuditConfig;
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Event {
     pub time: String,
-    pub event: &'a str,
-    pub session: &'a str,
-    pub source: SocketAddr,
-    pub vnet: Option<&'a str>,
-    pub vnet_id: Option<u16>,
-    pub target: Option<&'a str>,
-    pub target_addr: SocketAddr,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<&'a str>,
+    pub event: &'static str,
+    pub session: String,
+    pub identity: Option<String>,
+    pub source: Option<SocketAddr>,
+    pub vnet: Option<String>,
+    pub target: Option<String>,
+    pub target_addr: Option<SocketAddr>,
+    pub port: Option<u16>,
+    pub login: Option<String>,
+    /// `allow` or `deny` for decisions.
+    pub decision: Option<&'static str>,
+    pub reason: Option<String>,
+    pub policy: Option<String>,
+    pub rule: Option<String>,
+    pub cert_serial: Option<u64>,
+}
+
+impl Event {
+    pub fn new(event: &'static str, session: &str) -> Self {
+        Self {
+            time: now_rfc3339(),
+            event,
+            session: session.to_string(),
+            ..Default::default()
+        }
+    }
 }
 
 /// Now, RFC 3339 in UTC.
@@ -30,7 +57,7 @@ pub fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
-/// A session id unique across restarts: start time and a counter.
+/// A session id unique across restarts: start time, pid and a counter.
 pub fn session_id() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -41,10 +68,115 @@ pub fn session_id() -> String {
     format!("{t:012x}{:04x}{n:06x}", std::process::id() & 0xffff)
 }
 
-pub fn emit(e: &Event<'_>) {
-    if let Ok(line) = serde_json::to_string(e) {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
+pub struct Audit {
+    stdout: bool,
+    file: Option<(PathBuf, Mutex<File>)>,
+}
+
+fn open(path: &Path) -> std::io::Result<File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+}
+
+impl Audit {
+    pub fn open(cfg: &AuditConfig) -> Result<Self, std::io::Error> {
+        let file = match &cfg.file {
+            Some(p) => Some((
+                p.clone(),
+                Mutex::new(open(p).map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("audit file {}: {e}", p.display()))
+                })?),
+            )),
+            None => None,
+        };
+        Ok(Self {
+            stdout: cfg.stdout,
+            file,
+        })
+    }
+
+    /// Reopens the file (after logrotate moved it away).
+    pub fn reopen(&self) -> std::io::Result<()> {
+        if let Some((p, f)) = &self.file {
+            let new = open(p)?;
+            *f.lock().unwrap_or_else(|e| e.into_inner()) = new;
+        }
+        Ok(())
+    }
+
+    /// Writes one event; a failure to write is logged, never silent.
+    pub fn emit(&self, e: &Event) {
+        let mut line = match serde_json::to_vec(e) {
+            Ok(l) => l,
+            Err(err) => {
+                tracing::error!(error = %err, "audit event did not serialize");
+                return;
+            }
+        };
+        line.push(b'\n');
+        if let Some((p, f)) = &self.file {
+            let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(err) = f.write_all(&line) {
+                tracing::error!(file = %p.display(), error = %err, "audit write failed");
+            }
+        }
+        if self.stdout {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(&line).and_then(|_| out.flush());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn file_is_private_append_only_and_reopened_after_rotation() {
+        let dir = std::env::temp_dir().join(format!("portcullis-audit-{}", std::process::id()));
+        let path = dir.join("audit.jsonl");
+        let a = Audit::open(&AuditConfig {
+            file: Some(path.clone()),
+            stdout: false,
+        })
+        .unwrap();
+        let mut e = Event::new("deny", "s1");
+        e.reason = Some("no_policy".into());
+        a.emit(&e);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        std::fs::rename(&path, dir.join("audit.jsonl.1")).unwrap();
+        a.reopen().unwrap();
+        a.emit(&Event::new("connect", "s2"));
+        let old = std::fs::read_to_string(dir.join("audit.jsonl.1")).unwrap();
+        let new = std::fs::read_to_string(&path).unwrap();
+        let v: serde_json::Value = serde_json::from_str(old.trim()).unwrap();
+        assert_eq!(v["reason"], "no_policy");
+        // Every field is present, null when unknown.
+        for k in [
+            "time",
+            "session",
+            "identity",
+            "source",
+            "vnet",
+            "target",
+            "port",
+            "login",
+            "cert_serial",
+        ] {
+            assert!(v.get(k).is_some(), "{k} missing");
+        }
+        assert!(new.contains("\"session\":\"s2\"") && !old.contains("s2"));
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

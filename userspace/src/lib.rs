@@ -6,12 +6,17 @@
 //! - [`targets`]: the typed set of vnets and protected (vnet, address, port) triples.
 //! - [`dataplane`]: the eBPF programs, pinned maps and links, policy routing, sysctls.
 //! - [`steer`]: the proxy's listeners and what an accepted connection tells us.
+//! - [`split_tunnel`]: CIDR arithmetic for WARP-style split-tunnel lists.
 //! - [`audit`]: JSON-lines audit events.
 //! - [`daemon`]: ties them together for `portcullis run`.
 
 pub mod audit;
+pub mod ca;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod identity;
+pub mod policy;
+pub mod split_tunnel;
 pub mod steer;
 pub mod targets;

@@ -1,11 +1,11 @@
 //! The `portcullis` command line. Exit codes: 0 success, 1 runtime failure, 2 invalid
-//! configuration or usage.
+//! configuration or usage, 3 `policy explain` denied the request.
 
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use portcullis::{config, daemon, dataplane};
+use portcullis::{ca, config, daemon, dataplane, policy, split_tunnel};
 use portcullis_common::verdict;
 
 #[derive(Parser)]
@@ -33,6 +33,25 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Ask a running daemon to reload its configuration (same as SIGHUP).
+    Reload {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Policy tools.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// The account's certificate authority.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// WARP-style split-tunnel arithmetic: the minimal prefix list covering the included
+    /// ranges minus the excluded ones (IPv4 and IPv6).
+    SplitTunnel {
+        #[arg(long, num_args = 1.., required = true)]
+        include: Vec<String>,
+        #[arg(long, num_args = 1..)]
+        exclude: Vec<String>,
+    },
     /// Per-target and per-verdict packet counters from the pinned maps.
     Stats {
         #[arg(long, short)]
@@ -40,6 +59,48 @@ enum Command {
         /// One JSON object instead of a table.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Decide a request as the gateway would, and say which policy and rule decided and why
+    /// the others did not. Exit 0 if allowed, 3 if denied.
+    Explain {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The client's source address (its identity comes from the registry, as in the
+        /// gateway) ...
+        #[arg(long)]
+        source: Option<std::net::IpAddr>,
+        /// ... or an identity by email, for "what if" questions.
+        #[arg(long)]
+        email: Option<String>,
+        /// The vnet the client is in.
+        #[arg(long, default_value = "default")]
+        vnet: String,
+        /// Target hostname or address.
+        #[arg(long)]
+        target: String,
+        #[arg(long, default_value_t = 22)]
+        port: u16,
+        /// The unix login requested.
+        #[arg(long)]
+        login: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create the account secret and the CA key named in [account] (kept if they exist).
+    Init {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print the CA public key line for the targets' `TrustedUserCAKeys` / `ca.pub`.
+    Pubkey {
+        #[arg(long, short)]
+        config: PathBuf,
     },
 }
 
@@ -58,6 +119,28 @@ fn main() -> ExitCode {
         }
         Command::Down { config } => runtime().and_then(|rt| rt.block_on(down(&config))),
         Command::Stats { config, json } => stats(&config, json),
+        Command::Reload { config } => reload(&config),
+        Command::SplitTunnel { include, exclude } => split(&include, &exclude),
+        Command::Ca(CaCommand::Init { config }) => ca_init(&config),
+        Command::Ca(CaCommand::Pubkey { config }) => ca_pubkey(&config),
+        Command::Policy(PolicyCommand::Explain {
+            config,
+            source,
+            email,
+            vnet,
+            target,
+            port,
+            login,
+        }) => {
+            return match explain(&config, source, email.as_deref(), &vnet, &target, port, &login) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(3),
+                Err(e) => {
+                    eprintln!("portcullis: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -82,8 +165,10 @@ fn check(path: &std::path::Path) -> ExitCode {
             let addrs = l.targets.addrs.len();
             let ports: usize = l.targets.addrs.iter().map(|a| a.ports.len()).sum();
             println!(
-                "{}: ok ({vnets} vnets, {addrs} target addresses, {ports} protected ports)",
-                path.display()
+                "{}: ok ({vnets} vnets, {addrs} target addresses, {ports} protected ports, {} identities, {} policies)",
+                path.display(),
+                l.identities.len(),
+                l.policies.len()
             );
             ExitCode::SUCCESS
         }
@@ -143,4 +228,133 @@ fn stats(path: &std::path::Path, json: bool) -> anyhow::Result<()> {
         println!("total {name:<12} {:>12}", c.total(v as u32));
     }
     Ok(())
+}
+
+fn reload(path: &std::path::Path) -> anyhow::Result<()> {
+    let l = config::load(path)?;
+    let lock = l
+        .config
+        .dataplane
+        .state_dir
+        .join(&l.config.dataplane.instance)
+        .join("lock");
+    let pid: i32 = std::fs::read_to_string(&lock)
+        .with_context(|| format!("read {} (is the daemon running?)", lock.display()))?
+        .trim()
+        .parse()
+        .with_context(|| format!("{} holds no pid", lock.display()))?;
+    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+        anyhow::bail!("signal pid {pid}: {}", std::io::Error::last_os_error());
+    }
+    println!("configuration is valid; asked the daemon (pid {pid}) to reload");
+    Ok(())
+}
+
+fn split(include: &[String], exclude: &[String]) -> anyhow::Result<()> {
+    let parse = |v: &[String]| -> anyhow::Result<Vec<split_tunnel::Cidr>> {
+        v.iter()
+            .map(|s| s.parse::<split_tunnel::Cidr>().map_err(anyhow::Error::from))
+            .collect()
+    };
+    for c in split_tunnel::split(&parse(include)?, &parse(exclude)?) {
+        println!("{c}");
+    }
+    Ok(())
+}
+
+fn account(l: &config::Loaded) -> anyhow::Result<&config::Account> {
+    l.account
+        .as_ref()
+        .with_context(|| format!("{}: no [account] section names the CA key", l.path.display()))
+}
+
+fn ca_init(path: &std::path::Path) -> anyhow::Result<()> {
+    let l = config::load_for_init(path)?;
+    for o in ca::init(account(&l)?)? {
+        match o {
+            ca::Outcome::Created(p) => println!("created {}", p.display()),
+            ca::Outcome::Kept(p) => println!("kept existing {}", p.display()),
+        }
+    }
+    println!("{}", ca::public_line(&account(&l)?.ca_key)?);
+    Ok(())
+}
+
+fn ca_pubkey(path: &std::path::Path) -> anyhow::Result<()> {
+    let l = config::load(path)?;
+    println!("{}", ca::public_line(&account(&l)?.ca_key)?);
+    Ok(())
+}
+
+fn explain(
+    path: &std::path::Path,
+    source: Option<std::net::IpAddr>,
+    email: Option<&str>,
+    vnet: &str,
+    target: &str,
+    port: u16,
+    login: &str,
+) -> anyhow::Result<bool> {
+    let l = config::load(path)?;
+    let v = l
+        .targets
+        .vnets
+        .iter()
+        .find(|v| v.name == vnet)
+        .with_context(|| format!("no vnet {vnet:?}"))?;
+    let hostname = match target.parse::<std::net::IpAddr>() {
+        Ok(ip) => l
+            .targets
+            .lookup(v.id, ip)
+            .map(|t| t.target.clone())
+            .with_context(|| format!("{ip} is not a target in vnet {vnet:?}"))?,
+        Err(_) => target.to_string(),
+    };
+    let source = source.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+    let identity = match email {
+        Some(e) => l
+            .identities
+            .by_email(e)
+            .cloned()
+            .unwrap_or(portcullis::identity::Identity {
+                email: e.to_string(),
+                groups: vec![],
+            }),
+        None => match l.identities.lookup(v.id, source) {
+            Some(i) => i.clone(),
+            None => {
+                println!("deny (no_identity): no identity uses {source} in vnet {vnet:?}");
+                return Ok(false);
+            }
+        },
+    };
+    let r = policy::Request {
+        identity: &identity,
+        source,
+        vnet,
+        target: &hostname,
+        port,
+        login,
+    };
+    let d = l.policies.evaluate(&r);
+    println!(
+        "request: {} ({}) → {hostname}:{port} as {login:?} in vnet {vnet:?}",
+        identity.email, source
+    );
+    for t in &d.trace {
+        println!("  {t}");
+    }
+    match &d.allow {
+        Ok(()) => println!(
+            "allow: policy {:?}, {}",
+            d.policy.unwrap_or_default(),
+            d.rule.unwrap_or_default()
+        ),
+        Err(reason) => println!(
+            "deny ({}){}",
+            reason.as_str(),
+            d.policy.map(|p| format!(": policy {p:?}")).unwrap_or_default()
+        ),
+    }
+    Ok(d.allow.is_ok())
 }

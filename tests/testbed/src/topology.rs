@@ -93,7 +93,9 @@ impl Topology {
 
     /// A portcullis configuration for this topology: vnet `corp` (client) and `lab`
     /// (client2), target `web-01` in corp and `lab-01` in lab, both at the same addresses,
-    /// port 22 protected.
+    /// port 22 protected. The client is alice@example.com (group ops), client2 is
+    /// bob@example.com; ops may log in to web-01 as root or by email prefix; nobody may
+    /// reach lab-01.
     pub fn config(&self, state_dir: &std::path::Path, instance: &str) -> String {
         format!(
             r#"[dataplane]
@@ -127,6 +129,27 @@ vnet = "lab"
 [[application]]
 name = "ssh"
 target = [{{ hostname = "web-01", ports = [22] }}, {{ hostname = "lab-01", ports = [22] }}]
+
+[[identity]]
+email = "alice@example.com"
+groups = ["ops"]
+sources = ["198.18.1.2", "2001:db8:1::2"]
+vnet = "corp"
+
+[[identity]]
+email = "bob@example.com"
+sources = ["198.18.2.2", "2001:db8:2::2"]
+vnet = "lab"
+
+[[policy]]
+name = "ops-on-web"
+application = "ssh"
+action = "allow"
+precedence = 10
+include = [{{ group = "ops" }}]
+require = [{{ vnet = "corp" }}]
+logins = ["root"]
+email_prefix_login = true
 "#,
             state = state_dir.display()
         )

@@ -1,0 +1,265 @@
+//! The `portcullis` command line as an operator uses it: exit codes and messages of `check`,
+//! `policy explain`, `ca init|pubkey` and `split-tunnel`. No privileges needed.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("run portcullis")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Self {
+        let d = std::env::temp_dir().join(format!("portcullis-cli-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Self(d)
+    }
+    fn write(&self, name: &str, body: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, body).unwrap();
+        p
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const CONFIG: &str = r#"
+[account]
+secret = "keys/account.secret"
+ca_key = "keys/ca"
+
+[[vnet]]
+name = "corp"
+id = 1
+ingress = ["eth1"]
+
+[[target]]
+hostname = "web-01"
+ipv4 = "198.18.10.10"
+vnet = "corp"
+
+[[application]]
+name = "ssh"
+target = [{ hostname = "web-01", ports = [22] }]
+
+[[identity]]
+email = "jdoe@example.com"
+groups = ["ops"]
+sources = ["198.18.1.0/24"]
+vnet = "corp"
+
+[[policy]]
+name = "contractors-out"
+application = "ssh"
+action = "block"
+precedence = 1
+include = [{ email_domain = "contractor.example" }]
+
+[[policy]]
+name = "ops"
+application = "ssh"
+action = "allow"
+precedence = 2
+include = [{ group = "ops" }]
+logins = ["root"]
+email_prefix_login = true
+"#;
+
+fn c(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn ca_init_then_check_then_pubkey() {
+    let d = Dir::new("ca");
+    let cfg = d.write("portcullis.toml", CONFIG);
+    // Before `ca init`, check names the missing secret and how to create it.
+    let o = run(&["check", "--config", c(&cfg)]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("portcullis.toml:3:10: account.secret") && text(&o).contains("portcullis ca init"),
+        "{}",
+        text(&o)
+    );
+
+    let o = run(&["ca", "init", "--config", c(&cfg)]);
+    assert!(o.status.success(), "{}", text(&o));
+    let line = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+    assert!(line.starts_with("ssh-ed25519 "), "{line}");
+
+    let o = run(&["check", "--config", c(&cfg)]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("1 identities, 2 policies"), "{}", text(&o));
+
+    let o = run(&["ca", "pubkey", "--config", c(&cfg)]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), line);
+}
+
+#[test]
+fn policy_explain_says_who_decided() {
+    let d = Dir::new("explain");
+    let cfg = d.write(
+        "portcullis.toml",
+        &CONFIG.replace(
+            "[account]\nsecret = \"keys/account.secret\"\nca_key = \"keys/ca\"\n",
+            "",
+        ),
+    );
+    let o = run(&[
+        "policy",
+        "explain",
+        "--config",
+        c(&cfg),
+        "--source",
+        "198.18.1.7",
+        "--vnet",
+        "corp",
+        "--target",
+        "198.18.10.10",
+        "--login",
+        "root",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        text(&o).contains("allow: policy \"ops\", include group=ops"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        text(&o).contains("contractors-out: identity did not match"),
+        "{}",
+        text(&o)
+    );
+
+    let o = run(&[
+        "policy",
+        "explain",
+        "--config",
+        c(&cfg),
+        "--source",
+        "198.18.1.7",
+        "--vnet",
+        "corp",
+        "--target",
+        "web-01",
+        "--login",
+        "jdoe",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "email prefix login: {}", text(&o));
+
+    let o = run(&[
+        "policy",
+        "explain",
+        "--config",
+        c(&cfg),
+        "--source",
+        "198.18.1.7",
+        "--vnet",
+        "corp",
+        "--target",
+        "web-01",
+        "--login",
+        "admin",
+    ]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(text(&o).contains("deny (login_not_allowed)"), "{}", text(&o));
+
+    let o = run(&[
+        "policy",
+        "explain",
+        "--config",
+        c(&cfg),
+        "--email",
+        "eve@contractor.example",
+        "--vnet",
+        "corp",
+        "--target",
+        "web-01",
+        "--login",
+        "root",
+    ]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(
+        text(&o).contains("deny (blocked_by_policy): policy \"contractors-out\""),
+        "{}",
+        text(&o)
+    );
+
+    let o = run(&[
+        "policy",
+        "explain",
+        "--config",
+        c(&cfg),
+        "--source",
+        "198.18.9.9",
+        "--vnet",
+        "corp",
+        "--target",
+        "web-01",
+        "--login",
+        "root",
+    ]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(text(&o).contains("no_identity"), "{}", text(&o));
+}
+
+#[test]
+fn split_tunnel_matches_the_seed_example() {
+    let o = run(&[
+        "split-tunnel",
+        "--include",
+        "172.16.0.0/12",
+        "--exclude",
+        "172.31.0.0/16",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "172.16.0.0/13\n172.24.0.0/14\n172.28.0.0/15\n172.30.0.0/16\n"
+    );
+    let o = run(&["split-tunnel", "--include", "172.16.0.0/33"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("172.16.0.0/33"), "{}", text(&o));
+}
+
+#[test]
+fn bad_configs_exit_2_with_a_location() {
+    let d = Dir::new("bad");
+    let cfg = d.write(
+        "bad.toml",
+        "[[target]]\nhostname = \"ok\"\nipv4 = \"198.18.0.300\"\n",
+    );
+    let o = run(&["check", "--config", c(&cfg)]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("bad.toml:3:8"), "{}", text(&o));
+    let o = run(&["check", "--config", "/nonexistent/portcullis.toml"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o).contains("/nonexistent/portcullis.toml: cannot read"),
+        "{}",
+        text(&o)
+    );
+}

@@ -1,0 +1,549 @@
+//! Validation: from the schema to the domain objects, each error pointing at its field.
+
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    net::{IpAddr, SocketAddr},
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+};
+
+use super::{
+    relative_to,
+    schema::{ActionConfig, Config, IdentityConfig, IngressConfig, SelectorConfig},
+    valid_hostname, valid_login, Bad, Source,
+};
+use crate::{
+    identity::{Identity, Registry},
+    policy::{Action, Application, Criterion, Engine, Policy, Selector},
+    split_tunnel::Cidr,
+    targets::{Ingress, TargetAddr, TargetSet, Vnet},
+};
+
+/// The account's secret files, resolved and checked (present, private).
+#[derive(Clone, Debug)]
+pub struct Account {
+    pub secret: PathBuf,
+    pub ca_key: PathBuf,
+    pub recording_public_key: Option<PathBuf>,
+}
+
+/// A `[[listener]]`: a plain TCP address whose connections go to one target.
+#[derive(Clone, Debug)]
+pub struct Listener {
+    pub listen: SocketAddr,
+    pub target: String,
+    pub vnet: u16,
+    pub addr: SocketAddr,
+}
+
+pub(super) struct Built {
+    pub targets: TargetSet,
+    pub identities: Registry,
+    pub policies: Engine,
+    pub account: Option<Account>,
+    pub listeners: Vec<Listener>,
+}
+
+type R<T> = Result<T, Bad>;
+
+pub(super) fn build(
+    path: &Path,
+    c: &Config,
+    extra_identities: &[IdentityConfig],
+    check_secrets: bool,
+) -> R<Built> {
+    dataplane(c)?;
+    let (vnets, names) = vnets(c)?;
+    let apps = applications(c)?;
+    let targets = targets(c, &names, &vnets, &apps)?;
+    let mut identities = Registry::default();
+    for (source, list) in [
+        (Source::Main, c.identity.as_slice()),
+        (Source::Identities, extra_identities),
+    ] {
+        for i in list {
+            identity(&mut identities, i, &names).map_err(|mut b| {
+                b.source = source;
+                b
+            })?;
+        }
+    }
+    let policies = policies(c, &apps, &names)?;
+    let account = match &c.account {
+        Some(a) => {
+            let secret = relative_to(path, a.secret.get_ref());
+            let ca_key = relative_to(path, a.ca_key.get_ref());
+            if check_secrets {
+                check_secret(&secret)
+                    .map_err(|m| Bad::at(a.secret.span(), format!("account.secret: {m}")))?;
+                check_secret(&ca_key)
+                    .map_err(|m| Bad::at(a.ca_key.span(), format!("account.ca_key: {m}")))?;
+            }
+            let recording_public_key = match &a.recording_public_key {
+                Some(p) => {
+                    let rp = relative_to(path, p.get_ref());
+                    std::fs::metadata(&rp).map_err(|e| {
+                        Bad::at(p.span(), format!("account.recording_public_key {}: {e} (create a key pair with `portcullis keygen`)", rp.display()))
+                    })?;
+                    Some(rp)
+                }
+                None => None,
+            };
+            Some(Account {
+                secret,
+                ca_key,
+                recording_public_key,
+            })
+        }
+        None => None,
+    };
+    let listeners = listeners(c, &names, &targets)?;
+    Ok(Built {
+        targets,
+        identities,
+        policies: Engine::new(&apps, policies),
+        account,
+        listeners,
+    })
+}
+
+/// Secrets must exist and be private: refuse group/world access rather than run with a key
+/// others may have read.
+fn check_secret(p: &Path) -> Result<(), String> {
+    let meta = std::fs::metadata(p).map_err(|e| {
+        format!(
+            "{}: {e} (create the account's keys with `portcullis ca init`)",
+            p.display()
+        )
+    })?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{} is readable by group or others (mode {mode:04o}): chmod 600 it",
+            p.display()
+        ));
+    }
+    std::fs::File::open(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    Ok(())
+}
+
+fn dataplane(c: &Config) -> R<()> {
+    let d = &c.dataplane;
+    if d.instance.is_empty()
+        || !d
+            .instance
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(Bad::at(
+            0..0,
+            format!(
+                "dataplane.instance {:?}: expected letters, digits, '-' or '_'",
+                d.instance
+            ),
+        ));
+    }
+    if !(2..32766).contains(&d.rule_priority) {
+        return Err(Bad::at(
+            0..0,
+            format!(
+                "dataplane.rule_priority {}: expected 2..32765 (before the main table)",
+                d.rule_priority
+            ),
+        ));
+    }
+    if d.route_table == 0 || (253..=255).contains(&d.route_table) {
+        return Err(Bad::at(
+            0..0,
+            format!(
+                "dataplane.route_table {}: expected a table id other than 0, 253, 254, 255",
+                d.route_table
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn valid_ifname(s: &str) -> bool {
+    !s.is_empty() && s.len() < 16 && !s.contains(['/', ' ', '\0'])
+}
+
+fn vnets(c: &Config) -> R<(Vec<Vnet>, HashMap<String, u16>)> {
+    let mut vnets: Vec<Vnet> = Vec::new();
+    let mut names = HashMap::new();
+    let mut ingress_seen: HashSet<Ingress> = HashSet::new();
+    for v in &c.vnets {
+        let id = *v.id.get_ref();
+        if id == 0 || id > u16::MAX as u32 {
+            return Err(Bad::at(v.id.span(), format!("vnet.id {id}: expected 1..=65535")));
+        }
+        if vnets.iter().any(|o| o.id as u32 == id) {
+            return Err(Bad::at(
+                v.id.span(),
+                format!("vnet.id {id}: used by another vnet"),
+            ));
+        }
+        let name = v.name.get_ref();
+        if name.is_empty() || names.insert(name.clone(), id as u16).is_some() {
+            return Err(Bad::at(
+                v.name.span(),
+                format!("vnet.name {name:?}: expected a unique, non-empty name"),
+            ));
+        }
+        let mut ingress = Vec::new();
+        for i in &v.ingress {
+            let ing = match i.get_ref() {
+                IngressConfig::Interface(s) => Ingress {
+                    interface: s.clone(),
+                    vlan: None,
+                },
+                IngressConfig::Vlan(v) => {
+                    if v.vlan == 0 || v.vlan > 4094 {
+                        return Err(Bad::at(
+                            i.span(),
+                            format!("vnet.ingress vlan {}: expected 1..=4094", v.vlan),
+                        ));
+                    }
+                    Ingress {
+                        interface: v.interface.clone(),
+                        vlan: Some(v.vlan),
+                    }
+                }
+            };
+            if !valid_ifname(&ing.interface) {
+                return Err(Bad::at(
+                    i.span(),
+                    format!("vnet.ingress {:?}: not an interface name", ing.interface),
+                ));
+            }
+            if !ingress_seen.insert(ing.clone()) {
+                return Err(Bad::at(
+                    i.span(),
+                    format!("vnet.ingress {:?}: already an ingress of a vnet", ing.interface),
+                ));
+            }
+            ingress.push(ing);
+        }
+        let mut upstream = Vec::new();
+        for u in &v.upstream {
+            if !valid_ifname(u.get_ref()) {
+                return Err(Bad::at(
+                    u.span(),
+                    format!("vnet.upstream {:?}: not an interface name", u.get_ref()),
+                ));
+            }
+            upstream.push(u.get_ref().clone());
+        }
+        vnets.push(Vnet {
+            name: name.clone(),
+            id: id as u16,
+            ingress,
+            upstream,
+        });
+    }
+    if !names.contains_key("default") {
+        // The default vnet always exists; with no ingress it steers nothing.
+        let id = (1..=u16::MAX)
+            .find(|i| !vnets.iter().any(|v| v.id == *i))
+            .unwrap_or(1);
+        names.insert("default".into(), id);
+        vnets.push(Vnet {
+            name: "default".into(),
+            id,
+            ingress: vec![],
+            upstream: vec![],
+        });
+    }
+    Ok((vnets, names))
+}
+
+/// Applications with their (hostname selector, ports), as the policy engine needs them.
+fn applications(c: &Config) -> R<Vec<Application>> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for a in &c.applications {
+        if !seen.insert(a.name.get_ref().clone()) {
+            return Err(Bad::at(
+                a.name.span(),
+                format!("application.name {:?}: used twice", a.name.get_ref()),
+            ));
+        }
+        let mut criteria = Vec::new();
+        for t in &a.targets {
+            let h = t.hostname.get_ref();
+            if h != "*" && !valid_hostname(h) {
+                return Err(Bad::at(t.hostname.span(), format!("application.target.hostname {h:?}: expected a hostname (alphanumerics, '-', '.'; ≤ 253 characters) or \"*\"")));
+            }
+            if t.protocol.get_ref() != "ssh" {
+                return Err(Bad::at(
+                    t.protocol.span(),
+                    format!(
+                        "application.target.protocol {:?}: expected \"ssh\"",
+                        t.protocol.get_ref()
+                    ),
+                ));
+            }
+            if t.ports.get_ref().is_empty() || t.ports.get_ref().contains(&0) {
+                return Err(Bad::at(
+                    t.ports.span(),
+                    "application.target.ports: expected one or more ports in 1..=65535",
+                ));
+            }
+            criteria.push(Criterion {
+                hostname: h.to_ascii_lowercase(),
+                ports: t.ports.get_ref().clone(),
+            });
+        }
+        out.push(Application {
+            name: a.name.get_ref().clone(),
+            criteria,
+        });
+    }
+    Ok(out)
+}
+
+fn targets(c: &Config, names: &HashMap<String, u16>, vnets: &[Vnet], apps: &[Application]) -> R<TargetSet> {
+    // Ports per hostname selector.
+    let mut by_host: HashMap<&str, BTreeSet<u16>> = HashMap::new();
+    let mut wildcard: BTreeSet<u16> = BTreeSet::new();
+    for a in apps {
+        for cr in &a.criteria {
+            if cr.hostname == "*" {
+                wildcard.extend(cr.ports.iter().copied());
+            } else {
+                by_host
+                    .entry(cr.hostname.as_str())
+                    .or_default()
+                    .extend(cr.ports.iter().copied());
+            }
+        }
+    }
+    let mut addrs = Vec::new();
+    let mut owners: HashMap<(u16, IpAddr), String> = HashMap::new();
+    for t in &c.targets {
+        let h = t.hostname.get_ref();
+        if !valid_hostname(h) {
+            return Err(Bad::at(t.hostname.span(), format!("target.hostname {h:?}: expected ≤ 253 characters of alphanumerics, '-' and '.', starting and ending alphanumeric")));
+        }
+        let Some(&vnet) = names.get(t.vnet.get_ref()) else {
+            return Err(Bad::at(
+                t.vnet.span(),
+                format!("target.vnet {:?}: no [[vnet]] has this name", t.vnet.get_ref()),
+            ));
+        };
+        if t.ipv4.is_none() && t.ipv6.is_none() {
+            return Err(Bad::at(
+                t.hostname.span(),
+                format!("target {h:?}: expected ipv4 and/or ipv6"),
+            ));
+        }
+        let lower = h.to_ascii_lowercase();
+        let mut ports = wildcard.clone();
+        if let Some(p) = by_host.get(lower.as_str()) {
+            ports.extend(p.iter().copied());
+        }
+        let ips = [
+            t.ipv4.as_ref().map(|s| (s.span(), IpAddr::V4(*s.get_ref()))),
+            t.ipv6.as_ref().map(|s| (s.span(), IpAddr::V6(*s.get_ref()))),
+        ];
+        for (span, ip) in ips.into_iter().flatten() {
+            if let Some(other) = owners.insert((vnet, ip), h.clone()) {
+                return Err(Bad::at(
+                    span,
+                    format!(
+                        "target {h:?}: address {ip} in vnet {:?} already belongs to target {other:?}",
+                        t.vnet.get_ref()
+                    ),
+                ));
+            }
+            addrs.push(TargetAddr {
+                target: h.clone(),
+                vnet,
+                addr: ip,
+                ports: ports.iter().copied().collect(),
+            });
+        }
+    }
+    Ok(TargetSet {
+        vnets: vnets.to_vec(),
+        addrs,
+    })
+}
+
+fn identity(reg: &mut Registry, i: &IdentityConfig, names: &HashMap<String, u16>) -> R<()> {
+    let email = i.email.get_ref();
+    let ok = email
+        .split_once('@')
+        .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty() && !d.contains('@'));
+    if !ok || email.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(Bad::at(
+            i.email.span(),
+            format!("identity.email {email:?}: expected user@domain"),
+        ));
+    }
+    let Some(&vnet) = names.get(i.vnet.get_ref()) else {
+        return Err(Bad::at(
+            i.vnet.span(),
+            format!("identity.vnet {:?}: no [[vnet]] has this name", i.vnet.get_ref()),
+        ));
+    };
+    let mut sources = Vec::new();
+    for s in &i.sources {
+        let c: Cidr = s
+            .get_ref()
+            .parse()
+            .map_err(|e| Bad::at(s.span(), format!("identity.sources: {e}")))?;
+        sources.push(c);
+    }
+    if sources.is_empty() {
+        return Err(Bad::at(
+            i.email.span(),
+            format!("identity {email:?}: expected at least one source address"),
+        ));
+    }
+    reg.add(
+        Identity {
+            email: email.clone(),
+            groups: i.groups.clone(),
+        },
+        vnet,
+        &sources,
+    )
+    .map_err(|e| Bad::at(i.sources[0].span(), format!("identity {email:?}: {e}")))
+}
+
+fn selector(s: &toml::Spanned<SelectorConfig>, names: &HashMap<String, u16>) -> R<Selector> {
+    Ok(match s.get_ref() {
+        SelectorConfig::Email(e) => Selector::Email(e.clone()),
+        SelectorConfig::EmailDomain(d) => Selector::EmailDomain(d.clone()),
+        SelectorConfig::Group(g) => Selector::Group(g.clone()),
+        SelectorConfig::Source(c) => Selector::Source(
+            c.parse()
+                .map_err(|e| Bad::at(s.span(), format!("policy selector source: {e}")))?,
+        ),
+        SelectorConfig::Vnet(v) => {
+            if !names.contains_key(v) {
+                return Err(Bad::at(
+                    s.span(),
+                    format!("policy selector vnet {v:?}: no [[vnet]] has this name"),
+                ));
+            }
+            Selector::Vnet(v.clone())
+        }
+        SelectorConfig::Everyone(true) => Selector::Everyone,
+        SelectorConfig::Everyone(false) => {
+            return Err(Bad::at(
+                s.span(),
+                "policy selector everyone: expected `everyone = true` (omit it otherwise)",
+            ))
+        }
+    })
+}
+
+fn policies(c: &Config, apps: &[Application], names: &HashMap<String, u16>) -> R<Vec<Policy>> {
+    let mut out = Vec::new();
+    let mut seen_names = HashSet::new();
+    let mut seen_prec = HashSet::new();
+    for p in &c.policies {
+        let name = p.name.get_ref();
+        if !seen_names.insert(name.clone()) {
+            return Err(Bad::at(
+                p.name.span(),
+                format!("policy.name {name:?}: used twice"),
+            ));
+        }
+        let app = p.application.get_ref();
+        if !apps.iter().any(|a| &a.name == app) {
+            return Err(Bad::at(
+                p.application.span(),
+                format!("policy.application {app:?}: no [[application]] has this name"),
+            ));
+        }
+        if !seen_prec.insert((app.clone(), *p.precedence.get_ref())) {
+            return Err(Bad::at(
+                p.precedence.span(),
+                format!(
+                    "policy.precedence {}: another policy of application {app:?} has it",
+                    p.precedence.get_ref()
+                ),
+            ));
+        }
+        if p.include.is_empty() {
+            return Err(Bad::at(
+                p.name.span(),
+                format!(
+                    "policy {name:?}: expected at least one `include` selector (e.g. {{ everyone = true }})"
+                ),
+            ));
+        }
+        let mut logins = Vec::new();
+        for l in &p.logins {
+            if !valid_login(l.get_ref()) {
+                return Err(Bad::at(l.span(), format!("policy.logins {:?}: expected a unix user name (lowercase letters, digits, '_', '-', '.'; ≤ 32)", l.get_ref())));
+            }
+            logins.push(l.get_ref().clone());
+        }
+        let action = match p.action {
+            ActionConfig::Allow => Action::Allow,
+            ActionConfig::Block => Action::Block,
+        };
+        if action == Action::Allow && logins.is_empty() && !p.email_prefix_login {
+            return Err(Bad::at(
+                p.name.span(),
+                format!("policy {name:?}: an allow policy needs `logins` or `email_prefix_login = true`"),
+            ));
+        }
+        let sel = |v: &Vec<toml::Spanned<SelectorConfig>>| {
+            v.iter().map(|s| selector(s, names)).collect::<R<Vec<_>>>()
+        };
+        out.push(Policy {
+            name: name.clone(),
+            application: app.clone(),
+            action,
+            precedence: *p.precedence.get_ref(),
+            include: sel(&p.include)?,
+            require: sel(&p.require)?,
+            exclude: sel(&p.exclude)?,
+            logins,
+            email_prefix_login: p.email_prefix_login,
+        });
+    }
+    Ok(out)
+}
+
+fn listeners(c: &Config, names: &HashMap<String, u16>, targets: &TargetSet) -> R<Vec<Listener>> {
+    let mut out = Vec::new();
+    for l in &c.listeners {
+        let Some(&vnet) = names.get(l.vnet.get_ref()) else {
+            return Err(Bad::at(
+                l.vnet.span(),
+                format!("listener.vnet {:?}: no [[vnet]] has this name", l.vnet.get_ref()),
+            ));
+        };
+        let host = l.target.get_ref();
+        let found: Vec<&TargetAddr> = targets
+            .addrs
+            .iter()
+            .filter(|t| t.vnet == vnet && t.target.eq_ignore_ascii_case(host))
+            .collect();
+        let Some(first) = found.iter().find(|t| t.addr.is_ipv4()).or(found.first()) else {
+            return Err(Bad::at(
+                l.target.span(),
+                format!(
+                    "listener.target {host:?}: no target has this hostname in vnet {:?}",
+                    l.vnet.get_ref()
+                ),
+            ));
+        };
+        if found.iter().map(|t| &t.target).collect::<HashSet<_>>().len() > 1 || found.len() > 2 {
+            return Err(Bad::at(l.target.span(), format!("listener.target {host:?}: several targets have this hostname; a listener needs exactly one")));
+        }
+        out.push(Listener {
+            listen: *l.listen.get_ref(),
+            target: first.target.clone(),
+            vnet,
+            addr: SocketAddr::new(first.addr, l.port),
+        });
+    }
+    Ok(out)
+}

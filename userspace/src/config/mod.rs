@@ -1,0 +1,441 @@
+//! The operator's TOML configuration: parsing, validation with precise locations
+//! (`file:line:column: field: what was expected`), and the domain objects the rest of the
+//! gateway runs on — the target set, the identity registry, the policy engine.
+
+mod build;
+pub mod schema;
+
+use std::{
+    ops::Range,
+    path::{Path, PathBuf},
+};
+
+pub use build::{Account, Listener};
+pub use schema::{Config, DataplaneConfig, XdpModeConfig};
+
+use crate::{identity::Registry, policy::Engine, targets::TargetSet};
+
+/// A configuration error: where (file, line, column, field) and what was expected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+}
+
+/// A loaded, validated configuration.
+#[derive(Debug)]
+pub struct Loaded {
+    pub path: PathBuf,
+    pub config: Config,
+    pub targets: TargetSet,
+    pub identities: Registry,
+    pub policies: Engine,
+    pub account: Option<Account>,
+    pub listeners: Vec<Listener>,
+}
+
+/// Which file a validation error points into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Source {
+    Main,
+    Identities,
+}
+
+/// A validation error before it is given its file and line.
+#[derive(Debug)]
+pub(crate) struct Bad {
+    pub source: Source,
+    pub span: Range<usize>,
+    pub message: String,
+}
+
+impl Bad {
+    pub fn at(span: Range<usize>, message: impl Into<String>) -> Self {
+        Self {
+            source: Source::Main,
+            span,
+            message: message.into(),
+        }
+    }
+}
+
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    parse(path, &read(path)?)
+}
+
+/// Loads without requiring the account's secret files to exist yet (for `ca init`).
+pub fn load_for_init(path: &Path) -> Result<Loaded, ConfigError> {
+    parse_inner(path, &read(path)?, false)
+}
+
+/// Validates configuration text read from `path` (the identities file, if any, is read
+/// relative to it).
+pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
+    parse_inner(path, text, true)
+}
+
+fn parse_inner(path: &Path, text: &str, check_secrets: bool) -> Result<Loaded, ConfigError> {
+    let config: Config = toml::from_str(text).map_err(|e| invalid(path, text, e.span(), e.message()))?;
+    let (ids_path, ids_text, ids) = match &config.identities {
+        Some(i) => {
+            let p = relative_to(path, i.file.get_ref());
+            let t = read(&p)?;
+            let f: schema::IdentitiesFile =
+                toml::from_str(&t).map_err(|e| invalid(&p, &t, e.span(), e.message()))?;
+            (p, t, f.identity)
+        }
+        None => (PathBuf::new(), String::new(), Vec::new()),
+    };
+    let built = build::build(path, &config, &ids, check_secrets).map_err(|b| match b.source {
+        Source::Main => invalid(path, text, Some(b.span), &b.message),
+        Source::Identities => invalid(&ids_path, &ids_text, Some(b.span), &b.message),
+    })?;
+    Ok(Loaded {
+        path: path.to_owned(),
+        config,
+        targets: built.targets,
+        identities: built.identities,
+        policies: built.policies,
+        account: built.account,
+        listeners: built.listeners,
+    })
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+pub(crate) fn relative_to(config: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        config.parent().unwrap_or(Path::new(".")).join(p)
+    }
+}
+
+fn invalid(path: &Path, text: &str, span: Option<Range<usize>>, message: &str) -> ConfigError {
+    let (line, column) = line_col(text, span.map(|s| s.start).unwrap_or(0));
+    ConfigError::Invalid {
+        path: path.to_owned(),
+        line,
+        column,
+        message: message.trim().to_string(),
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, column)
+}
+
+/// Seed 004's hostname rules: ≤ 253 characters of alphanumerics, `-` and `.`, starting and
+/// ending alphanumeric.
+pub fn valid_hostname(h: &str) -> bool {
+    let b = h.as_bytes();
+    !b.is_empty()
+        && b.len() <= 253
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'.')
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+}
+
+/// A unix login name as the proxy accepts it: what useradd accepts, no control characters.
+pub fn valid_login(l: &str) -> bool {
+    let b = l.as_bytes();
+    !b.is_empty()
+        && b.len() <= 32
+        && (b[0].is_ascii_lowercase() || b[0] == b'_')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-' | b'.'))
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::targets::Ingress;
+
+    fn p(text: &str) -> Result<Loaded, ConfigError> {
+        parse(Path::new("t.toml"), text)
+    }
+
+    const GOOD: &str = r#"
+[[vnet]]
+name = "corp"
+id = 7
+ingress = ["veth0", { interface = "eth1", vlan = 100 }]
+
+[[target]]
+hostname = "Web-01"
+ipv4 = "198.18.10.10"
+ipv6 = "2001:db8::10"
+vnet = "corp"
+
+[[application]]
+name = "ssh"
+target = [{ hostname = "web-01", ports = [22, 2222] }]
+"#;
+
+    #[test]
+    fn builds_the_target_set() {
+        let l = p(GOOD).unwrap();
+        let t = &l.targets;
+        assert_eq!(t.addrs.len(), 2);
+        assert_eq!(t.addrs[0].ports, vec![22, 2222]);
+        assert_eq!(t.addrs[0].vnet, 7);
+        assert!(t.vnets.iter().any(|v| v.name == "default"));
+        let corp = t.vnet_by_id(7).unwrap();
+        assert_eq!(
+            corp.ingress[1],
+            Ingress {
+                interface: "eth1".into(),
+                vlan: Some(100)
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_duplicate_address_with_location() {
+        let text =
+            format!("{GOOD}\n[[target]]\nhostname = \"db\"\nipv4 = \"198.18.10.10\"\nvnet = \"corp\"\n");
+        let e = p(&text).unwrap_err().to_string();
+        assert!(e.starts_with("t.toml:"), "{e}");
+        assert!(e.contains("already belongs to target \"Web-01\""), "{e}");
+        let line: usize = e.split(':').nth(1).unwrap().parse().unwrap();
+        assert_eq!(text.lines().nth(line - 1).unwrap(), "ipv4 = \"198.18.10.10\"");
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_bad_hostnames() {
+        assert!(p("[[vnet]]\nname=\"a\"\nid=1\nbogus=1\n")
+            .unwrap_err()
+            .to_string()
+            .contains("bogus"));
+        let e = p("[[target]]\nhostname=\"-bad\"\nipv4=\"198.18.0.1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("t.toml:2:10"), "{e}");
+        let long = "a".repeat(254);
+        assert!(p(&format!("[[target]]\nhostname=\"{long}\"\nipv4=\"198.18.0.1\"\n")).is_err());
+        assert!(valid_hostname(&"a".repeat(253)));
+    }
+
+    #[test]
+    fn rejects_dangling_vnet_and_bad_ids() {
+        let e = p("[[target]]\nhostname=\"a\"\nipv4=\"198.18.0.1\"\nvnet=\"nope\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no [[vnet]] has this name"), "{e}");
+        assert!(p("[[vnet]]\nname=\"a\"\nid=0\n").is_err());
+        assert!(p("[[vnet]]\nname=\"a\"\nid=1\n[[vnet]]\nname=\"b\"\nid=1\n").is_err());
+    }
+}
+
+#[cfg(test)]
+mod shipped {
+    /// The configurations shipped in configs/ are valid.
+    #[test]
+    fn shipped_configs_are_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            if e.path().extension().is_some_and(|x| x == "toml") {
+                super::load(&e.path()).unwrap_or_else(|err| panic!("{err}"));
+                n += 1;
+            }
+        }
+        assert!(n >= 2);
+    }
+}
+
+#[cfg(test)]
+mod policy_tests {
+    use std::{net::IpAddr, os::unix::fs::PermissionsExt};
+
+    use super::*;
+    use crate::policy::Request;
+
+    const BASE: &str = r#"
+[[vnet]]
+name = "corp"
+id = 1
+ingress = ["veth0"]
+
+[[target]]
+hostname = "web-01"
+ipv4 = "198.18.10.10"
+vnet = "corp"
+
+[[application]]
+name = "ssh"
+target = [{ hostname = "web-01", ports = [22] }]
+
+[[identity]]
+email = "alice@example.com"
+groups = ["ops"]
+sources = ["198.18.1.2"]
+vnet = "corp"
+
+[[policy]]
+name = "ops"
+application = "ssh"
+action = "allow"
+precedence = 1
+include = [{ group = "ops" }]
+require = [{ email_domain = "example.com" }]
+exclude = [{ source = "198.18.1.99/32" }]
+logins = ["root"]
+email_prefix_login = true
+"#;
+
+    fn p(text: &str) -> Result<Loaded, ConfigError> {
+        parse(Path::new("t.toml"), text)
+    }
+
+    fn err(text: &str) -> String {
+        p(text).unwrap_err().to_string()
+    }
+
+    /// The error's line, as text.
+    fn line_of(text: &str, e: &str) -> String {
+        let n: usize = e.split(':').nth(1).unwrap().parse().unwrap();
+        text.lines().nth(n - 1).unwrap().to_string()
+    }
+
+    #[test]
+    fn identities_and_policies_decide() {
+        let l = p(BASE).unwrap();
+        let ip: IpAddr = "198.18.1.2".parse().unwrap();
+        let id = l.identities.lookup(1, ip).unwrap();
+        let mut r = Request {
+            identity: id,
+            source: ip,
+            vnet: "corp",
+            target: "web-01",
+            port: 22,
+            login: "root",
+        };
+        assert!(l.policies.evaluate(&r).allow.is_ok());
+        r.login = "alice";
+        assert!(l.policies.evaluate(&r).allow.is_ok(), "email prefix login");
+        r.login = "bob";
+        assert!(l.policies.evaluate(&r).allow.is_err());
+    }
+
+    #[test]
+    fn policy_errors_point_at_the_field() {
+        let t = BASE.replace("application = \"ssh\"\naction", "application = \"nope\"\naction");
+        let e = err(&t);
+        assert!(e.contains("no [[application]] has this name"), "{e}");
+        assert_eq!(line_of(&t, &e), "application = \"nope\"");
+
+        let t = BASE.replace("logins = [\"root\"]", "logins = [\"Root\\u0007\"]");
+        let e = err(&t);
+        assert!(e.contains("expected a unix user name"), "{e}");
+
+        let t = BASE.replace("{ group = \"ops\" }", "{ grop = \"ops\" }");
+        let e = err(&t);
+        assert!(e.contains("grop"), "{e}");
+
+        let t = BASE.replace(
+            "{ source = \"198.18.1.99/32\" }",
+            "{ source = \"198.18.1.99/40\" }",
+        );
+        let e = err(&t);
+        assert!(e.contains("prefix length 40"), "{e}");
+
+        let t = format!("{BASE}\n[[policy]]\nname = \"two\"\napplication = \"ssh\"\naction = \"block\"\nprecedence = 1\ninclude = [{{ everyone = true }}]\n");
+        assert!(err(&t).contains("precedence 1: another policy"));
+
+        let t = BASE.replace("logins = [\"root\"]\nemail_prefix_login = true", "");
+        assert!(err(&t).contains("needs `logins` or `email_prefix_login"));
+    }
+
+    #[test]
+    fn identity_errors_and_identities_file() {
+        let t = BASE.replace(
+            "sources = [\"198.18.1.2\"]",
+            "sources = [\"198.18.1.2\", \"bogus\"]",
+        );
+        let e = err(&t);
+        assert!(e.contains("identity.sources") && e.contains("bogus"), "{e}");
+
+        let dir = std::env::temp_dir().join(format!("portcullis-ids-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("people.toml"),
+            "[[identity]]\nemail = \"bob@example.com\"\nsources = [\"198.18.1.2\"]\nvnet = \"corp\"\n",
+        )
+        .unwrap();
+        let t = format!("[identities]\nfile = \"people.toml\"\n{BASE}");
+        std::fs::write(dir.join("main.toml"), &t).unwrap();
+        let e = load(&dir.join("main.toml")).unwrap_err().to_string();
+        assert!(
+            e.contains("people.toml:3:") && e.contains("already used by alice@example.com"),
+            "{e}"
+        );
+        std::fs::write(
+            dir.join("people.toml"),
+            "[[identity]]\nemail = \"bob@example.com\"\nsources = [\"198.18.1.3\"]\nvnet = \"corp\"\n",
+        )
+        .unwrap();
+        let l = load(&dir.join("main.toml")).unwrap();
+        assert_eq!(l.identities.len(), 2);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn secrets_must_exist_and_be_private() {
+        let dir = std::env::temp_dir().join(format!("portcullis-sec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let t = format!("[account]\nsecret = \"secret\"\nca_key = \"ca\"\n{BASE}");
+        std::fs::write(dir.join("c.toml"), &t).unwrap();
+        let e = load(&dir.join("c.toml")).unwrap_err().to_string();
+        assert!(
+            e.contains("account.secret") && e.contains("portcullis ca init"),
+            "{e}"
+        );
+        for f in ["secret", "ca"] {
+            std::fs::write(dir.join(f), "x").unwrap();
+            std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o640)).unwrap();
+        }
+        let e = load(&dir.join("c.toml")).unwrap_err().to_string();
+        assert!(
+            e.contains("readable by group or others (mode 0640): chmod 600"),
+            "{e}"
+        );
+        for f in ["secret", "ca"] {
+            std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        assert!(load(&dir.join("c.toml")).unwrap().account.is_some());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn listeners_resolve_their_target() {
+        let t = format!(
+            "{BASE}\n[[listener]]\nlisten = \"127.0.0.1:2222\"\ntarget = \"web-01\"\nvnet = \"corp\"\n"
+        );
+        let l = p(&t).unwrap();
+        assert_eq!(l.listeners[0].addr, "198.18.10.10:22".parse().unwrap());
+        let t = format!(
+            "{BASE}\n[[listener]]\nlisten = \"127.0.0.1:2222\"\ntarget = \"web-02\"\nvnet = \"corp\"\n"
+        );
+        assert!(err(&t).contains("no target has this hostname"));
+    }
+}

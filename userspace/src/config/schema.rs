@@ -1,0 +1,307 @@
+//! The TOML schema, as serde types. Unknown keys are rejected everywhere; fields that later
+//! errors must point at are `Spanned`.
+
+use std::{
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
+};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub dataplane: DataplaneConfig,
+    pub account: Option<AccountConfig>,
+    #[serde(default)]
+    pub ca: CaConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
+    #[serde(default)]
+    pub recording: RecordingConfig,
+    pub identities: Option<IdentitiesConfig>,
+    #[serde(default, rename = "vnet")]
+    pub vnets: Vec<VnetConfig>,
+    #[serde(default, rename = "identity")]
+    pub identity: Vec<IdentityConfig>,
+    #[serde(default, rename = "target")]
+    pub targets: Vec<TargetConfig>,
+    #[serde(default, rename = "application")]
+    pub applications: Vec<ApplicationConfig>,
+    #[serde(default, rename = "policy")]
+    pub policies: Vec<PolicyConfig>,
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+}
+
+/// How the kernel dataplane is installed.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataplaneConfig {
+    /// Names this gateway's pins, state and lock; two daemons need two instances.
+    pub instance: String,
+    /// Mount point of the BPF filesystem.
+    pub bpffs: PathBuf,
+    /// Lock file, target list for `stats`, saved sysctls.
+    pub state_dir: PathBuf,
+    pub xdp_mode: XdpModeConfig,
+    /// Routing table that delivers steered packets locally.
+    pub route_table: u32,
+    /// Priority of the `fwmark` rule (must come before the main table's 32766).
+    pub rule_priority: u32,
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        Self {
+            instance: "portcullis".into(),
+            bpffs: "/sys/fs/bpf".into(),
+            state_dir: "/run/portcullis".into(),
+            xdp_mode: XdpModeConfig::Auto,
+            route_table: 28771,
+            rule_priority: 90,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeConfig {
+    /// Native (driver) mode, falling back to generic (skb) mode where the driver lacks it.
+    Auto,
+    Native,
+    Skb,
+}
+
+/// Secrets of the account. Paths are relative to the configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountConfig {
+    /// 32 random bytes: the input of host-key derivation (DESIGN §1.3).
+    pub secret: Spanned<PathBuf>,
+    /// The CA's OpenSSH private key (Ed25519 by default).
+    pub ca_key: Spanned<PathBuf>,
+    /// ssh-log-cli `sshkey.pub`; absent: sessions are not recorded.
+    pub recording_public_key: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaConfig {
+    /// Certificate validity after issue (seed 003: 3 minutes). Bounds authentication only.
+    pub lifetime_secs: u64,
+    /// Backdating against target clocks running behind.
+    pub skew_secs: u64,
+    /// Add the `source-address` critical option with the gateway's upstream address.
+    pub source_address: bool,
+}
+
+impl Default for CaConfig {
+    fn default() -> Self {
+        Self {
+            lifetime_secs: 180,
+            skew_secs: 30,
+            source_address: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Append-only JSON-lines file (reopened on SIGHUP, for log rotation).
+    pub file: Option<PathBuf>,
+    /// Also write events to stdout (journald under systemd).
+    pub stdout: bool,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            file: None,
+            stdout: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordingConfig {
+    /// Where sealed session logs are written.
+    pub dir: PathBuf,
+    /// What to do when a recording cannot be written: refuse/end sessions, or go on.
+    pub on_failure: RecordingFailure,
+}
+
+impl Default for RecordingConfig {
+    fn default() -> Self {
+        Self {
+            dir: "/var/lib/portcullis/sessions".into(),
+            on_failure: RecordingFailure::FailClosed,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordingFailure {
+    FailClosed,
+    FailOpen,
+}
+
+/// Identities kept in a file of their own (reloaded with the configuration).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentitiesConfig {
+    pub file: Spanned<PathBuf>,
+}
+
+/// The identities file: `[[identity]]` entries only.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentitiesFile {
+    #[serde(default, rename = "identity")]
+    pub identity: Vec<IdentityConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VnetConfig {
+    pub name: Spanned<String>,
+    pub id: Spanned<u32>,
+    #[serde(default)]
+    pub ingress: Vec<Spanned<IngressConfig>>,
+    #[serde(default)]
+    pub upstream: Vec<Spanned<String>>,
+    /// Routing table for the proxy's connections to this vnet's targets (SO_MARK
+    /// 0x40000000 | id must select it); absent: the main table.
+    pub table: Option<u32>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum IngressConfig {
+    Interface(String),
+    Vlan(VlanIngress),
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VlanIngress {
+    pub interface: String,
+    pub vlan: u16,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    pub email: Spanned<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Source addresses or prefixes its devices use in `vnet`.
+    pub sources: Vec<Spanned<String>>,
+    #[serde(default = "default_vnet")]
+    pub vnet: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    pub hostname: Spanned<String>,
+    pub ipv4: Option<Spanned<Ipv4Addr>>,
+    pub ipv6: Option<Spanned<Ipv6Addr>>,
+    #[serde(default = "default_vnet")]
+    pub vnet: Spanned<String>,
+}
+
+pub fn default_vnet() -> Spanned<String> {
+    Spanned::new(0..0, "default".to_string())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplicationConfig {
+    pub name: Spanned<String>,
+    #[serde(rename = "target")]
+    pub targets: Vec<TargetCriteria>,
+}
+
+/// Which targets an application covers: by hostname (exact, case-insensitive, or `*` for
+/// every target), on which ports.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetCriteria {
+    pub hostname: Spanned<String>,
+    #[serde(default = "default_protocol")]
+    pub protocol: Spanned<String>,
+    #[serde(default = "default_ports")]
+    pub ports: Spanned<Vec<u16>>,
+}
+
+fn default_protocol() -> Spanned<String> {
+    Spanned::new(0..0, "ssh".to_string())
+}
+
+fn default_ports() -> Spanned<Vec<u16>> {
+    Spanned::new(0..0, vec![22])
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    pub name: Spanned<String>,
+    pub application: Spanned<String>,
+    pub action: ActionConfig,
+    pub precedence: Spanned<i64>,
+    #[serde(default)]
+    pub include: Vec<Spanned<SelectorConfig>>,
+    #[serde(default)]
+    pub require: Vec<Spanned<SelectorConfig>>,
+    #[serde(default)]
+    pub exclude: Vec<Spanned<SelectorConfig>>,
+    /// Connection context: the unix logins this policy allows.
+    #[serde(default)]
+    pub logins: Vec<Spanned<String>>,
+    /// Also allow the identity's email prefix as login (jdoe@example.com → jdoe).
+    #[serde(default)]
+    pub email_prefix_login: bool,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ActionConfig {
+    Allow,
+    Block,
+}
+
+/// One selector, written as a one-key table: `{ group = "ops" }`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum SelectorConfig {
+    Email(String),
+    EmailDomain(String),
+    Group(String),
+    Source(String),
+    Vnet(String),
+    Everyone(bool),
+}
+
+/// A plain TCP listener bound to one target (hosts without eBPF, tests).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub listen: Spanned<SocketAddr>,
+    /// The target's hostname; with `vnet` when the hostname is not unique.
+    pub target: Spanned<String>,
+    #[serde(default = "default_vnet")]
+    pub vnet: Spanned<String>,
+    /// The target's port (default 22).
+    #[serde(default = "default_port")]
+    pub port: u16,
+}
+
+fn default_port() -> u16 {
+    22
+}
