@@ -336,7 +336,7 @@ fn explain(
         port,
         login,
     };
-    let d = l.policies.evaluate(&r);
+    let d = l.policies.explain(&r);
     println!(
         "request: {} ({}) → {hostname}:{port} as {login:?} in vnet {vnet:?}",
         identity.email, source

@@ -187,53 +187,77 @@ impl Engine {
         out
     }
 
-    /// Decides a request.
+    /// Decides a request (the per-connection path: no trace is built).
     pub fn evaluate(&self, r: &Request<'_>) -> Decision {
+        self.decide(r, false)
+    }
+
+    /// Decides a request and records why each policy considered did or did not decide.
+    pub fn explain(&self, r: &Request<'_>) -> Decision {
+        self.decide(r, true)
+    }
+
+    fn decide(&self, r: &Request<'_>, tracing: bool) -> Decision {
         let mut trace = Vec::new();
-        let mut login_miss: Option<(String, String)> = None;
+        let mut note = |f: &dyn Fn() -> String| {
+            if tracing {
+                trace.push(f());
+            }
+        };
+        let mut login_miss: Option<&Arc<Policy>> = None;
+        let mut considered = false;
         for p in self.candidates(r.target, r.port) {
-            let Some(rule) = matches(p, r) else {
-                trace.push(format!("{}: identity did not match its rules", p.name));
+            considered = true;
+            let Some(inc) = matches(p, r) else {
+                note(&|| format!("{}: identity did not match its rules", p.name));
                 continue;
             };
+            let rule = || format!("include {}", describe(inc));
             match p.action {
                 Action::Block => {
-                    trace.push(format!("{}: block ({rule})", p.name));
+                    note(&|| format!("{}: block ({})", p.name, rule()));
                     return Decision {
                         allow: Err(DenyReason::Blocked),
                         policy: Some(p.name.clone()),
-                        rule: Some(rule),
+                        rule: Some(rule()),
                         trace,
                     };
                 }
                 Action::Allow if login_allowed(p, r) => {
-                    trace.push(format!("{}: allow ({rule}) as {}", p.name, r.login));
+                    note(&|| format!("{}: allow ({}) as {}", p.name, rule(), r.login));
                     return Decision {
                         allow: Ok(()),
                         policy: Some(p.name.clone()),
-                        rule: Some(rule),
+                        rule: Some(rule()),
                         trace,
                     };
                 }
                 Action::Allow => {
-                    trace.push(format!(
-                        "{}: matched ({rule}) but does not allow login {:?}",
-                        p.name, r.login
-                    ));
-                    login_miss = Some((p.name.clone(), rule));
+                    note(&|| {
+                        format!(
+                            "{}: matched ({}) but does not allow login {:?}",
+                            p.name,
+                            rule(),
+                            r.login
+                        )
+                    });
+                    login_miss = login_miss.or(Some(p));
                 }
             }
         }
         match login_miss {
-            Some((policy, rule)) => Decision {
-                allow: Err(DenyReason::LoginNotAllowed),
-                policy: Some(policy),
-                rule: Some(rule),
-                trace,
-            },
+            Some(p) => {
+                let rule = matches(p, r).map(|inc| format!("include {}", describe(inc)));
+                Decision {
+                    allow: Err(DenyReason::LoginNotAllowed),
+                    policy: Some(p.name.clone()),
+                    rule,
+                    trace,
+                }
+            }
             None => {
-                if trace.is_empty() {
-                    trace.push(format!("no application covers {}:{}", r.target, r.port));
+                if !considered {
+                    note(&|| format!("no application covers {}:{}", r.target, r.port));
                 }
                 Decision {
                     allow: Err(DenyReason::NoPolicy),
@@ -304,8 +328,8 @@ pub fn describe(s: &Selector) -> String {
     }
 }
 
-/// `Some(the include rule that matched)` if the policy's rules match the request.
-fn matches(p: &Policy, r: &Request<'_>) -> Option<String> {
+/// `Some(the include selector that matched)` if the policy's rules match the request.
+fn matches<'p>(p: &'p Policy, r: &Request<'_>) -> Option<&'p Selector> {
     let inc = p.include.iter().find(|s| selector_matches(s, r))?;
     if !p.require.iter().all(|s| selector_matches(s, r)) {
         return None;
@@ -313,7 +337,7 @@ fn matches(p: &Policy, r: &Request<'_>) -> Option<String> {
     if p.exclude.iter().any(|s| selector_matches(s, r)) {
         return None;
     }
-    Some(format!("include {}", describe(inc)))
+    Some(inc)
 }
 
 #[cfg(test)]
@@ -464,10 +488,15 @@ mod tests {
             ],
         );
         let x = who("x@example.com", &[]);
-        let d = e.evaluate(&req(&x, "web-01", "root"));
+        let d = e.explain(&req(&x, "web-01", "root"));
         assert_eq!(d.allow, Ok(()));
         assert_eq!(d.policy.as_deref(), Some("b"));
         assert_eq!(d.trace.len(), 2);
+        assert_eq!(
+            e.evaluate(&req(&x, "web-01", "root")).trace.len(),
+            0,
+            "no trace on the hot path"
+        );
     }
 
     fn selector() -> impl Strategy<Value = Selector> {
@@ -528,6 +557,7 @@ mod tests {
             let r = Request { identity: &id, source: "198.18.1.2".parse().unwrap(), vnet: &v, target: "h", port: 22, login };
             let e = Engine::new(&[app("ssh", "h", &[22])], ps.clone());
             let got = e.evaluate(&r).allow;
+            prop_assert_eq!(&e.explain(&r).allow, &got);
 
             let mut sorted = ps.clone();
             sorted.sort_by_key(|p| p.precedence);
