@@ -30,6 +30,22 @@ impl Demo {
     }
 }
 
+impl Demo {
+    /// Runs a subcommand whatever its exit status (explain exits 3 on deny).
+    fn cli_any(&self, args: &[&str]) -> Result<String> {
+        let bin = std::fs::canonicalize(BIN)?;
+        let out = self
+            .topo
+            .gw
+            .command(bin.to_str().unwrap())
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
 impl Drop for Demo {
     fn drop(&mut self) {
         let _ = self.cli(&["down"]);
@@ -140,7 +156,10 @@ pub fn run() -> Result<()> {
         out.contains("web-01 [2001:db8:10::10]:22"),
         "IPv6 flow reaches the proxy",
     )?;
-    println!("   (the SSH proxy that will serve these is the next milestone; until then steered flows are refused, never forwarded)");
+    println!(
+        "   (alice passes the identity and policy pre-check; bob has no policy for lab-01. The SSH proxy"
+    );
+    println!("    that will serve allowed flows is the next milestone: until then they are refused, never forwarded)");
 
     step(
         2,
@@ -187,10 +206,27 @@ pub fn run() -> Result<()> {
         fetch(&t.client, sa("198.18.10.10:22")),
     );
 
-    step(5, "Counters from the pinned maps (`portcullis stats`)");
+    step(
+        5,
+        "Policy: who may log in where, and why (`portcullis policy explain`)",
+    );
+    for (src, vnet, login) in [
+        ("198.18.1.2", "corp", "root"),
+        ("198.18.1.2", "corp", "alice"),
+        ("198.18.1.2", "corp", "admin"),
+        ("198.18.2.2", "lab", "root"),
+    ] {
+        let target = if vnet == "corp" { "web-01" } else { "lab-01" };
+        let out = demo.cli_any(&[
+            "policy", "explain", "--source", src, "--vnet", vnet, "--target", target, "--login", login,
+        ])?;
+        println!("{}", indent(&out));
+    }
+
+    step(6, "Counters from the pinned maps (`portcullis stats`)");
     println!("{}", indent(&demo.cli(&["stats"])?));
 
-    step(6, "Audit trail (JSON lines on the daemon's stdout)");
+    step(7, "Audit trail (JSON lines on the daemon's stdout)");
     d.stop();
     events.extend(d.stdout());
     for l in events {
