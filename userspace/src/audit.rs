@@ -101,6 +101,14 @@ impl Audit {
         })
     }
 
+    /// Events to stdout only (when no audit configuration is at hand).
+    pub fn stdout_only() -> Self {
+        Self {
+            stdout: true,
+            file: None,
+        }
+    }
+
     /// Reopens the file (after logrotate moved it away).
     pub fn reopen(&self) -> std::io::Result<()> {
         if let Some((p, f)) = &self.file {

@@ -8,8 +8,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use rand_core::{OsRng, RngCore};
-use ssh_key::{Algorithm, LineEnding, PrivateKey};
+use rand::RngExt;
+use russh::keys::{ssh_key, ssh_key::LineEnding, Algorithm, PrivateKey};
 
 use crate::config::Account;
 
@@ -64,10 +64,9 @@ fn create_private(path: &Path, bytes: &[u8]) -> Result<Outcome, CaError> {
 
 /// Creates the account secret (32 random bytes) and the Ed25519 CA key if they are missing.
 pub fn init(account: &Account) -> Result<Vec<Outcome>, CaError> {
-    let mut secret = [0u8; 32];
-    OsRng.fill_bytes(&mut secret);
+    let secret: [u8; 32] = rand::rng().random();
     let a = create_private(&account.secret, &secret)?;
-    let key = PrivateKey::random(&mut OsRng, Algorithm::Ed25519).map_err(CaError::Generate)?;
+    let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).map_err(CaError::Generate)?;
     let pem = key.to_openssh(LineEnding::LF).map_err(CaError::Generate)?;
     let b = create_private(&account.ca_key, pem.as_bytes())?;
     Ok(vec![a, b])

@@ -7,18 +7,16 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use tokio::{
-    io::AsyncWriteExt,
-    signal::unix::{signal, SignalKind},
-};
+use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    audit::{self, Audit, Event},
+    audit::Audit,
     config,
     dataplane::{Dataplane, DataplaneError},
     identity::Registry,
-    policy::{Engine, Request},
-    steer::{self, Steered},
+    policy::Engine,
+    proxy::{self, Context, Incoming},
+    steer,
     targets::TargetSet,
 };
 
@@ -34,6 +32,35 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error("listener {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Ca(#[from] crate::ca::CaError),
+}
+
+/// The proxy's shared context, when the account's keys are configured.
+fn context(l: &config::Loaded, audit: &Arc<Audit>) -> Result<Option<Arc<Context>>, DaemonError> {
+    let Some(a) = &l.account else {
+        tracing::warn!(
+            "no [account]: connections are identified and audited, then refused (no CA to log in with)"
+        );
+        return Ok(None);
+    };
+    let secret = std::fs::read(&a.secret).map_err(|source| DaemonError::Io {
+        what: "read the account secret",
+        source,
+    })?;
+    let ca = crate::ca::load_ca(&a.ca_key)?;
+    Ok(Some(Arc::new(Context::new(
+        secret,
+        ca,
+        l.config.ca.clone(),
+        audit.clone(),
+    ))))
 }
 
 /// What a connection is judged against; replaced whole on reload, so a connection sees
@@ -62,18 +89,67 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
             source,
         })?,
     );
-    let mut dp = Dataplane::up(&loaded.config.dataplane, &loaded.targets).await?;
+    let ctx = context(&loaded, &audit)?;
+    // Plain listeners ([[listener]]): the same pipeline without steering.
+    let (tx, mut plain) = tokio::sync::mpsc::channel::<Incoming>(64);
+    for l in &loaded.listeners {
+        let sock = tokio::net::TcpListener::bind(l.listen)
+            .await
+            .map_err(|source| DaemonError::Listen {
+                addr: l.listen,
+                source,
+            })?;
+        let (tx, target_addr, vnet) = (tx.clone(), l.addr, l.vnet);
+        tracing::info!(listen = %l.listen, target = %l.target, "listener up");
+        tokio::spawn(async move {
+            loop {
+                match sock.accept().await {
+                    Ok((stream, peer)) => {
+                        let peer =
+                            std::net::SocketAddr::new(crate::targets::canonical(peer.ip()), peer.port());
+                        if tx
+                            .send(Incoming {
+                                stream,
+                                peer,
+                                target_addr,
+                                vnet: Some(vnet),
+                            })
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        });
+    }
+    drop(tx);
+    // eBPF steering only when some vnet has an ingress (hosts without eBPF run listeners).
+    let steering = loaded.targets.vnets.iter().any(|v| !v.ingress.is_empty());
+    let mut dp = if steering {
+        Some(Dataplane::up(&loaded.config.dataplane, &loaded.targets).await?)
+    } else {
+        None
+    };
     let listeners = steer::Listeners::bind().await.map_err(|source| DaemonError::Io {
         what: "bind the proxy listeners",
         source,
     })?;
-    dp.register_listeners(&listeners.v4, listeners.v6.as_ref())?;
+    if let Some(dp) = dp.as_mut() {
+        dp.register_listeners(&listeners.v4, listeners.v6.as_ref())?;
+    }
     tracing::info!(
         instance = %loaded.config.dataplane.instance,
         targets = loaded.targets.addrs.len(),
         identities = loaded.identities.len(),
         policies = loaded.policies.len(),
-        pins = %dp.paths().root.display(),
+        steering,
+        pins = %dp.as_ref().map(|d| d.paths().root.display().to_string()).unwrap_or_default(),
         "dataplane up; serving steered connections"
     );
     let state = Arc::new(ArcSwap::from_pointee(Snapshot::from(loaded)));
@@ -93,11 +169,16 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
         let accepted = tokio::select! {
             r = listeners.v4.accept() => r,
             r = accept_opt(listeners.v6.as_ref()) => r,
+            Some(inc) = plain.recv() => {
+                let (snap, ctx) = (state.load_full(), ctx.clone());
+                tokio::spawn(proxy::serve(inc, snap, ctx));
+                continue;
+            }
             _ = hup.recv() => {
                 if let Err(e) = audit.reopen() {
                     tracing::error!(error = %e, "reopening the audit file failed; still writing to the old one");
                 }
-                reload(&path, &mut dp, &state);
+                reload(&path, dp.as_mut(), &state);
                 continue;
             }
             _ = term.recv() => break,
@@ -106,8 +187,13 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
         match accepted {
             Ok((stream, peer)) => match steer::inspect(stream, peer) {
                 Ok(conn) => {
-                    let (snap, audit) = (state.load_full(), audit.clone());
-                    tokio::spawn(async move { serve(conn, &snap, &audit).await });
+                    let inc = Incoming {
+                        stream: conn.stream,
+                        peer: conn.peer,
+                        target_addr: conn.original_dst,
+                        vnet: conn.vnet,
+                    };
+                    tokio::spawn(proxy::serve(inc, state.load_full(), ctx.clone()));
                 }
                 Err(e) => tracing::warn!(error = %e, "inspecting an accepted connection failed"),
             },
@@ -133,9 +219,9 @@ async fn accept_opt(
 /// Parses and validates the whole configuration first; only then updates the dataplane and
 /// swaps the snapshot. Anything invalid is rejected and the old configuration keeps serving;
 /// connections in flight keep the snapshot they started with.
-fn reload(path: &Path, dp: &mut Dataplane, state: &ArcSwap<Snapshot>) {
+fn reload(path: &Path, dp: Option<&mut Dataplane>, state: &ArcSwap<Snapshot>) {
     match config::load(path) {
-        Ok(new) => match dp.apply(&new.targets) {
+        Ok(new) => match dp.map(|dp| dp.apply(&new.targets)).unwrap_or(Ok(())) {
             Ok(()) => {
                 tracing::info!(
                     targets = new.targets.addrs.len(),
@@ -151,59 +237,4 @@ fn reload(path: &Path, dp: &mut Dataplane, state: &ArcSwap<Snapshot>) {
         },
         Err(e) => tracing::error!(error = %e, "reload rejected; the previous configuration keeps serving"),
     }
-}
-
-/// Serves one steered connection: who is it, and could any policy let them in? The SSH
-/// proxy is not part of this build yet, so even a connection that passes is audited and
-/// refused — never forwarded unchecked.
-async fn serve(mut conn: Steered, snap: &Snapshot, audit: &Audit) {
-    let session = audit::session_id();
-    let vnet = conn.vnet.and_then(|id| snap.targets.vnet_by_id(id));
-    let target = conn
-        .vnet
-        .and_then(|id| snap.targets.lookup(id, conn.original_dst.ip()));
-    let identity = conn
-        .vnet
-        .and_then(|id| snap.identities.lookup(id, conn.peer.ip()));
-    let mut ev = Event::new("connect", &session);
-    ev.identity = identity.map(|i| i.email.clone());
-    ev.source = Some(conn.peer);
-    ev.vnet = vnet.map(|v| v.name.clone());
-    ev.target = target.map(|t| t.target.clone());
-    ev.target_addr = Some(conn.original_dst);
-    ev.port = Some(conn.original_dst.port());
-    audit.emit(&ev);
-    let reason = match (conn.vnet, target, identity) {
-        (None, _, _) => "not_steered",
-        (_, None, _) => "no_target",
-        (_, _, None) => "no_identity",
-        (_, Some(t), Some(id)) => {
-            let r = Request {
-                identity: id,
-                source: conn.peer.ip(),
-                vnet: vnet.map(|v| v.name.as_str()).unwrap_or(""),
-                target: &t.target,
-                port: conn.original_dst.port(),
-                login: "",
-            };
-            if snap.policies.could_allow(&r) {
-                "proxy_unavailable"
-            } else {
-                "no_policy"
-            }
-        }
-    };
-    let mut deny = ev.clone();
-    deny.time = audit::now_rfc3339();
-    deny.event = "deny";
-    deny.decision = Some("deny");
-    deny.reason = Some(reason.to_string());
-    audit.emit(&deny);
-    let msg = format!(
-        "portcullis: {} {} refused ({reason})\r\n",
-        target.map(|t| t.target.as_str()).unwrap_or("-"),
-        conn.original_dst
-    );
-    let _ = conn.stream.write_all(msg.as_bytes()).await;
-    let _ = conn.stream.shutdown().await;
 }

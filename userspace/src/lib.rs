@@ -12,11 +12,14 @@
 
 pub mod audit;
 pub mod ca;
+pub mod cert;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod hostkey;
 pub mod identity;
 pub mod policy;
+pub mod proxy;
 pub mod split_tunnel;
 pub mod steer;
 pub mod targets;

@@ -1,0 +1,565 @@
+//! The client-facing side: authentication and the relay of session channels.
+//!
+//! The SSH user name is the requested unix login; who the user is comes from the source
+//! address (the registry), never from what the client presents. `none`, any verified
+//! `publickey` and `keyboard-interactive` without prompts are accepted as ways of saying
+//! "go on" (clients differ in which they try); `password` is not offered. On the first
+//! attempt the policy decides, and if it allows, a fresh certificate logs in upstream.
+//!
+//! Requests are forwarded upstream and the target's own reply is returned; data is relayed
+//! as the `Bytes` russh decoded, and writes wait for the peer's window, so a slow reader
+//! slows its writer instead of filling the proxy's memory.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicI64, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use russh::{
+    client,
+    server::{self, Auth, Msg, Session},
+    Channel, ChannelId, ChannelMsg, ChannelWriteHalf, Pty, Sig,
+};
+use tokio::sync::mpsc;
+
+use super::Context;
+use crate::{
+    audit::{self, Event},
+    cert::{self, Grant},
+    config::valid_login,
+    daemon::Snapshot,
+    identity::Identity,
+    policy::Request,
+    proxy::upstream::Up,
+};
+
+pub struct SessionInfo {
+    pub session: String,
+    pub identity: Identity,
+    pub vnet: String,
+    pub target: String,
+    /// The `connect` event, as the base of this session's events.
+    pub base: Event,
+    pub snap: Arc<Snapshot>,
+    pub ctx: Arc<Context>,
+    pub up: Arc<client::Handle<Up>>,
+}
+
+type UpWrite = Arc<ChannelWriteHalf<client::Msg>>;
+
+struct Chan {
+    up: UpWrite,
+    replies: mpsc::Receiver<bool>,
+}
+
+/// Byte counts and exit status, shared with the relay tasks.
+#[derive(Default)]
+struct Totals {
+    from_client: AtomicU64,
+    from_target: AtomicU64,
+    exit_status: AtomicI64,
+}
+
+pub struct Front {
+    info: SessionInfo,
+    /// The login the policy allowed and upstream accepted.
+    authorized: Option<String>,
+    /// Why the session cannot go on; told to the user on their first channel.
+    refusal: Option<String>,
+    chans: HashMap<ChannelId, Chan>,
+    /// Channels opened by a refused session: they only carry the explanation.
+    refused: std::collections::HashSet<ChannelId>,
+    totals: Arc<Totals>,
+    started: Instant,
+    cert_serial: Option<u64>,
+}
+
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Front {
+    pub fn new(info: SessionInfo) -> Self {
+        let totals = Arc::new(Totals {
+            exit_status: AtomicI64::new(-1),
+            ..Default::default()
+        });
+        Self {
+            info,
+            authorized: None,
+            refusal: None,
+            chans: HashMap::new(),
+            refused: Default::default(),
+            totals,
+            started: Instant::now(),
+            cert_serial: None,
+        }
+    }
+
+    fn event(&self, name: &'static str) -> Event {
+        let mut e = self.info.base.clone();
+        e.time = audit::now_rfc3339();
+        e.event = name;
+        e.cert_serial = self.cert_serial;
+        e
+    }
+
+    /// Decides `login` once: policy, then certificate login upstream. Denials are audited
+    /// and turned into a message on the user's first channel.
+    async fn authorize(&mut self, login: &str) -> Auth {
+        if let Some(l) = &self.authorized {
+            return if l == login { Auth::Accept } else { reject() };
+        }
+        if self.refusal.is_some() {
+            return Auth::Accept;
+        }
+        let mut ev = self.event("deny");
+        ev.login = Some(login.chars().filter(|c| !c.is_control()).collect());
+        ev.decision = Some("deny");
+        if !valid_login(login) {
+            ev.reason = Some("invalid_login".into());
+            self.info.ctx.audit.emit(&ev);
+            self.refusal = Some(format!(
+                "{:?} is not a valid unix login",
+                ev.login.as_deref().unwrap_or("")
+            ));
+            return Auth::Accept;
+        }
+        let r = Request {
+            identity: &self.info.identity,
+            source: self
+                .info
+                .base
+                .source
+                .map(|s| s.ip())
+                .unwrap_or([0, 0, 0, 0].into()),
+            vnet: &self.info.vnet,
+            target: &self.info.target,
+            port: self.info.base.port.unwrap_or(22),
+            login,
+        };
+        let d = self.info.snap.policies.evaluate(&r);
+        ev.policy = d.policy.clone();
+        ev.rule = d.rule.clone();
+        if let Err(reason) = d.allow {
+            ev.reason = Some(reason.as_str().into());
+            self.info.ctx.audit.emit(&ev);
+            self.refusal = Some(format!(
+                "{} may not log in to {} as {login} ({})",
+                self.info.identity.email,
+                self.info.target,
+                reason.as_str()
+            ));
+            return Auth::Accept;
+        }
+        let ctx = &self.info.ctx;
+        let grant = Grant {
+            pty: true,
+            ..Default::default()
+        };
+        let req = cert::Request {
+            login,
+            email: &self.info.identity.email,
+            session: &self.info.session,
+            lifetime_secs: ctx.ca_cfg.lifetime_secs,
+            skew_secs: ctx.ca_cfg.skew_secs,
+            grant: &grant,
+            source_address: None,
+        };
+        let minted = match cert::mint(&ctx.ca, &req) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(error = %e, "minting a certificate failed");
+                ev.reason = Some("certificate_failed".into());
+                ctx.audit.emit(&ev);
+                self.refusal = Some("the gateway could not issue a certificate".into());
+                return Auth::Accept;
+            }
+        };
+        self.cert_serial = Some(minted.serial);
+        ev.cert_serial = self.cert_serial;
+        let ok = match Arc::get_mut(&mut self.info.up) {
+            Some(up) => {
+                up.authenticate_openssh_cert(login, Arc::new(minted.key), minted.cert)
+                    .await
+            }
+            None => Err(russh::Error::Inconsistent),
+        };
+        match ok {
+            Ok(r) if r.success() => {
+                self.authorized = Some(login.to_string());
+                let mut s = self.event("session.start");
+                s.login = Some(login.to_string());
+                s.decision = Some("allow");
+                s.policy = d.policy;
+                s.rule = d.rule;
+                ctx.audit.emit(&s);
+                self.info.base.login = Some(login.to_string());
+                Auth::Accept
+            }
+            other => {
+                ev.reason = Some("upstream_auth_failed".into());
+                ev.rule = Some(format!("{other:?}"));
+                ctx.audit.emit(&ev);
+                let addr = self
+                    .info
+                    .base
+                    .target_addr
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                self.refusal = Some(format!(
+                    "{} ({addr}) did not accept the gateway's certificate for {login}: make the target trust the \
+                     gateway CA (`portcullis ca pubkey` into its TrustedUserCAKeys file) and allow principal {login}",
+                    self.info.target
+                ));
+                Auth::Accept
+            }
+        }
+    }
+
+    /// On a refused session's channel: accepts the request and, for one that starts the
+    /// session, explains the refusal on stderr and ends with status 1.
+    fn refuse(&mut self, id: ChannelId, starts: bool, s: &mut Session) -> Result<bool, russh::Error> {
+        if !self.refused.contains(&id) {
+            return Ok(false);
+        }
+        s.channel_success(id)?;
+        if starts {
+            let why = self.refusal.clone().unwrap_or_default();
+            let _ = s.extended_data(id, 1, format!("portcullis: {why}\r\n").into_bytes());
+            let _ = s.exit_status_request(id, 1);
+            let _ = s.eof(id);
+            let _ = s.close(id);
+        }
+        Ok(true)
+    }
+
+    async fn reply(&mut self, id: ChannelId, s: &mut Session) -> Result<(), russh::Error> {
+        let ok = match self.chans.get_mut(&id) {
+            Some(c) => matches!(
+                tokio::time::timeout(REPLY_TIMEOUT, c.replies.recv()).await,
+                Ok(Some(true))
+            ),
+            None => false,
+        };
+        if ok {
+            s.channel_success(id)
+        } else {
+            s.channel_failure(id)
+        }
+    }
+
+    fn up(&self, id: ChannelId) -> Option<UpWrite> {
+        self.chans.get(&id).map(|c| c.up.clone())
+    }
+
+    fn channel_event(&self, kind: &str, detail: Option<String>) {
+        let mut e = self.event("channel.open");
+        e.reason = Some(kind.to_string());
+        e.rule = detail;
+        self.info.ctx.audit.emit(&e);
+    }
+}
+
+fn reject() -> Auth {
+    Auth::Reject {
+        proceed_with_methods: None,
+        partial_success: false,
+    }
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        if self.authorized.is_none() {
+            return;
+        }
+        let mut e = self.event("session.end");
+        let t = &self.totals;
+        let status = t.exit_status.load(Ordering::Relaxed);
+        e.reason = Some(format!(
+            "bytes_from_client={} bytes_from_target={} exit_status={} duration_ms={}",
+            t.from_client.load(Ordering::Relaxed),
+            t.from_target.load(Ordering::Relaxed),
+            if status < 0 {
+                "none".to_string()
+            } else {
+                status.to_string()
+            },
+            self.started.elapsed().as_millis()
+        ));
+        self.info.ctx.audit.emit(&e);
+    }
+}
+
+impl server::Handler for Front {
+    type Error = russh::Error;
+
+    async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
+        Ok(self.authorize(user).await)
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        _key: russh::server::VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(self.authorize(user).await)
+    }
+
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        user: &str,
+        _submethods: &str,
+        _response: Option<russh::server::Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(self.authorize(user).await)
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        ch: Channel<Msg>,
+        reply: server::ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if self.refusal.is_some() {
+            // Told when the client asks for a shell, command or subsystem (OpenSSH shows
+            // stderr only once the session has started).
+            reply.accept().await;
+            self.refused.insert(ch.id());
+            drop(ch);
+            let _ = session;
+            return Ok(());
+        }
+        let up = match self.info.up.channel_open_session().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "target refused a session channel");
+                reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+                return Ok(());
+            }
+        };
+        reply.accept().await;
+        let id = ch.id();
+        let (mut dr, dw) = ch.split();
+        let (mut ur, uw) = up.split();
+        let uw = Arc::new(uw);
+        let (rtx, rrx) = mpsc::channel(16);
+        self.chans.insert(
+            id,
+            Chan {
+                up: uw.clone(),
+                replies: rrx,
+            },
+        );
+        let handle = session.handle();
+        let totals = self.totals.clone();
+        // Target → client.
+        tokio::spawn(async move {
+            while let Some(m) = ur.wait().await {
+                let r = match m {
+                    ChannelMsg::Data { data } => {
+                        totals.from_target.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        dw.data_bytes(data).await
+                    }
+                    ChannelMsg::ExtendedData { data, ext } => {
+                        totals.from_target.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        dw.extended_data_bytes(ext, data).await
+                    }
+                    ChannelMsg::Eof => dw.eof().await,
+                    ChannelMsg::ExitStatus { exit_status } => {
+                        totals.exit_status.store(exit_status as i64, Ordering::Relaxed);
+                        dw.exit_status(exit_status).await
+                    }
+                    ChannelMsg::ExitSignal {
+                        signal_name,
+                        core_dumped,
+                        error_message,
+                        lang_tag,
+                    } => {
+                        let _ = handle
+                            .exit_signal_request(id, signal_name, core_dumped, error_message, lang_tag)
+                            .await;
+                        Ok(())
+                    }
+                    ChannelMsg::Success => {
+                        let _ = rtx.send(true).await;
+                        Ok(())
+                    }
+                    ChannelMsg::Failure => {
+                        let _ = rtx.send(false).await;
+                        Ok(())
+                    }
+                    ChannelMsg::Close => {
+                        let _ = dw.close().await;
+                        break;
+                    }
+                    _ => Ok(()),
+                };
+                if r.is_err() {
+                    break;
+                }
+            }
+        });
+        // Client → target.
+        let totals = self.totals.clone();
+        tokio::spawn(async move {
+            while let Some(m) = dr.wait().await {
+                let r = match m {
+                    ChannelMsg::Data { data } => {
+                        totals.from_client.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        uw.data_bytes(data).await
+                    }
+                    ChannelMsg::ExtendedData { data, ext } => uw.extended_data_bytes(ext, data).await,
+                    ChannelMsg::Eof => uw.eof().await,
+                    ChannelMsg::Close => {
+                        let _ = uw.close().await;
+                        break;
+                    }
+                    // Requests are handled by the callbacks below, in order, with replies.
+                    _ => Ok(()),
+                };
+                if r.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        id: ChannelId,
+        term: &str,
+        cols: u32,
+        rows: u32,
+        pw: u32,
+        ph: u32,
+        modes: &[(Pty, u32)],
+        s: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if self.refuse(id, false, s)? {
+            return Ok(());
+        }
+        if let Some(w) = self.up(id) {
+            w.request_pty(true, term, cols, rows, pw, ph, modes).await?;
+        }
+        self.reply(id, s).await
+    }
+
+    async fn env_request(
+        &mut self,
+        id: ChannelId,
+        k: &str,
+        v: &str,
+        s: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if self.refuse(id, false, s)? {
+            return Ok(());
+        }
+        if let Some(w) = self.up(id) {
+            w.set_env(true, k, v).await?;
+        }
+        self.reply(id, s).await
+    }
+
+    async fn shell_request(&mut self, id: ChannelId, s: &mut Session) -> Result<(), Self::Error> {
+        if self.refuse(id, true, s)? {
+            return Ok(());
+        }
+        self.channel_event("shell", None);
+        if let Some(w) = self.up(id) {
+            w.request_shell(true).await?;
+        }
+        self.reply(id, s).await
+    }
+
+    async fn exec_request(&mut self, id: ChannelId, cmd: &[u8], s: &mut Session) -> Result<(), Self::Error> {
+        if self.refuse(id, true, s)? {
+            return Ok(());
+        }
+        self.channel_event("exec", Some(String::from_utf8_lossy(cmd).into_owned()));
+        if let Some(w) = self.up(id) {
+            w.exec(true, cmd.to_vec()).await?;
+        }
+        self.reply(id, s).await
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        id: ChannelId,
+        name: &str,
+        s: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if self.refuse(id, true, s)? {
+            return Ok(());
+        }
+        self.channel_event("subsystem", Some(name.to_string()));
+        if let Some(w) = self.up(id) {
+            w.request_subsystem(true, name).await?;
+        }
+        self.reply(id, s).await
+    }
+
+    async fn window_change_request(
+        &mut self,
+        id: ChannelId,
+        cols: u32,
+        rows: u32,
+        pw: u32,
+        ph: u32,
+        _s: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(w) = self.up(id) {
+            w.window_change(cols, rows, pw, ph).await?;
+        }
+        Ok(())
+    }
+
+    async fn signal(&mut self, id: ChannelId, sig: Sig, _s: &mut Session) -> Result<(), Self::Error> {
+        if let Some(w) = self.up(id) {
+            w.signal(sig).await?;
+        }
+        Ok(())
+    }
+
+    async fn channel_close(&mut self, id: ChannelId, _s: &mut Session) -> Result<(), Self::Error> {
+        self.chans.remove(&id);
+        self.refused.remove(&id);
+        Ok(())
+    }
+
+    // Forwarding is off unless a policy allows it (none can yet): refused and audited.
+    async fn agent_request(&mut self, _id: ChannelId, _s: &mut Session) -> Result<bool, Self::Error> {
+        self.channel_event("agent_forwarding_refused", None);
+        Ok(false)
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        _s: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.channel_event("remote_forwarding_refused", Some(format!("{address}:{port}")));
+        Ok(false)
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        _ch: Channel<Msg>,
+        host: &str,
+        port: u32,
+        _oa: &str,
+        _op: u32,
+        reply: server::ChannelOpenHandle,
+        _s: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.channel_event("local_forwarding_refused", Some(format!("{host}:{port}")));
+        reply
+            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+}

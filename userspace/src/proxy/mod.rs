@@ -1,0 +1,243 @@
+//! The SSH interception proxy (DESIGN §1, steps 1–7): two SSH connections per client.
+//!
+//! - [`upstream`]: our client connection to the target, dialled first: its host key is the
+//!   input of the host key we present (`hostkey`).
+//! - [`front`]: our server connection with the client: authentication (identity from the
+//!   source address, login from the SSH user name, policy decides, a certificate logs in
+//!   upstream) and the relay of session channels.
+
+pub mod front;
+pub mod upstream;
+
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use russh::{
+    cipher, client,
+    keys::{PrivateKey, PublicKey},
+    server, MethodKind, MethodSet, Preferred,
+};
+use tokio::{io::AsyncWriteExt, net::TcpStream};
+
+use crate::{
+    audit::{self, Audit, Event},
+    config::schema::CaConfig,
+    daemon::Snapshot,
+    hostkey,
+    policy::Request,
+};
+
+/// A client connection and where it was going.
+#[derive(Debug)]
+pub struct Incoming {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    pub target_addr: SocketAddr,
+    /// `None` when the connection did not come through the steering (refused).
+    pub vnet: Option<u16>,
+}
+
+/// What every session shares.
+pub struct Context {
+    pub secret: Vec<u8>,
+    pub ca: PrivateKey,
+    pub ca_cfg: CaConfig,
+    pub audit: Arc<Audit>,
+    /// The host key each target last presented, per (vnet, address).
+    pub seen: Mutex<HashMap<(u16, SocketAddr), PublicKey>>,
+    pub client_config: Arc<client::Config>,
+}
+
+/// Same cipher choices on both sides; OpenSSH's fast AES-GCM is not in russh's defaults.
+fn preferred() -> Preferred {
+    Preferred {
+        cipher: Cow::Owned(vec![
+            cipher::CHACHA20_POLY1305,
+            cipher::AES_128_GCM,
+            cipher::AES_256_GCM,
+            cipher::AES_256_CTR,
+            cipher::AES_128_CTR,
+        ]),
+        compression: Cow::Owned(vec![russh::compression::NONE]),
+        ..Preferred::default()
+    }
+}
+
+impl Context {
+    pub fn new(secret: Vec<u8>, ca: PrivateKey, ca_cfg: CaConfig, audit: Arc<Audit>) -> Self {
+        let client_config = Arc::new(client::Config {
+            preferred: preferred(),
+            nodelay: true,
+            keepalive_interval: Some(Duration::from_secs(30)),
+            ..Default::default()
+        });
+        Self {
+            secret,
+            ca,
+            ca_cfg,
+            audit,
+            seen: Mutex::new(HashMap::new()),
+            client_config,
+        }
+    }
+
+    fn server_config(&self, key: PrivateKey) -> Arc<server::Config> {
+        Arc::new(server::Config {
+            keys: vec![key],
+            methods: MethodSet::from(
+                &[
+                    MethodKind::None,
+                    MethodKind::PublicKey,
+                    MethodKind::KeyboardInteractive,
+                ][..],
+            ),
+            auth_rejection_time: Duration::from_millis(300),
+            auth_rejection_time_initial: Some(Duration::ZERO),
+            inactivity_timeout: None,
+            keepalive_interval: Some(Duration::from_secs(30)),
+            preferred: preferred(),
+            nodelay: true,
+            ..Default::default()
+        })
+    }
+}
+
+/// Serves one client connection to the end.
+pub async fn serve(inc: Incoming, snap: Arc<Snapshot>, ctx: Option<Arc<Context>>) {
+    let session = audit::session_id();
+    let vnet = inc.vnet.and_then(|id| snap.targets.vnet_by_id(id));
+    let target = inc
+        .vnet
+        .and_then(|id| snap.targets.lookup(id, inc.target_addr.ip()));
+    let identity = inc.vnet.and_then(|id| snap.identities.lookup(id, inc.peer.ip()));
+    let mut ev = Event::new("connect", &session);
+    ev.identity = identity.map(|i| i.email.clone());
+    ev.source = Some(inc.peer);
+    ev.vnet = vnet.map(|v| v.name.clone());
+    ev.target = target.map(|t| t.target.clone());
+    ev.target_addr = Some(inc.target_addr);
+    ev.port = Some(inc.target_addr.port());
+    let audit = ctx.as_ref().map(|c| c.audit.clone());
+    let emit = |e: &Event| match &audit {
+        Some(a) => a.emit(e),
+        None => crate::audit::Audit::stdout_only().emit(e),
+    };
+    emit(&ev);
+    let deny = |reason: &str, ev: &Event| {
+        let mut d = ev.clone();
+        d.time = audit::now_rfc3339();
+        d.event = "deny";
+        d.decision = Some("deny");
+        d.reason = Some(reason.to_string());
+        d
+    };
+    // Pre-check before the target is touched.
+    let pre = match (inc.vnet, target, identity) {
+        (None, _, _) => Err("not_steered"),
+        (_, None, _) => Err("no_target"),
+        (_, _, None) => Err("no_identity"),
+        (_, Some(t), Some(id)) => {
+            let r = Request {
+                identity: id,
+                source: inc.peer.ip(),
+                vnet: vnet.map(|v| v.name.as_str()).unwrap_or(""),
+                target: &t.target,
+                port: inc.target_addr.port(),
+                login: "",
+            };
+            if !snap.policies.could_allow(&r) {
+                Err("no_policy")
+            } else if ctx.is_none() {
+                Err("proxy_unavailable")
+            } else {
+                Ok(())
+            }
+        }
+    };
+    if let Err(reason) = pre {
+        emit(&deny(reason, &ev));
+        refuse(
+            inc.stream,
+            &format!(
+                "{} {} refused ({reason})",
+                ev.target.as_deref().unwrap_or("-"),
+                inc.target_addr
+            ),
+        )
+        .await;
+        return;
+    }
+    let (Some(ctx), Some(target), Some(identity), Some(vnet_id)) = (ctx, target, identity, inc.vnet) else {
+        return;
+    };
+
+    // Upstream first: its host key decides ours.
+    let up = match upstream::connect(inc.target_addr, vnet_id, ctx.client_config.clone()).await {
+        Ok(up) => up,
+        Err(e) => {
+            let mut d = deny("upstream_failed", &ev);
+            d.rule = Some(e.to_string());
+            ctx.audit.emit(&d);
+            refuse(
+                inc.stream,
+                &format!("target {} {}: {e}", target.target, inc.target_addr),
+            )
+            .await;
+            return;
+        }
+    };
+    {
+        let mut seen = ctx.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = seen.insert((vnet_id, inc.target_addr), up.host_key.clone()) {
+            if old != up.host_key {
+                let mut e = ev.clone();
+                e.time = audit::now_rfc3339();
+                e.event = "hostkey.changed";
+                e.reason = Some(format!(
+                    "{} → {}",
+                    old.fingerprint(Default::default()),
+                    up.host_key.fingerprint(Default::default())
+                ));
+                ctx.audit.emit(&e);
+            }
+        }
+    }
+    let key = match hostkey::derive(&ctx.secret, &up.host_key) {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::error!(error = %e, "host key derivation failed");
+            return;
+        }
+    };
+    let front = front::Front::new(front::SessionInfo {
+        session: session.clone(),
+        identity: identity.clone(),
+        vnet: vnet.map(|v| v.name.clone()).unwrap_or_default(),
+        target: target.target.clone(),
+        base: ev,
+        snap: snap.clone(),
+        ctx: ctx.clone(),
+        up: Arc::new(up.handle),
+    });
+    let cfg = ctx.server_config(key);
+    match server::run_stream(cfg, inc.stream, front).await {
+        Ok(running) => {
+            if let Err(e) = running.await {
+                tracing::debug!(session, error = %e, "client session ended with an error");
+            }
+        }
+        Err(e) => tracing::debug!(session, error = %e, "client handshake failed"),
+    }
+}
+
+/// Refuses a client before any SSH exchange: a line before the banner (which OpenSSH shows
+/// with -v) and a close.
+async fn refuse(mut s: TcpStream, why: &str) {
+    let _ = s.write_all(format!("portcullis: {why}\r\n").as_bytes()).await;
+    let _ = s.shutdown().await;
+}

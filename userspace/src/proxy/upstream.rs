@@ -1,0 +1,97 @@
+//! The proxy's own SSH connection to the target: dialled inside the target's vnet
+//! (SO_MARK 0x40000000 | vnet selects its routing table), key exchange as a client, and the
+//! target's host key learned for the derivation.
+
+use std::{
+    net::SocketAddr,
+    os::fd::AsRawFd,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use portcullis_common::MARK_UPSTREAM;
+use russh::{
+    client,
+    keys::{PublicKey, PublicKeyOrCertificate},
+};
+use tokio::net::TcpSocket;
+
+/// Why the target could not be reached; shown to the user and audited.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connection failed: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("SSH handshake failed: {0}")]
+    Ssh(#[source] russh::Error),
+}
+
+pub struct Up {
+    key: Arc<Mutex<Option<PublicKey>>>,
+}
+
+impl client::Handler for Up {
+    type Error = russh::Error;
+
+    async fn check_server_key(&mut self, k: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        // Trust on first use is the client's decision: it sees the derived key. We record the
+        // target's key so the derivation (and the hostkey.changed audit) can use it.
+        *self.key.lock().unwrap_or_else(|e| e.into_inner()) = Some(k.public_key().clone());
+        Ok(true)
+    }
+}
+
+pub struct Connected {
+    pub handle: client::Handle<Up>,
+    pub host_key: PublicKey,
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn set_mark(s: &TcpSocket, mark: u32) -> std::io::Result<()> {
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MARK,
+            (&mark as *const u32).cast(),
+            std::mem::size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+pub async fn connect(
+    addr: SocketAddr,
+    vnet: u16,
+    config: Arc<client::Config>,
+) -> Result<Connected, UpstreamError> {
+    let sock = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(UpstreamError::Connect)?;
+    set_mark(&sock, MARK_UPSTREAM | vnet as u32).map_err(UpstreamError::Connect)?;
+    sock.set_nodelay(true).map_err(UpstreamError::Connect)?;
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, sock.connect(addr))
+        .await
+        .map_err(|_| UpstreamError::Timeout(CONNECT_TIMEOUT))?
+        .map_err(UpstreamError::Connect)?;
+    let key = Arc::new(Mutex::new(None));
+    let up = Up { key: key.clone() };
+    let handle = tokio::time::timeout(CONNECT_TIMEOUT, client::connect_stream(config, stream, up))
+        .await
+        .map_err(|_| UpstreamError::Timeout(CONNECT_TIMEOUT))?
+        .map_err(UpstreamError::Ssh)?;
+    let host_key = key
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+        .ok_or(UpstreamError::Ssh(russh::Error::UnknownKey))?;
+    Ok(Connected { handle, host_key })
+}
