@@ -254,7 +254,8 @@ mod shipped {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
         let mut n = 0;
         for e in std::fs::read_dir(&dir).unwrap().flatten() {
-            if e.path().extension().is_some_and(|x| x == "toml") {
+            // identities.toml is read through example-full.toml's [identities].
+            if e.path().extension().is_some_and(|x| x == "toml") && !e.path().ends_with("identities.toml") {
                 super::load(&e.path()).unwrap_or_else(|err| panic!("{err}"));
                 n += 1;
             }
