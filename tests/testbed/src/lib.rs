@@ -5,11 +5,13 @@
 
 mod daemon;
 mod netns;
+mod sshd;
 mod tcp;
 mod topology;
 
 pub use daemon::Daemon;
 pub use netns::{link, sh, Netns};
+pub use sshd::{free_port, ssh_command, ssh_opts, Sshd, SshdOptions};
 pub use tcp::{fetch, Server};
 pub use topology::Topology;
 

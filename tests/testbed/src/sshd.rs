@@ -1,0 +1,153 @@
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::Netns;
+
+/// A real OpenSSH server for tests: its own directory, host key and configuration, trusting
+/// the given CA for user certificates. Runs in the foreground (`-D`) and is killed on drop.
+pub struct Sshd {
+    pub dir: PathBuf,
+    pub addr: std::net::SocketAddr,
+    child: Child,
+}
+
+/// Options a test may change.
+#[derive(Clone, Debug, Default)]
+pub struct SshdOptions {
+    /// `TrustedUserCAKeys` content (one or more `ssh-ed25519 …` lines); none: no CA trusted.
+    pub trusted_ca: Option<String>,
+    /// Extra `sshd_config` lines (e.g. `AuthorizedPrincipalsFile …`).
+    pub extra: Vec<String>,
+    /// Reuse this host key file instead of generating one.
+    pub host_key: Option<PathBuf>,
+}
+
+impl Sshd {
+    /// Starts sshd on `addr` (inside `ns` if given) and waits until it accepts connections.
+    pub fn start(ns: Option<&Netns>, addr: std::net::SocketAddr, opts: &SshdOptions) -> Self {
+        let dir = std::env::temp_dir().join(crate::unique("portcullis-sshd-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let key = match &opts.host_key {
+            Some(k) => k.clone(),
+            None => {
+                let k = dir.join("host_ed25519");
+                let st = Command::new("ssh-keygen")
+                    .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                    .arg(&k)
+                    .status()
+                    .unwrap();
+                assert!(st.success(), "ssh-keygen");
+                k
+            }
+        };
+        let mut cfg = format!(
+            "ListenAddress {addr}\nHostKey {}\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile none\nLogLevel VERBOSE\n\
+             Subsystem sftp internal-sftp\nAcceptEnv LANG PORTCULLIS_*\nAllowTcpForwarding yes\nX11Forwarding no\n",
+            key.display()
+        );
+        if let Some(ca) = &opts.trusted_ca {
+            std::fs::write(dir.join("ca.pub"), ca).unwrap();
+            cfg.push_str(&format!("TrustedUserCAKeys {}\n", dir.join("ca.pub").display()));
+        }
+        for l in &opts.extra {
+            cfg.push_str(l);
+            cfg.push('\n');
+        }
+        std::fs::write(dir.join("sshd_config"), cfg).unwrap();
+        let mut cmd = match ns {
+            Some(ns) => ns.command("/usr/sbin/sshd"),
+            None => Command::new("/usr/sbin/sshd"),
+        };
+        let child = cmd
+            .args(["-D", "-e", "-f"])
+            .arg(dir.join("sshd_config"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("sshd.log")).unwrap())
+            .spawn()
+            .expect("start sshd");
+        let s = Self { dir, addr, child };
+        s.wait_listening(ns);
+        s
+    }
+
+    fn wait_listening(&self, ns: Option<&Netns>) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let addr = self.addr;
+        loop {
+            let up = match ns {
+                Some(ns) => ns.run(move || {
+                    std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+                }),
+                None => std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok(),
+            };
+            if up {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sshd did not listen on {addr}: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("sshd.log")).unwrap_or_default()
+    }
+
+    pub fn host_key(&self) -> PathBuf {
+        self.dir.join("host_ed25519")
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released: good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `ssh` with options for tests: no known-hosts prompts (a per-test known_hosts file), batch
+/// mode, no agent, no user config.
+pub fn ssh_command(known_hosts: &Path) -> Command {
+    let mut c = Command::new("ssh");
+    c.args(ssh_opts(known_hosts));
+    c
+}
+
+pub fn ssh_opts(known_hosts: &Path) -> Vec<String> {
+    vec![
+        "-F".into(),
+        "/dev/null".into(),
+        "-o".into(),
+        "BatchMode=yes".into(),
+        "-o".into(),
+        "StrictHostKeyChecking=accept-new".into(),
+        "-o".into(),
+        format!("UserKnownHostsFile={}", known_hosts.display()),
+        "-o".into(),
+        "IdentityAgent=none".into(),
+        "-o".into(),
+        "ConnectTimeout=10".into(),
+    ]
+}
