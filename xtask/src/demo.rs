@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, process::Command, time::Instant};
 
 use anyhow::{bail, Context, Result};
-use portcullis_testbed::{fetch, Daemon, Server, Topology};
+use portcullis_testbed::{fetch, ssh_opts, Daemon, Netns, Server, Sshd, SshdOptions, Topology};
 
 use crate::{build, util};
 
@@ -80,13 +80,21 @@ pub fn run() -> Result<()> {
     }
     build::all(false)?;
     let started = Instant::now();
-    println!("\x1b[1mportcullis demo\x1b[0m: client → gateway (XDP/TC/sk_lookup steering) → target, two vnets sharing 198.18.10.10");
+    println!(
+        "\x1b[1mportcullis demo\x1b[0m: client → gateway (XDP/TC/sk_lookup steering, SSH proxy) → target sshd, \
+         two vnets sharing 198.18.10.10"
+    );
     let topo = Topology::build();
     let dir = std::env::temp_dir().join(portcullis_testbed::unique("portcullis-demo-"));
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("portcullis.toml");
     let instance = portcullis_testbed::unique("demo");
-    std::fs::write(&config, topo.config(&dir.join("state"), &instance))?;
+    let mut text = topo.config(&dir.join("state"), &instance);
+    text.push_str(&format!(
+        "\n[account]\nsecret = \"keys/account.secret\"\nca_key = \"keys/ca\"\n\n[audit]\nfile = \"{}\"\nstdout = true\n",
+        dir.join("audit.jsonl").display()
+    ));
+    std::fs::write(&config, text)?;
     let demo = Demo { topo, dir, config };
     let t = &demo.topo;
     println!(
@@ -99,11 +107,17 @@ pub fn run() -> Result<()> {
         indent(&std::fs::read_to_string(&demo.config)?)
     );
 
-    let sshd = Server::start(
-        &t.target,
-        sa("198.18.10.10:22"),
-        "web-01 port 22 answered DIRECTLY",
-    );
+    // The account's CA, trusted by the targets' real OpenSSH servers (seed 004's ca.pub).
+    let ca = demo.cli_any(&["ca", "init"])?;
+    let ca_line = ca.lines().last().unwrap_or_default().to_string();
+    println!("   `portcullis ca init` → the line for the targets' TrustedUserCAKeys:\n     {ca_line}");
+    let opts = SshdOptions {
+        trusted_ca: Some(ca_line),
+        ..Default::default()
+    };
+    let _sshd = Sshd::start(Some(&t.target), sa("198.18.10.10:22"), &opts);
+    let _sshd6 = Sshd::start(Some(&t.target), sa("[2001:db8:10::10]:22"), &opts);
+    let _sshd_lab = Sshd::start(Some(&t.target2), sa("198.18.10.10:22"), &opts);
     let _web = Server::start(
         &t.target,
         sa("198.18.10.10:80"),
@@ -128,38 +142,48 @@ pub fn run() -> Result<()> {
         .context("start the daemon")?;
     println!("   daemon up in {} (pid {})", t.gw.name, d.pid());
 
+    let kh = demo.dir.join("known_hosts");
+    let ssh = |ns: &Netns, dest: &str, cmd: &str| -> Result<std::process::Output> {
+        Ok(ns
+            .command("ssh")
+            .args(ssh_opts(&kh))
+            .args(["-o", "ConnectTimeout=3"])
+            .arg(dest)
+            .arg(cmd)
+            .output()?)
+    };
+
     step(
         1,
-        "Protected port: steered to the proxy with its original destination and vnet",
+        "Real SSH sessions: stock OpenSSH client → eBPF steering → portcullis → OpenSSH server",
     );
-    let out = show(
-        "client (corp)  → 198.18.10.10:22",
-        fetch(&t.client, sa("198.18.10.10:22")),
-    );
-    expect(
-        out.contains("web-01 198.18.10.10:22"),
-        "corp flow reaches the proxy",
+    let o = ssh(
+        &t.client,
+        "root@198.18.10.10",
+        "echo \"hello from $(ip -o -4 addr show eth0 | head -1 | cut -d' ' -f7) as $(id -un)\"; exit 3",
     )?;
-    let out = show(
-        "client2 (lab)  → 198.18.10.10:22",
-        fetch(&t.client2, sa("198.18.10.10:22")),
-    );
+    show_ssh("alice (corp): ssh root@198.18.10.10 'echo hello…; exit 3'", &o);
     expect(
-        out.contains("lab-01 198.18.10.10:22"),
-        "lab flow reaches the proxy as lab-01",
+        o.status.code() == Some(3) && String::from_utf8_lossy(&o.stdout).contains("198.18.101.2"),
+        "alice's session",
     )?;
-    let out = show(
-        "client (corp)  → [2001:db8:10::10]:22",
-        fetch(&t.client, sa("[2001:db8:10::10]:22")),
+    let o = ssh(&t.client, "root@2001:db8:10::10", "echo hello over IPv6")?;
+    show_ssh(
+        "alice (corp): ssh root@2001:db8:10::10 'echo hello over IPv6'",
+        &o,
     );
-    expect(
-        out.contains("web-01 [2001:db8:10::10]:22"),
-        "IPv6 flow reaches the proxy",
-    )?;
-    println!(
-        "   (alice passes the identity and policy pre-check; bob has no policy for lab-01. The SSH proxy"
+    let o = ssh(&t.client, "admin@198.18.10.10", "true")?;
+    show_ssh(
+        "alice (corp): ssh admin@198.18.10.10 true   # a login her policy does not allow",
+        &o,
     );
-    println!("    that will serve allowed flows is the next milestone: until then they are refused, never forwarded)");
+    expect(o.status.code() == Some(1), "admin refused with a message")?;
+    let o = ssh(&t.client2, "root@198.18.10.10", "true")?;
+    show_ssh(
+        "bob (lab): ssh root@198.18.10.10 true       # no policy: stopped before the target",
+        &o,
+    );
+    expect(o.status.code() == Some(255), "bob refused")?;
 
     step(
         2,
@@ -179,21 +203,26 @@ pub fn run() -> Result<()> {
     );
 
     step(3, "The gateway's own connections are never captured");
-    show(
-        "gateway        → 198.18.10.10:22",
-        fetch(&t.gw, sa("198.18.10.10:22")),
+    let banner = show(
+        "gateway        → 198.18.10.10:22 (first line)",
+        fetch_line(&t.gw, sa("198.18.10.10:22")),
     );
+    expect(
+        banner.starts_with("SSH-2.0-OpenSSH"),
+        "the gateway reaches the target's sshd directly",
+    )?;
 
     step(4, "Fail closed: daemon killed with SIGKILL");
     let mut events = d.stdout();
     d.kill9();
-    show(
-        "client (corp)  → 198.18.10.10:22",
-        fetch(&t.client, sa("198.18.10.10:22")),
+    let o = ssh(&t.client, "root@198.18.10.10", "true")?;
+    show_ssh(
+        "alice: ssh root@198.18.10.10 true            # daemon dead: no bypass",
+        &o,
     );
     expect(
-        sshd.hits() == 1,
-        "only the gateway itself reached the target's port 22",
+        o.status.code() == Some(255),
+        "no session while the daemon is dead",
     )?;
     let mut d = Daemon::start(&t.gw, &bin, &demo.config);
     d.wait_ready().map_err(anyhow::Error::msg)?;
@@ -201,10 +230,12 @@ pub fn run() -> Result<()> {
         "   restarted (pid {}): it takes over the pinned programs and maps",
         d.pid()
     );
-    show(
-        "client (corp)  → 198.18.10.10:22",
-        fetch(&t.client, sa("198.18.10.10:22")),
+    let o = ssh(&t.client, "root@198.18.10.10", "echo back in")?;
+    show_ssh(
+        "alice: ssh root@198.18.10.10 'echo back in'  # same derived host key: no warning",
+        &o,
     );
+    expect(o.status.code() == Some(0), "session after restart")?;
 
     step(
         5,
@@ -212,7 +243,6 @@ pub fn run() -> Result<()> {
     );
     for (src, vnet, login) in [
         ("198.18.1.2", "corp", "root"),
-        ("198.18.1.2", "corp", "alice"),
         ("198.18.1.2", "corp", "admin"),
         ("198.18.2.2", "lab", "root"),
     ] {
@@ -226,7 +256,7 @@ pub fn run() -> Result<()> {
     step(6, "Counters from the pinned maps (`portcullis stats`)");
     println!("{}", indent(&demo.cli(&["stats"])?));
 
-    step(7, "Audit trail (JSON lines on the daemon's stdout)");
+    step(7, "Audit trail (JSON lines)");
     d.stop();
     events.extend(d.stdout());
     for l in events {
@@ -236,11 +266,45 @@ pub fn run() -> Result<()> {
         "\ncleaning up (portcullis down, namespaces removed); demo took {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    drop(_sshd);
+    drop(_sshd6);
+    drop(_sshd_lab);
     drop(demo);
     let left = Command::new("ip").args(["netns", "list"]).output()?;
     let left = String::from_utf8_lossy(&left.stdout);
     expect(!left.contains(&gw_name), "namespaces removed")?;
     Ok(())
+}
+
+fn show_ssh(label: &str, o: &std::process::Output) {
+    println!("   $ {label}");
+    for l in String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .chain(String::from_utf8_lossy(&o.stderr).lines())
+    {
+        if !l.starts_with("Warning: Permanently added") {
+            println!("     {l}");
+        }
+    }
+    println!(
+        "     (exit status {})",
+        o.status
+            .code()
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "-".into())
+    );
+}
+
+/// The first line a server sends (an SSH banner).
+fn fetch_line(ns: &Netns, addr: SocketAddr) -> std::io::Result<String> {
+    ns.run(move || {
+        use std::io::BufRead;
+        let s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(3))?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(3)))?;
+        let mut line = String::new();
+        std::io::BufReader::new(s).read_line(&mut line)?;
+        Ok(line.trim_end().to_string())
+    })
 }
 
 fn indent(s: &str) -> String {
