@@ -30,7 +30,8 @@ pub struct Minted {
 
 /// What to certify.
 pub struct Request<'a> {
-    pub login: &'a str,
+    /// The certificate's principal (the login, or the email prefix).
+    pub principal: &'a str,
     pub email: &'a str,
     pub session: &'a str,
     pub lifetime_secs: u64,
@@ -40,10 +41,10 @@ pub struct Request<'a> {
     pub source_address: Option<&'a str>,
 }
 
-/// Mints a certificate for `r.login`, with key id `"{email} {session}"`.
+/// Mints a certificate for `r.principal`, with key id `"{email} {session}"`.
 pub fn mint(ca: &PrivateKey, r: &Request<'_>) -> Result<Minted, ssh_key::Error> {
     let Request {
-        login,
+        principal,
         email,
         session,
         lifetime_secs,
@@ -67,7 +68,7 @@ pub fn mint(ca: &PrivateKey, r: &Request<'_>) -> Result<Minted, ssh_key::Error> 
     b.serial(serial)?
         .cert_type(CertType::User)?
         .key_id(format!("{email} {session}"))?
-        .valid_principal(login)?;
+        .valid_principal(principal)?;
     if let Some(a) = source_address {
         b.critical_option("source-address", a)?;
     }
@@ -105,7 +106,7 @@ mod tests {
             ..Default::default()
         };
         let r = Request {
-            login: "root",
+            principal: "root",
             email: "alice@example.com",
             session: "s1",
             lifetime_secs: 180,

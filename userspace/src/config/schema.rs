@@ -96,6 +96,17 @@ pub struct CaConfig {
     pub skew_secs: u64,
     /// Add the `source-address` critical option with the gateway's upstream address.
     pub source_address: bool,
+    /// What the certificate names as principal: the requested login (default), or the
+    /// identity's email prefix as Cloudflare does (seed 002: targets map it to logins with
+    /// `AuthorizedPrincipalsFile`).
+    pub principal: PrincipalConfig,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PrincipalConfig {
+    Login,
+    EmailPrefix,
 }
 
 impl Default for CaConfig {
@@ -104,6 +115,7 @@ impl Default for CaConfig {
             lifetime_secs: 180,
             skew_secs: 30,
             source_address: false,
+            principal: PrincipalConfig::Login,
         }
     }
 }

@@ -30,7 +30,7 @@ use super::Context;
 use crate::{
     audit::{self, Event},
     cert::{self, Grant},
-    config::valid_login,
+    config::{schema::PrincipalConfig, valid_login},
     daemon::Snapshot,
     identity::Identity,
     policy::Request,
@@ -159,8 +159,12 @@ impl Front {
             pty: true,
             ..Default::default()
         };
+        let principal = match ctx.ca_cfg.principal {
+            PrincipalConfig::Login => login,
+            PrincipalConfig::EmailPrefix => self.info.identity.email_prefix(),
+        };
         let req = cert::Request {
-            login,
+            principal,
             email: &self.info.identity.email,
             session: &self.info.session,
             lifetime_secs: ctx.ca_cfg.lifetime_secs,
