@@ -1,6 +1,7 @@
 //! Benchmark drivers. `portcullis-bench GROUP [--quick]` prints one flat JSON object
 //! (metric name → number); `cargo xtask bench` merges the groups into target/bench/.
 
+mod ssh;
 mod xdp;
 
 use anyhow::{bail, Result};
@@ -10,7 +11,12 @@ fn main() -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     let metrics = match args.first().map(String::as_str) {
         Some("xdp") => xdp::run(quick)?,
-        other => bail!("unknown benchmark group {other:?}; known: xdp"),
+        Some("ssh") => {
+            // The release portcullis binary next to this one.
+            let bin = std::env::current_exe()?.with_file_name("portcullis");
+            ssh::run_group(quick, &bin)?
+        }
+        other => bail!("unknown benchmark group {other:?}; known: xdp, ssh"),
     };
     println!("{}", serde_json::Value::Object(metrics));
     Ok(())

@@ -36,7 +36,7 @@ enum Command {
     Demo,
     /// Benchmarks; writes target/bench/report.{json,md}.
     Bench {
-        /// Groups to run (default: all). Known: xdp, policy.
+        /// Groups to run (default: all). Known: xdp, policy, ssh.
         groups: Vec<String>,
         /// Fewer repetitions, for a quick look.
         #[arg(long)]

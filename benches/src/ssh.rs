@@ -1,0 +1,357 @@
+//! SSH through the proxy against the anchors, all on loopback with real OpenSSH on every
+//! hop: direct (client → target sshd), proxied (client → portcullis → target sshd) and
+//! ProxyJump (client → bastion sshd → target sshd). The same cipher on every hop (the servers
+//! are restarted with `Ciphers` set to it) and curve25519-sha256 key exchange. Variants are
+//! interleaved so that every ratio compares figures from the same minutes.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{Map, Value};
+
+use crate::median;
+
+const CIPHERS: [(&str, &str); 2] = [
+    ("chacha", "chacha20-poly1305@openssh.com"),
+    ("aes", "aes128-gcm@openssh.com"),
+];
+const KEX: &str = "curve25519-sha256";
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_port(port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("nothing listens on 127.0.0.1:{port}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// CPU seconds of a process (`self_`) or of its reaped children.
+fn cpu_secs(pid: u32, children: bool) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    // Fields after the command: state is index 0, utime 11, stime 12, cutime 13, cstime 14.
+    let f = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    if children {
+        (f(13) + f(14)) / ticks
+    } else {
+        (f(11) + f(12)) / ticks
+    }
+}
+
+struct Bed {
+    dir: PathBuf,
+    key: PathBuf,
+    target_port: u16,
+    bastion_port: u16,
+    proxy_port: u16,
+    target: Option<Proc>,
+    bastion: Option<Proc>,
+    proxy: Option<Proc>,
+    ca_line: String,
+    portcullis: PathBuf,
+}
+
+impl Bed {
+    fn new(portcullis: &Path) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("portcullis-bench-ssh-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("keys"))?;
+        std::fs::create_dir_all("/run/sshd")?;
+        let key = dir.join("client_ed25519");
+        run(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key))?;
+        run(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(dir.join("host_ed25519")))?;
+        std::fs::copy(dir.join("client_ed25519.pub"), dir.join("authorized_keys"))?;
+        let (target_port, bastion_port, proxy_port) = (free_port(), free_port(), free_port());
+        let config = format!(
+            r#"[account]
+secret = "keys/secret"
+ca_key = "keys/ca"
+[audit]
+stdout = false
+[dataplane]
+instance = "bench{pid}"
+state_dir = "{dir}/state"
+[[target]]
+hostname = "bench-target"
+ipv4 = "127.0.0.1"
+[[application]]
+name = "ssh"
+target = [{{ hostname = "bench-target", ports = [{target_port}] }}]
+[[identity]]
+email = "bench@example.com"
+sources = ["127.0.0.1"]
+[[policy]]
+name = "bench"
+application = "ssh"
+action = "allow"
+precedence = 1
+include = [{{ everyone = true }}]
+logins = ["root"]
+[[listener]]
+listen = "127.0.0.1:{proxy_port}"
+target = "bench-target"
+port = {target_port}
+"#,
+            pid = std::process::id(),
+            dir = dir.display()
+        );
+        std::fs::write(dir.join("portcullis.toml"), config)?;
+        let out = Command::new(portcullis)
+            .args(["ca", "init", "--config"])
+            .arg(dir.join("portcullis.toml"))
+            .output()?;
+        if !out.status.success() {
+            bail!("ca init: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let ca_line = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_string();
+        std::fs::write(dir.join("ca.pub"), &ca_line)?;
+        Ok(Self {
+            dir,
+            key,
+            target_port,
+            bastion_port,
+            proxy_port,
+            target: None,
+            bastion: None,
+            proxy: None,
+            ca_line,
+            portcullis: portcullis.to_owned(),
+        })
+    }
+
+    fn sshd(&self, port: u16, cipher: &str) -> Result<Proc> {
+        let cfg = self.dir.join(format!("sshd_{port}"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "ListenAddress 127.0.0.1:{port}\nHostKey {dir}/host_ed25519\nPermitRootLogin prohibit-password\n\
+                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile none\n\
+                 AuthorizedKeysFile {dir}/authorized_keys\nTrustedUserCAKeys {dir}/ca.pub\nCiphers {cipher}\n\
+                 KexAlgorithms {KEX}\nAllowTcpForwarding yes\nCompression no\n",
+                dir = self.dir.display()
+            ),
+        )?;
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-f"])
+            .arg(&cfg)
+            .stderr(Stdio::null())
+            .spawn()?;
+        wait_port(port)?;
+        Ok(Proc(child))
+    }
+
+    /// (Re)starts both servers for a cipher; the proxy once.
+    fn start(&mut self, cipher: &str) -> Result<()> {
+        self.target = None;
+        self.bastion = None;
+        self.target = Some(self.sshd(self.target_port, cipher)?);
+        self.bastion = Some(self.sshd(self.bastion_port, cipher)?);
+        if self.proxy.is_none() {
+            let child = Command::new(&self.portcullis)
+                .args(["run", "--config"])
+                .arg(self.dir.join("portcullis.toml"))
+                .env("PORTCULLIS_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()?;
+            wait_port(self.proxy_port)?;
+            self.proxy = Some(Proc(child));
+        }
+        let _ = &self.ca_line;
+        Ok(())
+    }
+
+    fn ssh(&self, variant: &str, cipher: &str) -> Vec<String> {
+        let mut a: Vec<String> = [
+            "-F",
+            "/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "IdentityAgent=none",
+            "-o",
+            "Compression=no",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend([
+            "-c".into(),
+            cipher.into(),
+            "-o".into(),
+            format!("KexAlgorithms={KEX}"),
+        ]);
+        let key = self.key.display().to_string();
+        match variant {
+            "direct" => a.extend(["-i".into(), key, "-p".into(), self.target_port.to_string()]),
+            "proxied" => a.extend(["-p".into(), self.proxy_port.to_string()]),
+            _ => {
+                let hop = format!(
+                    "ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+                     -o LogLevel=ERROR -o IdentityAgent=none -c {cipher} -o KexAlgorithms={KEX} -i {key} -p {} \
+                     -W %h:%p root@127.0.0.1",
+                    self.bastion_port
+                );
+                a.extend([
+                    "-i".into(),
+                    key,
+                    "-p".into(),
+                    self.target_port.to_string(),
+                    "-o".into(),
+                    format!("ProxyCommand={hop}"),
+                ]);
+            }
+        }
+        a.push("root@127.0.0.1".into());
+        a
+    }
+
+    /// Seconds to move `bytes` down (target → client) or up.
+    fn transfer(&self, variant: &str, cipher: &str, down: bool, bytes: u64) -> Result<f64> {
+        let args = self
+            .ssh(variant, cipher)
+            .iter()
+            .map(|a| shell_quote(a))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let line = if down {
+            format!("ssh {args} 'head -c {bytes} /dev/zero' > /dev/null")
+        } else {
+            format!("head -c {bytes} /dev/zero | ssh {args} 'cat > /dev/null'")
+        };
+        let t = Instant::now();
+        run(Command::new("sh").args(["-c", &line]))?;
+        Ok(t.elapsed().as_secs_f64())
+    }
+
+    fn connect_ms(&self, variant: &str, cipher: &str) -> Result<f64> {
+        let t = Instant::now();
+        run(Command::new("ssh").args(self.ssh(variant, cipher)).arg("true"))?;
+        Ok(t.elapsed().as_secs_f64() * 1000.0)
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        self.proxy = None;
+        self.target = None;
+        self.bastion = None;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+pub fn run_group(quick: bool, portcullis: &Path) -> Result<Map<String, Value>> {
+    let mut bed = Bed::new(portcullis)?;
+    let bytes: u64 = if quick { 256 << 20 } else { 1 << 30 };
+    let rounds = if quick { 1 } else { 3 };
+    let variants = ["direct", "proxied", "proxyjump"];
+    let mut m = Map::new();
+    let mut connect: std::collections::HashMap<&str, Vec<f64>> = Default::default();
+    for (cname, cipher) in CIPHERS {
+        bed.start(cipher)?;
+        for dir in ["down", "up"] {
+            let mut tput: std::collections::HashMap<&str, Vec<f64>> = Default::default();
+            let (mut proxy_cpu, mut sshd_cpu, mut proxied_bytes) = (0.0, 0.0, 0u64);
+            for _ in 0..rounds {
+                for v in variants {
+                    let pp = bed.proxy.as_ref().unwrap().0.id();
+                    let tp = bed.target.as_ref().unwrap().0.id();
+                    let (p0, s0) = (cpu_secs(pp, false), cpu_secs(tp, true));
+                    let secs = bed.transfer(v, cipher, dir == "down", bytes)?;
+                    if v == "proxied" {
+                        // The connection's sshd child is reaped by the listener when it ends.
+                        std::thread::sleep(Duration::from_millis(100));
+                        proxy_cpu += cpu_secs(pp, false) - p0;
+                        sshd_cpu += cpu_secs(tp, true) - s0;
+                        proxied_bytes += bytes;
+                    }
+                    tput.entry(v)
+                        .or_default()
+                        .push(bytes as f64 / (1 << 20) as f64 / secs);
+                }
+            }
+            for v in variants {
+                m.insert(
+                    format!("ssh.throughput_mibs.{v}.{cname}.{dir}"),
+                    median(tput[v].clone()).into(),
+                );
+            }
+            let gib = proxied_bytes as f64 / (1u64 << 30) as f64;
+            m.insert(
+                format!("ssh.cpu_s_per_gib.proxy.{cname}.{dir}"),
+                (proxy_cpu / gib).into(),
+            );
+            m.insert(
+                format!("ssh.cpu_s_per_gib.sshd.{cname}.{dir}"),
+                (sshd_cpu / gib).into(),
+            );
+        }
+        if cname == "chacha" {
+            for _ in 0..(if quick { 5 } else { 15 }) {
+                for v in variants {
+                    connect.entry(v).or_default().push(bed.connect_ms(v, cipher)?);
+                }
+            }
+        }
+    }
+    for v in variants {
+        m.insert(
+            format!("ssh.connect_ms_p50.{v}"),
+            median(connect[v].clone()).into(),
+        );
+    }
+    Ok(m)
+}
