@@ -55,11 +55,26 @@ fn context(l: &config::Loaded, audit: &Arc<Audit>) -> Result<Option<Arc<Context>
         source,
     })?;
     let ca = crate::ca::load_ca(&a.ca_key)?;
+    let recording = match &a.recording_public_key {
+        Some(p) => Some(proxy::RecordingSetup {
+            key: crate::recording::keys::load_public(p).map_err(|e| DaemonError::Io {
+                what: "load the recording public key",
+                source: std::io::Error::other(e.to_string()),
+            })?,
+            dir: l.config.recording.dir.clone(),
+            fail_closed: l.config.recording.on_failure == crate::config::schema::RecordingFailure::FailClosed,
+        }),
+        None => {
+            tracing::warn!("no [account] recording_public_key: sessions are not recorded");
+            None
+        }
+    };
     Ok(Some(Arc::new(Context::new(
         secret,
         ca,
         l.config.ca.clone(),
         audit.clone(),
+        recording,
     ))))
 }
 

@@ -20,6 +20,7 @@ pub mod hostkey;
 pub mod identity;
 pub mod policy;
 pub mod proxy;
+pub mod recording;
 pub mod split_tunnel;
 pub mod steer;
 pub mod targets;

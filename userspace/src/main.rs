@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use portcullis::{ca, config, daemon, dataplane, policy, split_tunnel};
+use portcullis::{ca, config, daemon, dataplane, policy, recording, split_tunnel};
 use portcullis_common::verdict;
 
 #[derive(Parser)]
@@ -52,6 +52,35 @@ enum Command {
         #[arg(long, num_args = 1..)]
         exclude: Vec<String>,
     },
+    /// Write a recording key pair (`sshkey`, `sshkey.pub`) in ssh-log-cli's format.
+    Keygen {
+        #[arg(long, short)]
+        output: PathBuf,
+    },
+    /// Decrypt a session log into ssh-log-cli's ZIP layout.
+    Decrypt {
+        #[arg(long, short)]
+        key: PathBuf,
+        #[arg(long, short)]
+        input: PathBuf,
+        #[arg(long, short)]
+        output: PathBuf,
+    },
+    /// Export a session log.
+    #[command(subcommand)]
+    Export(ExportCommand),
+    /// Play a session log in the terminal with its original timing.
+    Replay {
+        input: PathBuf,
+        #[arg(long, short)]
+        key: PathBuf,
+        /// Speed factor (2 = twice as fast).
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Cap idle gaps at this many seconds.
+        #[arg(long)]
+        max_idle: Option<f64>,
+    },
     /// Per-target and per-verdict packet counters from the pinned maps.
     Stats {
         #[arg(long, short)]
@@ -91,6 +120,19 @@ enum PolicyCommand {
 }
 
 #[derive(Subcommand)]
+enum ExportCommand {
+    /// asciicast v2, for `asciinema play`.
+    Asciicast {
+        #[arg(long, short)]
+        key: PathBuf,
+        #[arg(long, short)]
+        input: PathBuf,
+        #[arg(long, short)]
+        output: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum CaCommand {
     /// Create the account secret and the CA key named in [account] (kept if they exist).
     Init {
@@ -120,6 +162,17 @@ fn main() -> ExitCode {
         Command::Down { config } => runtime().and_then(|rt| rt.block_on(down(&config))),
         Command::Stats { config, json } => stats(&config, json),
         Command::Reload { config } => reload(&config),
+        Command::Keygen { output } => keygen(&output),
+        Command::Decrypt { key, input, output } => decrypt(&key, &input, &output),
+        Command::Export(ExportCommand::Asciicast { key, input, output }) => {
+            export_cast(&key, &input, &output)
+        }
+        Command::Replay {
+            input,
+            key,
+            speed,
+            max_idle,
+        } => replay(&input, &key, speed, max_idle),
         Command::SplitTunnel { include, exclude } => split(&include, &exclude),
         Command::Ca(CaCommand::Init { config }) => ca_init(&config),
         Command::Ca(CaCommand::Pubkey { config }) => ca_pubkey(&config),
@@ -357,4 +410,60 @@ fn explain(
         ),
     }
     Ok(d.allow.is_ok())
+}
+
+fn keygen(dir: &std::path::Path) -> anyhow::Result<()> {
+    let (sk, pk) = recording::keys::generate(dir)?;
+    println!("wrote {} (private, 0600) and {}", sk.display(), pk.display());
+    println!(
+        "set [account] recording_public_key = {:?} on the gateway; keep {} offline",
+        pk.display().to_string(),
+        sk.display()
+    );
+    Ok(())
+}
+
+/// Decrypts, reporting damage on stderr; what authenticated is still returned.
+fn open_log(key: &std::path::Path, input: &std::path::Path) -> anyhow::Result<recording::reader::Decrypted> {
+    let sk = recording::keys::load_private(key)?;
+    let d = recording::reader::decrypt(input, &sk)?;
+    if let Some(damage) = &d.damage {
+        eprintln!(
+            "portcullis: {}: {damage}; recovered the {} block(s) before it",
+            input.display(),
+            d.blocks
+        );
+    }
+    Ok(d)
+}
+
+fn decrypt(key: &std::path::Path, input: &std::path::Path, output: &std::path::Path) -> anyhow::Result<()> {
+    let d = open_log(key, input)?;
+    recording::reader::write_zip(&d, output)?;
+    println!("wrote {} ({} records)", output.display(), d.records.len());
+    Ok(())
+}
+
+fn export_cast(
+    key: &std::path::Path,
+    input: &std::path::Path,
+    output: &std::path::Path,
+) -> anyhow::Result<()> {
+    let d = open_log(key, input)?;
+    std::fs::write(output, recording::reader::asciicast(&d))
+        .with_context(|| format!("write {}", output.display()))?;
+    println!("wrote {}", output.display());
+    Ok(())
+}
+
+fn replay(
+    input: &std::path::Path,
+    key: &std::path::Path,
+    speed: f64,
+    max_idle: Option<f64>,
+) -> anyhow::Result<()> {
+    let d = open_log(key, input)?;
+    let idle = max_idle.map(std::time::Duration::from_secs_f64);
+    recording::reader::replay(&d, &mut std::io::stdout().lock(), speed, idle)?;
+    Ok(())
 }

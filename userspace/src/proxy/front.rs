@@ -26,6 +26,12 @@ use russh::{
 };
 use tokio::sync::mpsc;
 
+use crate::recording::{
+    format::{PtyInfo, CODE_DATA, CODE_EXTENDED, SOURCE_CLIENT, SOURCE_TARGET},
+    writer::Recorder,
+};
+use std::sync::OnceLock;
+
 use super::Context;
 use crate::{
     audit::{self, Event},
@@ -54,6 +60,30 @@ type UpWrite = Arc<ChannelWriteHalf<client::Msg>>;
 struct Chan {
     up: UpWrite,
     replies: mpsc::Receiver<bool>,
+    /// Set when the channel's shell/exec/subsystem starts, if sessions are recorded.
+    rec: Arc<OnceLock<Recorder>>,
+    pty: Option<PtyInfo>,
+}
+
+/// Hands bytes to the channel's recording, if any. `false`: the recording failed and the
+/// configuration says a session may not go on unrecorded.
+async fn recorded(
+    rec: &OnceLock<Recorder>,
+    source: u8,
+    code: u32,
+    data: &bytes::Bytes,
+    fail_closed: bool,
+) -> bool {
+    match rec.get() {
+        Some(r) => match r.record(source, code, data.clone()).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, recording = %r.path.display(), "recording failed");
+                !fail_closed
+            }
+        },
+        None => true,
+    }
 }
 
 /// Byte counts and exit status, shared with the relay tasks.
@@ -240,6 +270,67 @@ impl Front {
         Ok(true)
     }
 
+    /// Starts the channel's recording. `Ok(false)`: it could not start and sessions may not
+    /// run unrecorded — the request was refused with an explanation.
+    fn start_recording(
+        &mut self,
+        id: ChannelId,
+        request: String,
+        s: &mut Session,
+    ) -> Result<bool, russh::Error> {
+        let ctx = self.info.ctx.clone();
+        let Some(setup) = &ctx.recording else {
+            return Ok(true);
+        };
+        let Some(chan) = self.chans.get(&id) else {
+            return Ok(true);
+        };
+        let name = format!("{}-{}", self.info.session, u32::from(id));
+        match Recorder::start(&setup.dir, &name, &setup.key, chan.pty.clone(), Some(request)) {
+            Ok((r, task)) => {
+                let mut e = self.event("recording.start");
+                e.reason = Some(r.path.display().to_string());
+                ctx.audit.emit(&e);
+                let _ = chan.rec.set(r);
+                let mut end = self.event("recording.end");
+                let audit = ctx.audit.clone();
+                tokio::spawn(async move {
+                    match task.await {
+                        Ok(Ok(sum)) => {
+                            end.reason = Some(format!(
+                                "{} blocks={} bytes={}",
+                                sum.path.display(),
+                                sum.blocks,
+                                sum.data_bytes
+                            ))
+                        }
+                        Ok(Err(e)) => end.reason = Some(format!("failed: {e}")),
+                        Err(e) => end.reason = Some(format!("failed: {e}")),
+                    }
+                    end.time = audit::now_rfc3339();
+                    audit.emit(&end);
+                });
+                Ok(true)
+            }
+            Err(e) => {
+                let mut ev = self.event("deny");
+                ev.decision = Some(if setup.fail_closed { "deny" } else { "allow" });
+                ev.reason = Some("recording_failed".into());
+                ev.rule = Some(e.to_string());
+                ctx.audit.emit(&ev);
+                if !setup.fail_closed {
+                    return Ok(true);
+                }
+                s.channel_failure(id)?;
+                let msg = "portcullis: the session cannot be recorded, so it may not start (recording fail_closed)\r\n";
+                let _ = s.extended_data(id, 1, msg.as_bytes().to_vec());
+                let _ = s.exit_status_request(id, 1);
+                let _ = s.close(id);
+                Ok(false)
+            }
+        }
+    }
+
     async fn reply(&mut self, id: ChannelId, s: &mut Session) -> Result<(), russh::Error> {
         let ok = match self.chans.get_mut(&id) {
             Some(c) => matches!(
@@ -350,30 +441,49 @@ impl server::Handler for Front {
         let (mut ur, uw) = up.split();
         let uw = Arc::new(uw);
         let (rtx, rrx) = mpsc::channel(16);
+        let rec: Arc<OnceLock<Recorder>> = Arc::default();
         self.chans.insert(
             id,
             Chan {
                 up: uw.clone(),
                 replies: rrx,
+                rec: rec.clone(),
+                pty: None,
             },
         );
+        let fail_closed = self.info.ctx.recording.as_ref().is_some_and(|r| r.fail_closed);
         let handle = session.handle();
         let totals = self.totals.clone();
+        let rec_a = rec.clone();
         // Target → client.
         tokio::spawn(async move {
+            let rec = rec_a;
             while let Some(m) = ur.wait().await {
                 let r = match m {
                     ChannelMsg::Data { data } => {
                         totals.from_target.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        if !recorded(&rec, SOURCE_TARGET, CODE_DATA, &data, fail_closed).await {
+                            let msg = b"\r\nportcullis: the session recording failed; ending the session\r\n";
+                            let _ = dw.extended_data_bytes(1, &msg[..]).await;
+                            let _ = dw.close().await;
+                            break;
+                        }
                         dw.data_bytes(data).await
                     }
                     ChannelMsg::ExtendedData { data, ext } => {
                         totals.from_target.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        if !recorded(&rec, SOURCE_TARGET, CODE_EXTENDED, &data, fail_closed).await {
+                            let _ = dw.close().await;
+                            break;
+                        }
                         dw.extended_data_bytes(ext, data).await
                     }
                     ChannelMsg::Eof => dw.eof().await,
                     ChannelMsg::ExitStatus { exit_status } => {
                         totals.exit_status.store(exit_status as i64, Ordering::Relaxed);
+                        if let Some(r) = rec.get() {
+                            r.exit(Recorder::exit_status(exit_status)).await;
+                        }
                         dw.exit_status(exit_status).await
                     }
                     ChannelMsg::ExitSignal {
@@ -382,6 +492,15 @@ impl server::Handler for Front {
                         error_message,
                         lang_tag,
                     } => {
+                        if let Some(r) = rec.get() {
+                            let msg = (!error_message.is_empty()).then(|| error_message.clone());
+                            r.exit(Recorder::exit_signal(
+                                format!("{signal_name:?}"),
+                                core_dumped,
+                                msg,
+                            ))
+                            .await;
+                        }
                         let _ = handle
                             .exit_signal_request(id, signal_name, core_dumped, error_message, lang_tag)
                             .await;
@@ -413,6 +532,10 @@ impl server::Handler for Front {
                 let r = match m {
                     ChannelMsg::Data { data } => {
                         totals.from_client.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        if !recorded(&rec, SOURCE_CLIENT, CODE_DATA, &data, fail_closed).await {
+                            let _ = uw.close().await;
+                            break;
+                        }
                         uw.data_bytes(data).await
                     }
                     ChannelMsg::ExtendedData { data, ext } => uw.extended_data_bytes(ext, data).await,
@@ -446,6 +569,14 @@ impl server::Handler for Front {
         if self.refuse(id, false, s)? {
             return Ok(());
         }
+        if let Some(c) = self.chans.get_mut(&id) {
+            c.pty = Some(PtyInfo {
+                term: Some(term.to_string()),
+                width: cols,
+                height: rows,
+                modes: modes.iter().map(|(m, v)| (format!("{m:?}"), *v)).collect(),
+            });
+        }
         if let Some(w) = self.up(id) {
             w.request_pty(true, term, cols, rows, pw, ph, modes).await?;
         }
@@ -469,7 +600,7 @@ impl server::Handler for Front {
     }
 
     async fn shell_request(&mut self, id: ChannelId, s: &mut Session) -> Result<(), Self::Error> {
-        if self.refuse(id, true, s)? {
+        if self.refuse(id, true, s)? || !self.start_recording(id, "shell".into(), s)? {
             return Ok(());
         }
         self.channel_event("shell", None);
@@ -480,7 +611,8 @@ impl server::Handler for Front {
     }
 
     async fn exec_request(&mut self, id: ChannelId, cmd: &[u8], s: &mut Session) -> Result<(), Self::Error> {
-        if self.refuse(id, true, s)? {
+        let request = format!("exec {}", String::from_utf8_lossy(cmd));
+        if self.refuse(id, true, s)? || !self.start_recording(id, request, s)? {
             return Ok(());
         }
         self.channel_event("exec", Some(String::from_utf8_lossy(cmd).into_owned()));

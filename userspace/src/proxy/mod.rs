@@ -51,6 +51,14 @@ pub struct Context {
     /// The host key each target last presented, per (vnet, address).
     pub seen: Mutex<HashMap<(u16, SocketAddr), PublicKey>>,
     pub client_config: Arc<client::Config>,
+    /// Session recording, when the account has a recording public key.
+    pub recording: Option<RecordingSetup>,
+}
+
+pub struct RecordingSetup {
+    pub key: crate::recording::keys::PublicKey,
+    pub dir: std::path::PathBuf,
+    pub fail_closed: bool,
 }
 
 /// Same cipher choices on both sides; OpenSSH's fast AES-GCM is not in russh's defaults.
@@ -69,7 +77,13 @@ fn preferred() -> Preferred {
 }
 
 impl Context {
-    pub fn new(secret: Vec<u8>, ca: PrivateKey, ca_cfg: CaConfig, audit: Arc<Audit>) -> Self {
+    pub fn new(
+        secret: Vec<u8>,
+        ca: PrivateKey,
+        ca_cfg: CaConfig,
+        audit: Arc<Audit>,
+        recording: Option<RecordingSetup>,
+    ) -> Self {
         let client_config = Arc::new(client::Config {
             preferred: preferred(),
             nodelay: true,
@@ -83,6 +97,7 @@ impl Context {
             audit,
             seen: Mutex::new(HashMap::new()),
             client_config,
+            recording,
         }
     }
 
