@@ -4,12 +4,14 @@
 //! `portcullis` daemon. Built on iproute2 and `setns(2)`: scaffolding, not the product.
 
 mod daemon;
+mod loopback;
 mod netns;
 mod sshd;
 mod tcp;
 mod topology;
 
 pub use daemon::Daemon;
+pub use loopback::{Gateway, GatewayOptions};
 pub use netns::{link, sh, Netns};
 pub use sshd::{free_port, ssh_command, ssh_opts, Sshd, SshdOptions};
 pub use tcp::{fetch, Server};

@@ -280,6 +280,10 @@ impl Front {
     ) -> Result<bool, russh::Error> {
         let ctx = self.info.ctx.clone();
         let Some(setup) = &ctx.recording else {
+            // Recording is off (no public key configured): said per session, like the rest.
+            let mut e = self.event("recording.off");
+            e.reason = Some("no recording_public_key configured".into());
+            ctx.audit.emit(&e);
             return Ok(true);
         };
         let Some(chan) = self.chans.get(&id) else {
@@ -321,10 +325,13 @@ impl Front {
                 if !setup.fail_closed {
                     return Ok(true);
                 }
-                s.channel_failure(id)?;
+                // Accepted so that the client shows the explanation (OpenSSH drops output on a
+                // failed request), then ended with status 1; nothing reaches the target.
+                s.channel_success(id)?;
                 let msg = "portcullis: the session cannot be recorded, so it may not start (recording fail_closed)\r\n";
                 let _ = s.extended_data(id, 1, msg.as_bytes().to_vec());
                 let _ = s.exit_status_request(id, 1);
+                let _ = s.eof(id);
                 let _ = s.close(id);
                 Ok(false)
             }
