@@ -465,6 +465,10 @@ impl server::Handler for Front {
         // Target → client.
         tokio::spawn(async move {
             let rec = rec_a;
+            // The target's EOF is held until its exit status (or close): a client that closes
+            // as soon as it sees EOF (OpenSSH's multiplexing clients do) would otherwise close
+            // before the exit status arrives, and russh answers a close at once, losing it.
+            let mut eof_held = false;
             while let Some(m) = ur.wait().await {
                 let r = match m {
                     ChannelMsg::Data { data } => {
@@ -485,13 +489,20 @@ impl server::Handler for Front {
                         }
                         dw.extended_data_bytes(ext, data).await
                     }
-                    ChannelMsg::Eof => dw.eof().await,
+                    ChannelMsg::Eof => {
+                        eof_held = true;
+                        Ok(())
+                    }
                     ChannelMsg::ExitStatus { exit_status } => {
                         totals.exit_status.store(exit_status as i64, Ordering::Relaxed);
                         if let Some(r) = rec.get() {
                             r.exit(Recorder::exit_status(exit_status)).await;
                         }
-                        dw.exit_status(exit_status).await
+                        let r = dw.exit_status(exit_status).await;
+                        if std::mem::take(&mut eof_held) {
+                            let _ = dw.eof().await;
+                        }
+                        r
                     }
                     ChannelMsg::ExitSignal {
                         signal_name,
@@ -511,6 +522,9 @@ impl server::Handler for Front {
                         let _ = handle
                             .exit_signal_request(id, signal_name, core_dumped, error_message, lang_tag)
                             .await;
+                        if std::mem::take(&mut eof_held) {
+                            let _ = dw.eof().await;
+                        }
                         Ok(())
                     }
                     ChannelMsg::Success => {
@@ -522,6 +536,9 @@ impl server::Handler for Front {
                         Ok(())
                     }
                     ChannelMsg::Close => {
+                        if eof_held {
+                            let _ = dw.eof().await;
+                        }
                         let _ = dw.close().await;
                         break;
                     }

@@ -1,0 +1,1228 @@
+//! The SSH proxy end to end on loopback, in listener mode (no eBPF): the real OpenSSH client
+//! tools (`ssh`, `scp`, `sftp`, `rsync`, `script`) → `portcullis run` with a `[[listener]]`
+//! → a real `/usr/sbin/sshd` that trusts the account CA. Needs root (the proxy's transparent
+//! listeners, sshd logging in as root); `cargo xtask test` runs it.
+//!
+//! Every test has its own directory, ports, known_hosts file, daemon and sshd, so the tests
+//! run in parallel. Failure messages carry the client's stderr and the tails of the daemon's
+//! stderr, `sshd.log` and the audit trail.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use portcullis_testbed::{free_port, ssh_opts, unique, Sshd, SshdOptions};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+/// Where the proxy's client connects: `[[identity]] sources = ["127.0.0.1"]`.
+const HOST: &str = "127.0.0.1";
+
+fn root() -> bool {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping: needs root (run `cargo xtask test`)");
+        return false;
+    }
+    true
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Polls `f` for up to `secs` seconds.
+fn poll<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `portcullis run --config F`, its stderr collected line by line; killed on drop.
+struct Proxy {
+    child: Child,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proxy {
+    fn start(config: &Path) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("PORTCULLIS_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn portcullis");
+        let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+        let l = lines.clone();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                l.lock().unwrap().push(line);
+            }
+        });
+        let mut p = Self { child, stderr: lines };
+        let ready = poll(30, || {
+            if p.log().contains("dataplane up") {
+                return Some(Ok(()));
+            }
+            match p.child.try_wait() {
+                Ok(Some(st)) => Some(Err(format!("exited with {st}"))),
+                _ => None,
+            }
+        });
+        match ready {
+            Some(Ok(())) => p,
+            Some(Err(e)) => {
+                // Let the reader thread catch the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                panic!("portcullis {e}:\n{}", p.log())
+            }
+            None => panic!("portcullis not ready after 30 s:\n{}", p.log()),
+        }
+    }
+
+    fn log(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    fn rss_kb(&self) -> Option<u64> {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A child process killed on drop (ssh masters, slow readers).
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// How a test bed differs from the known-good setup.
+struct Setup {
+    /// The identity's groups; the policy allows group "ops".
+    groups: &'static str,
+    /// Extra lines of the `ops` policy.
+    policy_extra: &'static str,
+    /// Whether the target sshd trusts the account CA.
+    trust_ca: bool,
+    /// Whether a target sshd runs at all.
+    target_up: bool,
+    /// Extra `sshd_config` lines; `{dir}` is the bed's directory.
+    sshd_extra: Vec<String>,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            groups: "ops",
+            policy_extra: "",
+            trust_ca: true,
+            target_up: true,
+            sshd_extra: Vec::new(),
+        }
+    }
+}
+
+/// One proxy in listener mode in front of one sshd, in a directory of its own.
+struct Bed {
+    dir: PathBuf,
+    config: PathBuf,
+    audit: PathBuf,
+    known_hosts: PathBuf,
+    proxy_port: u16,
+    target: SocketAddr,
+    sshd_opts: SshdOptions,
+    sshd: Option<Sshd>,
+    proxy: Option<Proxy>,
+}
+
+impl Bed {
+    fn new(setup: Setup) -> Option<Self> {
+        if !root() {
+            return None;
+        }
+        let name = unique("plb-");
+        let dir = std::env::temp_dir().join(format!("portcullis-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("keys")).unwrap();
+        let (proxy_port, target_port) = (free_port(), free_port());
+        let audit = dir.join("audit.jsonl");
+        let config = dir.join("portcullis.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"[account]
+secret = "keys/secret"
+ca_key = "keys/ca"
+
+[audit]
+file = "{audit}"
+stdout = false
+
+[dataplane]
+instance = "{name}"
+state_dir = "{state}"
+
+[[target]]
+hostname = "web-01"
+ipv4 = "127.0.0.1"
+
+[[application]]
+name = "ssh"
+target = [{{ hostname = "web-01", ports = [{target_port}] }}]
+
+[[identity]]
+email = "alice@example.com"
+groups = ["{groups}"]
+sources = ["127.0.0.1"]
+
+[[policy]]
+name = "ops"
+application = "ssh"
+action = "allow"
+precedence = 1
+include = [{{ group = "ops" }}]
+logins = ["root"]
+{policy_extra}
+
+[[listener]]
+listen = "127.0.0.1:{proxy_port}"
+target = "web-01"
+port = {target_port}
+"#,
+                audit = audit.display(),
+                state = dir.join("state").display(),
+                groups = setup.groups,
+                policy_extra = setup.policy_extra,
+            ),
+        )
+        .unwrap();
+        let o = Command::new(BIN)
+            .args(["ca", "init", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "ca init: {}{}", stdout(&o), stderr(&o));
+        let ca_line = stdout(&o).lines().last().unwrap_or_default().to_string();
+        assert!(ca_line.starts_with("ssh-"), "ca init printed {ca_line:?}");
+        let sshd_opts = SshdOptions {
+            trusted_ca: setup.trust_ca.then(|| ca_line.clone()),
+            extra: setup
+                .sshd_extra
+                .iter()
+                .map(|l| l.replace("{dir}", &dir.display().to_string()))
+                .collect(),
+            host_key: None,
+        };
+        let target: SocketAddr = format!("{HOST}:{target_port}").parse().unwrap();
+        let mut bed = Self {
+            known_hosts: dir.join("known_hosts"),
+            dir,
+            config,
+            audit,
+            proxy_port,
+            target,
+            sshd_opts,
+            sshd: None,
+            proxy: None,
+        };
+        if setup.target_up {
+            bed.sshd = Some(Sshd::start(None, bed.target, &bed.sshd_opts));
+        }
+        bed.proxy = Some(Proxy::start(&bed.config));
+        Some(bed)
+    }
+
+    fn proxy(&self) -> &Proxy {
+        self.proxy.as_ref().expect("proxy running")
+    }
+
+    fn restart_proxy(&mut self) {
+        self.proxy = None;
+        self.proxy = Some(Proxy::start(&self.config));
+    }
+
+    /// Stops the target sshd and starts a new one on the same address with a new host key.
+    fn restart_target_with_new_key(&mut self) {
+        self.sshd = None;
+        self.sshd = Some(Sshd::start(None, self.target, &self.sshd_opts));
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// The target sshd's own host public key file.
+    fn path_of_target_pub(&self) -> PathBuf {
+        let k = self.sshd.as_ref().expect("target running").host_key();
+        PathBuf::from(format!("{}.pub", k.display()))
+    }
+
+    /// The client options every test uses: quiet, per-test known_hosts, no agent. Options
+    /// given first win in OpenSSH, so `extra` can override the defaults.
+    fn client_opts(&self, extra: &[&str]) -> Vec<String> {
+        let mut v: Vec<String> = Vec::new();
+        for e in extra {
+            v.push("-o".into());
+            v.push((*e).into());
+        }
+        v.extend(["-o".into(), "LogLevel=ERROR".into()]);
+        v.extend(ssh_opts(&self.known_hosts));
+        v
+    }
+
+    /// `ssh [-o extra…] <defaults> -p PROXY login@127.0.0.1`; the caller adds the command.
+    fn ssh(&self, login: &str, extra: &[&str]) -> Command {
+        self.ssh_port(self.proxy_port, login, extra)
+    }
+
+    /// `ssh` to another port (the target itself, for control runs).
+    fn ssh_port(&self, port: u16, login: &str, extra: &[&str]) -> Command {
+        let mut c = Command::new("ssh");
+        c.args(self.client_opts(extra))
+            .args(["-p", &port.to_string()])
+            .arg(format!("{login}@{HOST}"));
+        c
+    }
+
+    /// Runs `cmd` as root through the proxy.
+    fn run(&self, cmd: &str) -> Output {
+        self.ssh("root", &[]).arg(cmd).output().unwrap()
+    }
+
+    /// Runs `cmd` as root with `input` on stdin.
+    fn run_with_input(&self, cmd: &str, input: &[u8]) -> Output {
+        let mut c = self.ssh("root", &[]);
+        c.arg(cmd);
+        feed(c, input)
+    }
+
+    /// The `ssh …` command line for `rsync -e` / `script -c`.
+    fn ssh_line(&self, extra: &[&str]) -> String {
+        format!("ssh {} -p {}", self.client_opts(extra).join(" "), self.proxy_port)
+    }
+
+    fn audit(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.audit)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line {l:?}: {e}")))
+            .collect()
+    }
+
+    fn events(&self, name: &str) -> Vec<Value> {
+        self.audit().into_iter().filter(|e| e["event"] == name).collect()
+    }
+
+    /// Waits for an audit event named `name` that satisfies `pred` (events such as
+    /// `session.end` are written after the client has gone).
+    fn wait_event(&self, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        poll(10, || self.events(name).into_iter().find(&pred))
+            .unwrap_or_else(|| panic!("no matching {name:?} audit event{}", self.diag(None)))
+    }
+
+    /// What a failure message needs: the client's stderr, the daemon's and sshd's logs and
+    /// the audit trail.
+    fn diag(&self, o: Option<&Output>) -> String {
+        let mut s = String::new();
+        if let Some(o) = o {
+            s += &format!(
+                "\n--- client: {}\n--- client stdout (tail):\n{}\n--- client stderr:\n{}",
+                o.status,
+                tail(&stdout(o), 10),
+                stderr(o)
+            );
+        }
+        s += &format!(
+            "\n--- portcullis stderr (tail):\n{}",
+            tail(&self.proxy.as_ref().map(|p| p.log()).unwrap_or_default(), 25)
+        );
+        s += &format!(
+            "\n--- sshd.log (tail):\n{}",
+            tail(&self.sshd.as_ref().map(|s| s.log()).unwrap_or_default(), 25)
+        );
+        s += &format!(
+            "\n--- audit (tail):\n{}",
+            tail(&std::fs::read_to_string(&self.audit).unwrap_or_default(), 15)
+        );
+        s
+    }
+
+    /// An audit event and the logs.
+    fn diag_event(&self, e: &Value) -> String {
+        format!("\n--- event: {e}{}", self.diag(None))
+    }
+
+    /// Asserts the exit code of a client command.
+    fn expect_code(&self, o: &Output, code: i32, what: &str) {
+        assert_eq!(o.status.code(), Some(code), "{what}{}", self.diag(Some(o)));
+    }
+
+    /// The host key the proxy presented, as the client recorded it: `(type, base64)`.
+    fn recorded_host_key(&self) -> (String, String) {
+        let kh = std::fs::read_to_string(&self.known_hosts).unwrap_or_default();
+        let marker = format!("[{HOST}]:{} ", self.proxy_port);
+        let line = kh
+            .lines()
+            .find(|l| l.starts_with(&marker))
+            .unwrap_or_else(|| panic!("no {marker:?} in known_hosts:\n{kh}"));
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f[1].to_string(), f[2].to_string())
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        self.proxy = None;
+        self.sshd = None;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `c` with `input` on stdin (written from a thread so large inputs cannot deadlock).
+fn feed(mut c: Command, input: &[u8]) -> Output {
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let w = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let o = child.wait_with_output().unwrap();
+    w.join().unwrap();
+    o
+}
+
+/// Spawns `c` with stdin a pipe that the caller holds open (and stdout/stderr piped).
+fn spawn_stdin_open(mut c: Command) -> (Child, std::process::ChildStdin) {
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take().unwrap();
+    (child, stdin)
+}
+
+/// An OpenSSH control master (`ControlMaster=yes`, no `ControlPersist`, so it stays our
+/// child and is killed on drop), for sessions multiplexed over one connection.
+struct Master<'a> {
+    bed: &'a Bed,
+    port: u16,
+    /// `-o` options for the mux clients: ControlPath plus what the master was given.
+    opts: Vec<String>,
+    log: PathBuf,
+    _child: Guard,
+}
+
+impl<'a> Master<'a> {
+    fn start(bed: &'a Bed, port: u16, name: &str, extra: &[&str]) -> Self {
+        let mut opts = vec![format!("ControlPath={}/cm-{name}-%C", bed.dir.display())];
+        opts.extend(extra.iter().map(|e| e.to_string()));
+        let log = bed.path(&format!("master-{name}.log"));
+        let mut master_opts: Vec<&str> = vec!["ControlMaster=yes"];
+        master_opts.extend(opts.iter().map(String::as_str));
+        let child = Guard(
+            bed.ssh_port(port, "root", &master_opts)
+                .arg("-N")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+        let m = Self {
+            bed,
+            port,
+            opts,
+            log,
+            _child: child,
+        };
+        let ready = poll(15, || {
+            m.client()
+                .args(["-O", "check"])
+                .output()
+                .unwrap()
+                .status
+                .success()
+                .then_some(())
+        });
+        assert!(
+            ready.is_some(),
+            "control master up: {}{}",
+            m.log(),
+            bed.diag(None)
+        );
+        m
+    }
+
+    /// A mux client of this master (`ControlMaster=auto`, as a user would configure it).
+    fn client(&self) -> Command {
+        let mut o: Vec<&str> = vec!["ControlMaster=auto", "ControlPersist=10"];
+        o.extend(self.opts.iter().map(String::as_str));
+        self.bed.ssh_port(self.port, "root", &o)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `ssh -O exit`.
+    fn exit(self) {
+        let o = self.client().args(["-O", "exit"]).output().unwrap();
+        self.bed.expect_code(&o, 0, "ssh -O exit");
+    }
+}
+
+fn random_bytes(n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut v)
+        .unwrap();
+    v
+}
+
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a == b
+}
+
+/// The `(type, base64)` of an OpenSSH public key file.
+fn pub_key_file(p: &Path) -> (String, String) {
+    let s = std::fs::read_to_string(p).unwrap();
+    let f: Vec<&str> = s.split_whitespace().collect();
+    (f[0].to_string(), f[1].to_string())
+}
+
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn exec_relays_stdout_stderr_exit_status_env_and_is_audited() {
+    let Some(bed) = Bed::new(Setup::default()) else {
+        return;
+    };
+
+    let o = bed.run("echo to-stdout; echo to-stderr >&2; exit 7");
+    bed.expect_code(&o, 7, "exit status of `exit 7`");
+    assert_eq!(stdout(&o), "to-stdout\n", "stdout{}", bed.diag(Some(&o)));
+    assert_eq!(stderr(&o), "to-stderr\n", "stderr{}", bed.diag(Some(&o)));
+
+    let o = bed
+        .ssh("root", &["SetEnv=PORTCULLIS_T=1"])
+        .arg("echo \"[$PORTCULLIS_T]\"")
+        .output()
+        .unwrap();
+    bed.expect_code(&o, 0, "SetEnv");
+    assert_eq!(stdout(&o), "[1]\n", "environment forwarded{}", bed.diag(Some(&o)));
+
+    // The audit trail of the first session.
+    let start = bed.wait_event("session.start", |_| true);
+    let session = start["session"].as_str().unwrap().to_string();
+    assert_eq!(start["policy"], "ops", "{}", bed.diag_event(&start));
+    assert_eq!(start["login"], "root", "{}", bed.diag_event(&start));
+    assert_eq!(start["decision"], "allow", "{}", bed.diag_event(&start));
+    assert_eq!(
+        start["identity"],
+        "alice@example.com",
+        "{}",
+        bed.diag_event(&start)
+    );
+    assert!(
+        start["cert_serial"].is_u64(),
+        "numeric cert_serial{}",
+        bed.diag_event(&start)
+    );
+    let connect = bed.wait_event("connect", |e| e["session"] == session.as_str());
+    assert_eq!(connect["target"], "web-01", "{}", bed.diag_event(&connect));
+    assert_eq!(connect["vnet"], "default", "{}", bed.diag_event(&connect));
+    assert_eq!(
+        connect["target_addr"],
+        bed.target.to_string().as_str(),
+        "{}",
+        bed.diag_event(&connect)
+    );
+    let open = bed.wait_event("channel.open", |e| e["session"] == session.as_str());
+    assert_eq!(open["reason"], "exec", "{}", bed.diag_event(&open));
+    assert_eq!(
+        open["rule"],
+        "echo to-stdout; echo to-stderr >&2; exit 7",
+        "{}",
+        bed.diag_event(&open)
+    );
+    let end = bed.wait_event("session.end", |e| e["session"] == session.as_str());
+    let why = end["reason"].as_str().unwrap_or_default();
+    assert!(why.contains("exit_status=7"), "{}", bed.diag_event(&end));
+    assert_eq!(
+        end["cert_serial"],
+        start["cert_serial"],
+        "{}",
+        bed.diag_event(&end)
+    );
+}
+
+#[test]
+fn binary_data_round_trips_byte_exact() {
+    let Some(bed) = Bed::new(Setup::default()) else {
+        return;
+    };
+    let data = random_bytes(20 << 20);
+    let remote = bed.path("upload.bin");
+
+    let o = bed.run_with_input(&format!("cat > {}", remote.display()), &data);
+    bed.expect_code(&o, 0, "upload via cat");
+    let stored = std::fs::read(&remote).unwrap();
+    assert!(
+        same_bytes(&stored, &data),
+        "upload: {} bytes stored of {}{}",
+        stored.len(),
+        data.len(),
+        bed.diag(Some(&o))
+    );
+
+    let o = bed.run(&format!("cat {}", remote.display()));
+    bed.expect_code(&o, 0, "download via cat");
+    assert!(
+        same_bytes(&o.stdout, &data),
+        "download: {} bytes received of {}{}",
+        o.stdout.len(),
+        data.len(),
+        bed.diag(Some(&o))
+    );
+}
+
+#[test]
+fn scp_sftp_and_rsync_copy_files_exactly() {
+    let Some(bed) = Bed::new(Setup::default()) else {
+        return;
+    };
+    let port = bed.proxy_port.to_string();
+    let data = random_bytes(3 << 20);
+    let local = bed.path("local.bin");
+    std::fs::write(&local, &data).unwrap();
+    let check = |p: &Path, what: &str, o: &Output| {
+        let got = std::fs::read(p).unwrap_or_default();
+        assert!(
+            same_bytes(&got, &data),
+            "{what}: {} has {} bytes, expected {}{}",
+            p.display(),
+            got.len(),
+            data.len(),
+            bed.diag(Some(o))
+        );
+    };
+    let remote = |name: &str| format!("root@{HOST}:{}", bed.path(name).display());
+
+    // scp, legacy protocol (-O) and SFTP-based (the default), both directions.
+    for (mode, flags) in [("legacy", &["-O"][..]), ("sftp", &[][..])] {
+        let up = format!("scp-{mode}-up.bin");
+        let down = format!("scp-{mode}-down.bin");
+        let o = Command::new("scp")
+            .args(flags)
+            .args(bed.client_opts(&[]))
+            .args(["-P", &port])
+            .arg(&local)
+            .arg(remote(&up))
+            .output()
+            .unwrap();
+        bed.expect_code(&o, 0, &format!("scp {mode} upload"));
+        check(&bed.path(&up), &format!("scp {mode} upload"), &o);
+        let o = Command::new("scp")
+            .args(flags)
+            .args(bed.client_opts(&[]))
+            .args(["-P", &port])
+            .arg(remote(&up))
+            .arg(bed.path(&down))
+            .output()
+            .unwrap();
+        bed.expect_code(&o, 0, &format!("scp {mode} download"));
+        check(&bed.path(&down), &format!("scp {mode} download"), &o);
+    }
+
+    // sftp batch: put, ls, get.
+    let batch = bed.path("sftp.batch");
+    std::fs::write(
+        &batch,
+        format!(
+            "put {local} {up}\nls -l {up}\nget {up} {down}\n",
+            local = local.display(),
+            up = bed.path("sftp-up.bin").display(),
+            down = bed.path("sftp-down.bin").display()
+        ),
+    )
+    .unwrap();
+    let o = Command::new("sftp")
+        .args(bed.client_opts(&[]))
+        .args(["-P", &port, "-b"])
+        .arg(&batch)
+        .arg(format!("root@{HOST}"))
+        .output()
+        .unwrap();
+    bed.expect_code(&o, 0, "sftp -b");
+    assert!(
+        stdout(&o).contains("sftp-up.bin"),
+        "sftp ls lists the file{}",
+        bed.diag(Some(&o))
+    );
+    check(&bed.path("sftp-up.bin"), "sftp put", &o);
+    check(&bed.path("sftp-down.bin"), "sftp get", &o);
+
+    // rsync over the proxy, both directions.
+    let e = bed.ssh_line(&[]);
+    let o = Command::new("rsync")
+        .args(["-a", "-e", &e])
+        .arg(&local)
+        .arg(remote("rsync-up.bin"))
+        .output()
+        .unwrap();
+    bed.expect_code(&o, 0, "rsync upload");
+    check(&bed.path("rsync-up.bin"), "rsync upload", &o);
+    let o = Command::new("rsync")
+        .args(["-a", "-e", &e])
+        .arg(remote("rsync-up.bin"))
+        .arg(bed.path("rsync-down.bin"))
+        .output()
+        .unwrap();
+    bed.expect_code(&o, 0, "rsync download");
+    check(&bed.path("rsync-down.bin"), "rsync download", &o);
+
+    // scp, sftp and rsync asked for what they needed.
+    let opens = bed.events("channel.open");
+    assert!(
+        opens
+            .iter()
+            .any(|e| e["reason"] == "subsystem" && e["rule"] == "sftp"),
+        "an sftp subsystem was audited{}",
+        bed.diag(None)
+    );
+}
+
+#[test]
+fn interactive_pty_session() {
+    let Some(bed) = Bed::new(Setup::default()) else {
+        return;
+    };
+    let ssh = bed.ssh_line(&[]);
+    let mut child = Command::new("script")
+        .arg("-qec")
+        .arg(format!("{ssh} -tt root@{HOST}"))
+        .arg("/dev/null")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kept open until the session ends: EOF on script's stdin would end it early.
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"echo PTY_$((6*7)); tty; exit 5\n").unwrap();
+    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out.read_to_end(&mut s);
+        s
+    });
+    let ereader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        s
+    });
+    let status = poll(30, || child.try_wait().unwrap());
+    let status = match status {
+        Some(s) => s,
+        None => {
+            let _ = child.kill();
+            child.wait().unwrap()
+        }
+    };
+    drop(stdin);
+    let o = Output {
+        status,
+        stdout: reader.join().unwrap(),
+        stderr: ereader.join().unwrap(),
+    };
+    let text = stdout(&o);
+    assert!(
+        text.contains("PTY_42"),
+        "command ran in the shell{}",
+        bed.diag(Some(&o))
+    );
+    assert!(
+        text.contains("/dev/pts/"),
+        "a pty was allocated upstream{}",
+        bed.diag(Some(&o))
+    );
+    bed.expect_code(&o, 5, "exit status of the interactive shell");
+    let open = bed.wait_event("channel.open", |e| e["reason"] == "shell");
+    assert_eq!(open["login"], "root", "{}", bed.diag_event(&open));
+}
+
+#[test]
+fn host_key_is_derived_stable_and_follows_the_target() {
+    let Some(mut bed) = Bed::new(Setup::default()) else {
+        return;
+    };
+    let strict = ["StrictHostKeyChecking=yes"];
+
+    // First connection: trust on first use.
+    let o = bed.run("true");
+    bed.expect_code(&o, 0, "first connection");
+    let first = bed.recorded_host_key();
+    let target_key = pub_key_file(&bed.path_of_target_pub());
+    assert_ne!(
+        first.1,
+        target_key.1,
+        "the proxy must present a derived key, not the target's own{}",
+        bed.diag(Some(&o))
+    );
+
+    // Same key on a second connection and after a daemon restart.
+    let o = bed.ssh("root", &strict).arg("true").output().unwrap();
+    bed.expect_code(&o, 0, "second connection, StrictHostKeyChecking=yes");
+    bed.restart_proxy();
+    let o = bed.ssh("root", &strict).arg("true").output().unwrap();
+    bed.expect_code(&o, 0, "after a daemon restart, StrictHostKeyChecking=yes");
+    assert_eq!(
+        bed.recorded_host_key(),
+        first,
+        "known_hosts unchanged{}",
+        bed.diag(Some(&o))
+    );
+
+    // The target gets a new host key: so does the proxy, and the client notices.
+    let old_target_key = target_key;
+    bed.restart_target_with_new_key();
+    let new_target_key = pub_key_file(&bed.path_of_target_pub());
+    assert_ne!(
+        new_target_key,
+        old_target_key,
+        "the target's key changed{}",
+        bed.diag(None)
+    );
+    let o = bed
+        .ssh("root", &["StrictHostKeyChecking=yes", "LogLevel=INFO"])
+        .arg("true")
+        .output()
+        .unwrap();
+    bed.expect_code(&o, 255, "a changed derived host key is refused");
+    assert!(
+        stderr(&o).contains("REMOTE HOST IDENTIFICATION HAS CHANGED"),
+        "OpenSSH's warning{}",
+        bed.diag(Some(&o))
+    );
+    let ev = bed.wait_event("hostkey.changed", |_| true);
+    assert_eq!(ev["target"], "web-01", "{}", bed.diag_event(&ev));
+}
+
+#[test]
+fn login_not_allowed_by_policy_is_explained() {
+    let Some(bed) = Bed::new(Setup::default()) else {
+        return;
+    };
+    let o = bed.ssh("admin", &[]).arg("id").output().unwrap();
+    bed.expect_code(&o, 1, "login admin is denied");
+    assert!(
+        stderr(&o)
+            .contains("portcullis: alice@example.com may not log in to web-01 as admin (login_not_allowed)"),
+        "explanation on stderr{}",
+        bed.diag(Some(&o))
+    );
+    assert!(o.stdout.is_empty(), "nothing ran{}", bed.diag(Some(&o)));
+    let d = bed.wait_event("deny", |_| true);
+    assert_eq!(d["reason"], "login_not_allowed", "{}", bed.diag_event(&d));
+    assert_eq!(d["login"], "admin", "{}", bed.diag_event(&d));
+    assert!(bed.events("session.start").is_empty(), "{}", bed.diag(None));
+}
+
+#[test]
+fn identity_without_policy_is_refused_before_ssh() {
+    let Some(bed) = Bed::new(Setup {
+        groups: "dev",
+        ..Setup::default()
+    }) else {
+        return;
+    };
+    // sshd logs one connection already: the testbed's probe that it listens.
+    let connections = || {
+        bed.sshd
+            .as_ref()
+            .unwrap()
+            .log()
+            .matches("Connection from")
+            .count()
+    };
+    let before = connections();
+    let o = bed.run("id");
+    bed.expect_code(&o, 255, "no policy: connection closed before SSH");
+    assert!(o.stdout.is_empty(), "nothing ran{}", bed.diag(Some(&o)));
+    assert!(
+        stderr(&o).contains("kex_exchange_identification"),
+        "closed before the SSH exchange{}",
+        bed.diag(Some(&o))
+    );
+    let d = bed.wait_event("deny", |_| true);
+    assert_eq!(d["reason"], "no_policy", "{}", bed.diag_event(&d));
+    assert_eq!(d["identity"], "alice@example.com", "{}", bed.diag_event(&d));
+    // The target was never touched.
+    assert_eq!(
+        connections(),
+        before,
+        "sshd saw a connection{}",
+        bed.diag(Some(&o))
+    );
+}
+
+#[test]
+fn target_that_does_not_trust_the_ca_is_explained() {
+    let Some(bed) = Bed::new(Setup {
+        trust_ca: false,
+        ..Setup::default()
+    }) else {
+        return;
+    };
+    let o = bed.run("id");
+    bed.expect_code(&o, 1, "upstream refused the certificate");
+    let err = stderr(&o);
+    assert!(
+        err.contains("did not accept the gateway's certificate") && err.contains("portcullis ca pubkey"),
+        "explanation on stderr{}",
+        bed.diag(Some(&o))
+    );
+    let d = bed.wait_event("deny", |_| true);
+    assert_eq!(d["reason"], "upstream_auth_failed", "{}", bed.diag_event(&d));
+    assert!(
+        d["cert_serial"].is_u64(),
+        "the refused certificate\'s serial{}",
+        bed.diag_event(&d)
+    );
+}
+
+#[test]
+fn target_down_fails_and_is_audited() {
+    let Some(bed) = Bed::new(Setup {
+        target_up: false,
+        ..Setup::default()
+    }) else {
+        return;
+    };
+    let o = bed.run("id");
+    bed.expect_code(&o, 255, "target down");
+    let d = bed.wait_event("deny", |_| true);
+    assert_eq!(d["reason"], "upstream_failed", "{}", bed.diag_event(&d));
+    assert!(
+        d["rule"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("connection failed"),
+        "the cause is audited{}",
+        bed.diag_event(&d)
+    );
+}
+
+/// Seed 002 describes targets whose `AuthorizedPrincipalsFile` lists the user's email prefix
+/// (policy `email_prefix_login = true`: alice@example.com → principal `alice`, while logging
+/// in as e.g. root). The product issues exactly one principal, the login itself
+/// (`cert::mint`), so such a target accepts the certificate only if its principals file
+/// lists the login. This documents that behaviour: a file naming `alice` refuses a root
+/// login; a file naming `root` accepts it.
+#[test]
+fn authorized_principals_file_must_list_the_login() {
+    let Some(bed) = Bed::new(Setup {
+        policy_extra: "email_prefix_login = true",
+        sshd_extra: vec!["AuthorizedPrincipalsFile {dir}/principals/%u".into()],
+        ..Setup::default()
+    }) else {
+        return;
+    };
+    std::fs::create_dir_all(bed.path("principals")).unwrap();
+    std::fs::write(bed.path("principals/root"), "alice\n").unwrap();
+
+    let o = bed.run("id -un");
+    bed.expect_code(&o, 1, "principal root is not in principals/root (alice)");
+    assert!(
+        stderr(&o).contains("did not accept the gateway's certificate for root"),
+        "{}",
+        bed.diag(Some(&o))
+    );
+    let d = bed.wait_event("deny", |_| true);
+    assert_eq!(d["reason"], "upstream_auth_failed", "{}", bed.diag_event(&d));
+    assert!(
+        bed.sshd
+            .as_ref()
+            .unwrap()
+            .log()
+            .contains("Certificate does not contain an authorized principal"),
+        "sshd says why{}",
+        bed.diag(Some(&o))
+    );
+
+    // Listing the login makes it work (the file is read per authentication).
+    std::fs::write(bed.path("principals/root"), "alice\nroot\n").unwrap();
+    let o = bed.run("id -un");
+    bed.expect_code(&o, 0, "principal root listed");
+    assert_eq!(stdout(&o), "root\n", "{}", bed.diag(Some(&o)));
+}
+
+/// Which authentication methods a client may offer. The identity comes from the source
+/// address, so the proxy accepts `none`, any verified `publickey` and prompt-less
+/// `keyboard-interactive`, and never offers `password` (`proxy/front.rs`). OpenSSH always
+/// sends a `none` request first, whatever `PreferredAuthentications` says, and the proxy
+/// accepts it: every one of these clients, including a password-only one, is let in with
+/// `none` before its preferred method is tried. Refusing a password-only client (exit 255)
+/// would need the proxy to stop accepting `none`; this test pins the current design.
+#[test]
+fn client_auth_methods() {
+    let Some(bed) = Bed::new(Setup::default()) else {
+        return;
+    };
+    let key = bed.path("id_ed25519");
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(st.success(), "ssh-keygen");
+    let identity_file = format!("IdentityFile={}", key.display());
+
+    let cases: [(&str, Vec<&str>); 3] = [
+        (
+            "publickey-only",
+            vec![
+                "PreferredAuthentications=publickey",
+                "IdentitiesOnly=yes",
+                &identity_file,
+            ],
+        ),
+        (
+            "keyboard-interactive-only",
+            vec![
+                "PreferredAuthentications=keyboard-interactive",
+                "KbdInteractiveAuthentication=yes",
+            ],
+        ),
+        (
+            "password-only",
+            vec!["PreferredAuthentications=password", "PasswordAuthentication=yes"],
+        ),
+    ];
+    for (what, mut opts) in cases {
+        opts.push("LogLevel=VERBOSE");
+        let o = bed.ssh("root", &opts).arg("echo in").output().unwrap();
+        bed.expect_code(&o, 0, &format!("{what} client"));
+        assert_eq!(stdout(&o), "in\n", "{what}{}", bed.diag(Some(&o)));
+        assert!(
+            stderr(&o).contains("using \"none\""),
+            "{what}: authenticated with `none`{}",
+            bed.diag(Some(&o))
+        );
+    }
+    assert_eq!(bed.events("session.start").len(), 3, "{}", bed.diag(None));
+}
+
+#[test]
+fn slow_reader_does_not_grow_proxy_memory() {
+    const TOTAL: u64 = 300_000_000;
+    const LIMIT_KB: u64 = 200 * 1024;
+    let Some(bed) = Bed::new(Setup::default()) else {
+        return;
+    };
+    let before = bed.proxy().rss_kb().unwrap_or(0);
+    let mut c = bed.ssh("root", &[]);
+    c.arg(format!("head -c {TOTAL} /dev/zero"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = Guard(c.spawn().unwrap());
+    let mut out = child.0.stdout.take().unwrap();
+    let mut err = child.0.stderr.take().unwrap();
+    // The reader stalls for 2 s (the point of the test), then drains.
+    let reader = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        std::io::copy(&mut out, &mut std::io::sink()).unwrap_or(0)
+    });
+    let ereader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        s
+    });
+    let mut peak = before;
+    let status = poll(120, || {
+        if let Some(kb) = bed.proxy().rss_kb() {
+            peak = peak.max(kb);
+        }
+        child.0.try_wait().unwrap()
+    })
+    .unwrap_or_else(|| panic!("the transfer did not finish within 2 minutes{}", bed.diag(None)));
+    let received = reader.join().unwrap();
+    let o = Output {
+        status,
+        stdout: Vec::new(),
+        stderr: ereader.join().unwrap(),
+    };
+    bed.expect_code(&o, 0, "bulk download");
+    assert_eq!(received, TOTAL, "bytes received{}", bed.diag(Some(&o)));
+    eprintln!("proxy RSS: {before} kB before, peak {peak} kB");
+    assert!(
+        peak < LIMIT_KB,
+        "proxy RSS peaked at {peak} kB (limit {LIMIT_KB} kB){}",
+        bed.diag(Some(&o))
+    );
+}
+
+#[test]
+fn multiplexed_channels_share_one_connection() {
+    let Some(bed) = Bed::new(Setup::default()) else {
+        return;
+    };
+    // ControlPath=DIR/cm-…-%C, ControlMaster=auto, ControlPersist=10 for the sessions.
+    let master = Master::start(&bed, bed.proxy_port, "proxy", &[]);
+
+    // Both clients keep their stdin open: a client whose stdin is at EOF may close its
+    // channel first, which loses the exit status (see `exit_status_survives_client_closing_first`).
+    let mut slow = master.client();
+    slow.arg("sleep 1; echo a");
+    let (slow, slow_stdin) = spawn_stdin_open(slow);
+    bed.wait_event("channel.open", |e| e["rule"] == "sleep 1; echo a");
+    let mut fast = master.client();
+    fast.arg("echo b");
+    let (fast, fast_stdin) = spawn_stdin_open(fast);
+    let o = fast.wait_with_output().unwrap();
+    drop(fast_stdin);
+    bed.expect_code(&o, 0, "second multiplexed session");
+    assert_eq!(stdout(&o), "b\n", "{}", bed.diag(Some(&o)));
+    let mut slow = Guard(slow);
+    assert!(
+        slow.0.try_wait().unwrap().is_none(),
+        "the first session is still running while the second one completed{}",
+        bed.diag(Some(&o))
+    );
+    if poll(15, || slow.0.try_wait().unwrap()).is_none() {
+        panic!("the first session did not end{}", bed.diag(None));
+    }
+    let mut a = Vec::new();
+    slow.0.stdout.take().unwrap().read_to_end(&mut a).unwrap();
+    let mut a_err = Vec::new();
+    slow.0.stderr.take().unwrap().read_to_end(&mut a_err).unwrap();
+    let oa = Output {
+        status: slow.0.wait().unwrap(),
+        stdout: a,
+        stderr: a_err,
+    };
+    drop(slow_stdin);
+    bed.expect_code(&oa, 0, "first multiplexed session");
+    assert_eq!(stdout(&oa), "a\n", "{}", bed.diag(Some(&oa)));
+
+    master.exit();
+
+    // One proxied connection, one certificate, two exec channels.
+    let starts = bed.events("session.start");
+    assert_eq!(starts.len(), 1, "one SSH connection{}", bed.diag(None));
+    let session = starts[0]["session"].clone();
+    let execs: Vec<Value> = bed
+        .events("channel.open")
+        .into_iter()
+        .filter(|e| e["reason"] == "exec")
+        .collect();
+    assert_eq!(execs.len(), 2, "two exec channels{}", bed.diag(None));
+    assert!(
+        execs.iter().all(|e| e["session"] == session),
+        "both on the one connection{}",
+        bed.diag(None)
+    );
+    bed.wait_event("session.end", |e| e["session"] == session);
+}
+
+/// The target may send `exit-status` after its EOF (sshd does when the command closes its
+/// output before it exits). A multiplexed OpenSSH session whose stdin is at EOF then closes
+/// its channel as soon as it has the target's EOF, still expecting the exit status: sshd
+/// sends it before its own CHANNEL_CLOSE, and so must the proxy. Control: the same through
+/// a master connected straight to sshd (key in a test-only `AuthorizedKeysFile`).
+///
+/// Plain (non-multiplexed) `ssh` waits for the server's close, so it is not affected; the
+/// multiplexed sessions hit this as a race whenever EOF and exit-status arrive apart.
+#[test]
+fn exit_status_survives_client_closing_first() {
+    let Some(bed) = Bed::new(Setup {
+        sshd_extra: vec!["AuthorizedKeysFile {dir}/authorized_keys".into()],
+        ..Setup::default()
+    }) else {
+        return;
+    };
+    let key = bed.path("id_ed25519");
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(st.success(), "ssh-keygen");
+    std::fs::copy(bed.path("id_ed25519.pub"), bed.path("authorized_keys")).unwrap();
+    let identity = format!("IdentityFile={}", key.display());
+    let cmd = "echo out; exec >&- 2>&-; sleep 0.5; exit 3";
+
+    let direct = Master::start(
+        &bed,
+        bed.target.port(),
+        "direct",
+        &["IdentitiesOnly=yes", &identity],
+    );
+    let o = direct.client().arg(cmd).stdin(Stdio::null()).output().unwrap();
+    assert_eq!(
+        stdout(&o),
+        "out\n",
+        "control{}\n{}",
+        bed.diag(Some(&o)),
+        direct.log()
+    );
+    bed.expect_code(&o, 3, "control: multiplexed straight to sshd");
+    direct.exit();
+
+    let proxied = Master::start(&bed, bed.proxy_port, "proxy", &[]);
+    let o = proxied.client().arg(cmd).stdin(Stdio::null()).output().unwrap();
+    assert_eq!(stdout(&o), "out\n", "{}", bed.diag(Some(&o)));
+    bed.expect_code(
+        &o,
+        3,
+        "exit status through the proxy when the client closes the channel first \
+         (255: the proxy answered the client's CHANNEL_CLOSE before relaying the target's exit-status)",
+    );
+    proxied.exit();
+}
