@@ -80,9 +80,11 @@ struct Bed {
     target_port: u16,
     bastion_port: u16,
     proxy_port: u16,
+    rec_port: u16,
     target: Option<Proc>,
     bastion: Option<Proc>,
     proxy: Option<Proc>,
+    rec_proxy: Option<Proc>,
     ca_line: String,
     portcullis: PathBuf,
 }
@@ -101,7 +103,8 @@ impl Bed {
             .args(["-q", "-t", "ed25519", "-N", "", "-f"])
             .arg(dir.join("host_ed25519")))?;
         std::fs::copy(dir.join("client_ed25519.pub"), dir.join("authorized_keys"))?;
-        let (target_port, bastion_port, proxy_port) = (free_port(), free_port(), free_port());
+        let (target_port, bastion_port, proxy_port, rec_port) =
+            (free_port(), free_port(), free_port(), free_port());
         let config = format!(
             r#"[account]
 secret = "keys/secret"
@@ -135,7 +138,26 @@ port = {target_port}
             pid = std::process::id(),
             dir = dir.display()
         );
-        std::fs::write(dir.join("portcullis.toml"), config)?;
+        std::fs::write(dir.join("portcullis.toml"), &config)?;
+        // The same gateway with session recording on, for the recording_on/off ratio.
+        run(Command::new(portcullis)
+            .args(["keygen", "--output"])
+            .arg(dir.join("reckeys")))?;
+        let rec = config
+            .replace(
+                "ca_key = \"keys/ca\"\n",
+                "ca_key = \"keys/ca\"\nrecording_public_key = \"reckeys/sshkey.pub\"\n",
+            )
+            .replace(
+                &format!("instance = \"bench{}\"", std::process::id()),
+                &format!("instance = \"benchrec{}\"", std::process::id()),
+            )
+            .replace(
+                &format!("listen = \"127.0.0.1:{proxy_port}\""),
+                &format!("listen = \"127.0.0.1:{rec_port}\""),
+            )
+            + &format!("[recording]\ndir = \"{}/rec\"\n", dir.display());
+        std::fs::write(dir.join("portcullis-rec.toml"), rec)?;
         let out = Command::new(portcullis)
             .args(["ca", "init", "--config"])
             .arg(dir.join("portcullis.toml"))
@@ -155,9 +177,11 @@ port = {target_port}
             target_port,
             bastion_port,
             proxy_port,
+            rec_port,
             target: None,
             bastion: None,
             proxy: None,
+            rec_proxy: None,
             ca_line,
             portcullis: portcullis.to_owned(),
         })
@@ -199,6 +223,14 @@ port = {target_port}
                 .spawn()?;
             wait_port(self.proxy_port)?;
             self.proxy = Some(Proc(child));
+            let child = Command::new(&self.portcullis)
+                .args(["run", "--config"])
+                .arg(self.dir.join("portcullis-rec.toml"))
+                .env("PORTCULLIS_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()?;
+            wait_port(self.rec_port)?;
+            self.rec_proxy = Some(Proc(child));
         }
         let _ = &self.ca_line;
         Ok(())
@@ -234,6 +266,7 @@ port = {target_port}
         match variant {
             "direct" => a.extend(["-i".into(), key, "-p".into(), self.target_port.to_string()]),
             "proxied" => a.extend(["-p".into(), self.proxy_port.to_string()]),
+            "recorded" => a.extend(["-p".into(), self.rec_port.to_string()]),
             _ => {
                 let hop = format!(
                     "ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
@@ -283,6 +316,7 @@ port = {target_port}
 impl Drop for Bed {
     fn drop(&mut self) {
         self.proxy = None;
+        self.rec_proxy = None;
         self.target = None;
         self.bastion = None;
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -297,7 +331,7 @@ pub fn run_group(quick: bool, portcullis: &Path) -> Result<Map<String, Value>> {
     let mut bed = Bed::new(portcullis)?;
     let bytes: u64 = if quick { 256 << 20 } else { 1 << 30 };
     let rounds = if quick { 1 } else { 3 };
-    let variants = ["direct", "proxied", "proxyjump"];
+    let variants = ["direct", "proxied", "proxyjump", "recorded"];
     let mut m = Map::new();
     let mut connect: std::collections::HashMap<&str, Vec<f64>> = Default::default();
     for (cname, cipher) in CIPHERS {
@@ -341,7 +375,7 @@ pub fn run_group(quick: bool, portcullis: &Path) -> Result<Map<String, Value>> {
         }
         if cname == "chacha" {
             for _ in 0..(if quick { 5 } else { 15 }) {
-                for v in variants {
+                for v in ["direct", "proxied", "proxyjump"] {
                     connect.entry(v).or_default().push(bed.connect_ms(v, cipher)?);
                 }
             }

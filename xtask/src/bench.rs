@@ -50,6 +50,12 @@ fn ssh_targets() -> Vec<(String, Target)> {
             let direct: &'static str = Box::leak(m("direct").into_boxed_str());
             t.push((m("proxied"), Target::MinRatio(jump, 1.4)));
             t.push((m("proxied"), Target::MinRatio(direct, 0.8)));
+            let off: &'static str =
+                Box::leak(format!("ssh.throughput_mibs.recording_off.{c}.{d}").into_boxed_str());
+            t.push((
+                format!("ssh.throughput_mibs.recording_on.{c}.{d}"),
+                Target::MinRatio(off, 0.95),
+            ));
             let sshd: &'static str = Box::leak(format!("ssh.cpu_s_per_gib.sshd.{c}.{d}").into_boxed_str());
             t.push((
                 format!("ssh.cpu_s_per_gib.proxy.{c}.{d}"),
