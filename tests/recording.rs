@@ -367,3 +367,59 @@ fn scp_and_rsync_transfers_are_recorded() {
         "the file's bytes are in the recording"
     );
 }
+
+#[test]
+fn sftp_sessions_are_recorded_and_their_file_operations_audited() {
+    let Some(g) = gateway(recorded()) else { return };
+    let src = g.dir.join("up.txt");
+    std::fs::write(&src, "hello sftp\n").unwrap();
+    let remote = g.dir.join("remote.txt");
+    let renamed = g.dir.join("renamed.txt");
+    let batch = g.dir.join("batch");
+    std::fs::write(
+        &batch,
+        format!(
+            "put {} {}\nrename {} {}\nget {} {}\nrm {}\n",
+            src.display(),
+            remote.display(),
+            remote.display(),
+            renamed.display(),
+            renamed.display(),
+            g.dir.join("down.txt").display(),
+            renamed.display()
+        ),
+    )
+    .unwrap();
+    let opts = portcullis_testbed::ssh_opts(&g.dir.join("known_hosts"));
+    let o = Command::new("sftp")
+        .args(&opts)
+        .args(["-P", &g.proxy_port.to_string(), "-b"])
+        .arg(&batch)
+        .arg("root@127.0.0.1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        std::fs::read_to_string(g.dir.join("down.txt")).unwrap(),
+        "hello sftp\n"
+    );
+    let logs = finished(&g, 1);
+    let d = decrypt(&g, &logs[0]);
+    assert_eq!(d.header.request.as_deref(), Some("subsystem sftp"));
+    let ops: Vec<(String, String)> = g
+        .audit()
+        .iter()
+        .filter(|e| e["event"] == "sftp")
+        .map(|e| {
+            (
+                e["reason"].as_str().unwrap().to_string(),
+                e["rule"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let has = |op: &str, path: &str| ops.iter().any(|(o, p)| o == op && p.contains(path));
+    assert!(has("open-write", &remote.display().to_string()), "{ops:?}");
+    assert!(has("rename", &renamed.display().to_string()), "{ops:?}");
+    assert!(has("open-read", &renamed.display().to_string()), "{ops:?}");
+    assert!(has("remove", &renamed.display().to_string()), "{ops:?}");
+}

@@ -63,6 +63,8 @@ struct Chan {
     /// Set when the channel's shell/exec/subsystem starts, if sessions are recorded.
     rec: Arc<OnceLock<Recorder>>,
     pty: Option<PtyInfo>,
+    /// Follows the client's SFTP requests once the channel runs the sftp subsystem.
+    sftp: Arc<std::sync::Mutex<Option<super::sftp::Watcher>>>,
 }
 
 /// Hands bytes to the channel's recording, if any. `false`: the recording failed and the
@@ -449,6 +451,7 @@ impl server::Handler for Front {
         let uw = Arc::new(uw);
         let (rtx, rrx) = mpsc::channel(16);
         let rec: Arc<OnceLock<Recorder>> = Arc::default();
+        let sftp: Arc<std::sync::Mutex<Option<super::sftp::Watcher>>> = Arc::default();
         self.chans.insert(
             id,
             Chan {
@@ -456,6 +459,7 @@ impl server::Handler for Front {
                 replies: rrx,
                 rec: rec.clone(),
                 pty: None,
+                sftp: sftp.clone(),
             },
         );
         let fail_closed = self.info.ctx.recording.as_ref().is_some_and(|r| r.fail_closed);
@@ -560,6 +564,9 @@ impl server::Handler for Front {
                             let _ = uw.close().await;
                             break;
                         }
+                        if let Some(w) = sftp.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                            w.feed(&data);
+                        }
                         uw.data_bytes(data).await
                     }
                     ChannelMsg::ExtendedData { data, ext } => uw.extended_data_bytes(ext, data).await,
@@ -652,8 +659,14 @@ impl server::Handler for Front {
         name: &str,
         s: &mut Session,
     ) -> Result<(), Self::Error> {
-        if self.refuse(id, true, s)? {
+        if self.refuse(id, true, s)? || !self.start_recording(id, format!("subsystem {name}"), s)? {
             return Ok(());
+        }
+        if name == "sftp" {
+            if let Some(c) = self.chans.get(&id) {
+                let w = super::sftp::Watcher::new(self.info.ctx.audit.clone(), self.event("sftp"));
+                *c.sftp.lock().unwrap_or_else(|e| e.into_inner()) = Some(w);
+            }
         }
         self.channel_event("subsystem", Some(name.to_string()));
         if let Some(w) = self.up(id) {

@@ -7,6 +7,7 @@
 //!   upstream) and the relay of session channels.
 
 pub mod front;
+pub mod sftp;
 pub mod upstream;
 
 use std::{
