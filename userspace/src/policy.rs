@@ -41,6 +41,8 @@ pub struct Policy {
     pub logins: Vec<String>,
     /// Also allow the identity's email prefix as login (seed 002).
     pub email_prefix_login: bool,
+    /// Allow the session's client to open local port forwardings (`ssh -L`).
+    pub local_forwarding: bool,
 }
 
 /// Which targets an application covers: a hostname (lowercase) or every target (`*`),
@@ -97,6 +99,8 @@ pub struct Decision {
     pub rule: Option<String>,
     /// Why each policy considered did or did not decide, in evaluation order.
     pub trace: Vec<String>,
+    /// What the allowing policy grants beyond a session.
+    pub local_forwarding: bool,
 }
 
 /// The policies that apply to one port of a hostname, in precedence order.
@@ -221,6 +225,7 @@ impl Engine {
                         policy: Some(p.name.clone()),
                         rule: Some(rule()),
                         trace,
+                        local_forwarding: false,
                     };
                 }
                 Action::Allow if login_allowed(p, r) => {
@@ -230,6 +235,7 @@ impl Engine {
                         policy: Some(p.name.clone()),
                         rule: Some(rule()),
                         trace,
+                        local_forwarding: p.local_forwarding,
                     };
                 }
                 Action::Allow => {
@@ -253,6 +259,7 @@ impl Engine {
                     policy: Some(p.name.clone()),
                     rule,
                     trace,
+                    local_forwarding: false,
                 }
             }
             None => {
@@ -264,6 +271,7 @@ impl Engine {
                     policy: None,
                     rule: None,
                     trace,
+                    local_forwarding: false,
                 }
             }
         }
@@ -364,6 +372,7 @@ mod tests {
             exclude: vec![],
             logins: logins.iter().map(|s| s.to_string()).collect(),
             email_prefix_login: false,
+            local_forwarding: false,
         }
     }
 
@@ -532,6 +541,8 @@ mod tests {
                     exclude,
                     logins,
                     email_prefix_login: false,
+                    local_forwarding: false,
+                    local_forwarding: false,
                 },
             )
     }

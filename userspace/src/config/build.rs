@@ -493,6 +493,15 @@ fn policies(c: &Config, apps: &[Application], names: &HashMap<String, u16>) -> R
                 format!("policy {name:?}: an allow policy needs `logins` or `email_prefix_login = true`"),
             ));
         }
+        let mut local_forwarding = false;
+        for f in &p.forwarding {
+            match f.get_ref().as_str() {
+                "local" => local_forwarding = true,
+                other => {
+                    return Err(Bad::at(f.span(), format!("policy.forwarding {other:?}: expected \"local\" (remote, agent and X11 forwarding are not supported yet)")))
+                }
+            }
+        }
         let sel = |v: &Vec<toml::Spanned<SelectorConfig>>| {
             v.iter().map(|s| selector(s, names)).collect::<R<Vec<_>>>()
         };
@@ -506,6 +515,7 @@ fn policies(c: &Config, apps: &[Application], names: &HashMap<String, u16>) -> R
             exclude: sel(&p.exclude)?,
             logins,
             email_prefix_login: p.email_prefix_login,
+            local_forwarding,
         });
     }
     Ok(out)

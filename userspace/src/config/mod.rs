@@ -365,6 +365,16 @@ email_prefix_login = true
 
         let t = BASE.replace("logins = [\"root\"]\nemail_prefix_login = true", "");
         assert!(err(&t).contains("needs `logins` or `email_prefix_login"));
+
+        let t = BASE.replace(
+            "email_prefix_login = true",
+            "email_prefix_login = true\nforwarding = [\"local\", \"agent\"]",
+        );
+        let e = err(&t);
+        assert!(
+            e.contains("policy.forwarding \"agent\"") && e.contains("not supported yet"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -279,6 +279,10 @@ pub struct PolicyConfig {
     /// Also allow the identity's email prefix as login (jdoe@example.com → jdoe).
     #[serde(default)]
     pub email_prefix_login: bool,
+    /// What an allowed session may do beyond a shell, command or subsystem: `"local"`
+    /// (`ssh -L`). Everything else stays refused.
+    #[serde(default)]
+    pub forwarding: Vec<Spanned<String>>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]

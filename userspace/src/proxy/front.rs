@@ -108,6 +108,8 @@ pub struct Front {
     totals: Arc<Totals>,
     started: Instant,
     cert_serial: Option<u64>,
+    /// The allowing policy lets this session forward local ports (`ssh -L`).
+    local_forwarding: bool,
 }
 
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -127,6 +129,7 @@ impl Front {
             totals,
             started: Instant::now(),
             cert_serial: None,
+            local_forwarding: false,
         }
     }
 
@@ -189,6 +192,7 @@ impl Front {
         let ctx = &self.info.ctx;
         let grant = Grant {
             pty: true,
+            port_forwarding: d.local_forwarding,
             ..Default::default()
         };
         let principal = match ctx.ca_cfg.principal {
@@ -226,6 +230,7 @@ impl Front {
         match ok {
             Ok(r) if r.success() => {
                 self.authorized = Some(login.to_string());
+                self.local_forwarding = d.local_forwarding;
                 let mut s = self.event("session.start");
                 s.login = Some(login.to_string());
                 s.decision = Some("allow");
@@ -721,18 +726,72 @@ impl server::Handler for Front {
 
     async fn channel_open_direct_tcpip(
         &mut self,
-        _ch: Channel<Msg>,
+        ch: Channel<Msg>,
         host: &str,
         port: u32,
-        _oa: &str,
-        _op: u32,
+        orig_addr: &str,
+        orig_port: u32,
         reply: server::ChannelOpenHandle,
         _s: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.channel_event("local_forwarding_refused", Some(format!("{host}:{port}")));
-        reply
-            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
-            .await;
+        let dest = format!("{host}:{port}");
+        if !self.local_forwarding || self.refusal.is_some() {
+            self.channel_event("local_forwarding_refused", Some(dest));
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        }
+        // The target opens the forwarded connection (from its side, as with ssh -L directly).
+        let up = match self
+            .info
+            .up
+            .channel_open_direct_tcpip(host, port, orig_addr, orig_port)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                self.channel_event("local_forwarding_failed", Some(format!("{dest}: {e}")));
+                reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+                return Ok(());
+            }
+        };
+        self.channel_event("local_forwarding", Some(dest));
+        reply.accept().await;
+        let (mut dr, dw) = ch.split();
+        let (mut ur, uw) = up.split();
+        tokio::spawn(async move {
+            while let Some(m) = ur.wait().await {
+                let r = match m {
+                    ChannelMsg::Data { data } => dw.data_bytes(data).await,
+                    ChannelMsg::Eof => dw.eof().await,
+                    ChannelMsg::Close => {
+                        let _ = dw.close().await;
+                        break;
+                    }
+                    _ => Ok(()),
+                };
+                if r.is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Some(m) = dr.wait().await {
+                let r = match m {
+                    ChannelMsg::Data { data } => uw.data_bytes(data).await,
+                    ChannelMsg::Eof => uw.eof().await,
+                    ChannelMsg::Close => {
+                        let _ = uw.close().await;
+                        break;
+                    }
+                    _ => Ok(()),
+                };
+                if r.is_err() {
+                    break;
+                }
+            }
+        });
         Ok(())
     }
 }

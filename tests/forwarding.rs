@@ -1,0 +1,136 @@
+//! Port forwarding through the proxy: refused (and audited) unless the allowing policy
+//! grants it; then `ssh -L` works end to end. Needs root (sshd).
+
+mod support;
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    path::Path,
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use portcullis_testbed::{free_port, Gateway, GatewayOptions};
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+const FORWARDING: &str = r#"
+[[policy]]
+name = "ops-forward"
+application = "ssh"
+action = "allow"
+precedence = 0
+include = [{ group = "ops" }]
+logins = ["root"]
+forwarding = ["local"]
+"#;
+
+/// A one-shot echo server on loopback.
+fn echo_server() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let mut buf = [0u8; 64];
+            if let Ok(n) = c.read(&mut buf) {
+                let _ = c.write_all(&buf[..n]);
+            }
+        }
+    });
+    port
+}
+
+struct Tunnel(Child);
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `ssh -N -L local:127.0.0.1:remote` through the proxy; returns the local port once open.
+fn tunnel(g: &Gateway, remote: u16) -> (Tunnel, u16) {
+    let local = free_port();
+    let child = g
+        .ssh(
+            &[
+                "-N",
+                "-o",
+                "ExitOnForwardFailure=yes",
+                "-L",
+                &format!("{local}:127.0.0.1:{remote}"),
+            ],
+            &["root@127.0.0.1"],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", local)).is_err() {
+        assert!(Instant::now() < deadline, "the tunnel did not open");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (Tunnel(child), local)
+}
+
+fn roundtrip(port: u16) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"ping through the gateway")?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf)?;
+    out.extend_from_slice(&buf[..n]);
+    Ok(out)
+}
+
+#[test]
+fn local_forwarding_works_only_when_the_policy_allows_it() {
+    if !support::privileged() {
+        return;
+    }
+    let echo = echo_server();
+
+    // Default policy: the forwarding channel is refused; the client's connection just ends.
+    let g = Gateway::start(Path::new(BIN), &GatewayOptions::default());
+    let (_t, local) = tunnel(&g, echo);
+    let r = roundtrip(local);
+    assert!(
+        r.as_ref().map(|v| v.is_empty()).unwrap_or(true),
+        "refused forwarding carried data: {r:?}"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        g.audit()
+            .iter()
+            .any(|e| e["reason"] == "local_forwarding_refused"),
+        "{:?}",
+        g.audit()
+    );
+    drop(_t);
+    drop(g);
+
+    // A policy that grants it: the bytes go through the target.
+    let g = Gateway::start(
+        Path::new(BIN),
+        &GatewayOptions {
+            extra: FORWARDING.into(),
+            ..Default::default()
+        },
+    );
+    let (_t, local) = tunnel(&g, echo);
+    assert_eq!(roundtrip(local).unwrap(), b"ping through the gateway");
+    let audit = g.audit();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e["reason"] == "local_forwarding" && e["rule"] == format!("127.0.0.1:{echo}")),
+        "{audit:?}"
+    );
+    assert!(audit
+        .iter()
+        .any(|e| e["event"] == "session.start" && e["policy"] == "ops-forward"));
+}
