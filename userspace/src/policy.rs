@@ -542,7 +542,6 @@ mod tests {
                     logins,
                     email_prefix_login: false,
                     local_forwarding: false,
-                    local_forwarding: false,
                 },
             )
     }
