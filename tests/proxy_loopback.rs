@@ -3,21 +3,21 @@
 //! → a real `/usr/sbin/sshd` that trusts the account CA. Needs root (the proxy's transparent
 //! listeners, sshd logging in as root); `cargo xtask test` runs it.
 //!
-//! Every test has its own directory, ports, known_hosts file, daemon and sshd, so the tests
-//! run in parallel. Failure messages carry the client's stderr and the tails of the daemon's
-//! stderr, `sshd.log` and the audit trail.
+//! Every test has its own directory, ports, known_hosts file, daemon and sshd (a testbed
+//! `Gateway`), so the tests run in parallel. Failure messages carry the client's stderr and
+//! the tails of the daemon's stderr, `sshd.log` and the audit trail.
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::SocketAddr,
+    io::{Read, Write},
+    ops::{Deref, DerefMut},
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
-    sync::{Arc, Mutex},
+    process::{Child, ChildStdin, Command, Output, Stdio},
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
-use portcullis_testbed::{free_port, ssh_opts, unique, Sshd, SshdOptions};
-use serde_json::Value;
+use portcullis_testbed::{ssh_opts, Gateway, GatewayOptions};
+use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 /// Where the proxy's client connects: `[[identity]] sources = ["127.0.0.1"]`.
@@ -58,71 +58,6 @@ fn poll<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     }
 }
 
-/// `portcullis run --config F`, its stderr collected line by line; killed on drop.
-struct Proxy {
-    child: Child,
-    stderr: Arc<Mutex<Vec<String>>>,
-}
-
-impl Proxy {
-    fn start(config: &Path) -> Self {
-        let mut child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(config)
-            .env("PORTCULLIS_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn portcullis");
-        let lines: Arc<Mutex<Vec<String>>> = Arc::default();
-        let l = lines.clone();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                l.lock().unwrap().push(line);
-            }
-        });
-        let mut p = Self { child, stderr: lines };
-        let ready = poll(30, || {
-            if p.log().contains("dataplane up") {
-                return Some(Ok(()));
-            }
-            match p.child.try_wait() {
-                Ok(Some(st)) => Some(Err(format!("exited with {st}"))),
-                _ => None,
-            }
-        });
-        match ready {
-            Some(Ok(())) => p,
-            Some(Err(e)) => {
-                // Let the reader thread catch the last lines.
-                std::thread::sleep(Duration::from_millis(100));
-                panic!("portcullis {e}:\n{}", p.log())
-            }
-            None => panic!("portcullis not ready after 30 s:\n{}", p.log()),
-        }
-    }
-
-    fn log(&self) -> String {
-        self.stderr.lock().unwrap().join("\n")
-    }
-
-    fn rss_kb(&self) -> Option<u64> {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
-        line.split_whitespace().nth(1)?.parse().ok()
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A child process killed on drop (ssh masters, slow readers).
 struct Guard(Child);
 
@@ -133,165 +68,32 @@ impl Drop for Guard {
     }
 }
 
-/// How a test bed differs from the known-good setup.
-struct Setup {
-    /// The identity's groups; the policy allows group "ops".
-    groups: &'static str,
-    /// Extra lines of the `ops` policy.
-    policy_extra: &'static str,
-    /// Whether the target sshd trusts the account CA.
-    trust_ca: bool,
-    /// Whether a target sshd runs at all.
-    target_up: bool,
-    /// Extra `sshd_config` lines; `{dir}` is the bed's directory.
-    sshd_extra: Vec<String>,
-}
+/// A testbed `Gateway` (the proxy in listener mode in front of one sshd, in a directory of
+/// its own) with the client commands, audit checks and failure diagnostics of these tests.
+struct Bed(Gateway);
 
-impl Default for Setup {
-    fn default() -> Self {
-        Self {
-            groups: "ops",
-            policy_extra: "",
-            trust_ca: true,
-            target_up: true,
-            sshd_extra: Vec::new(),
-        }
+impl Deref for Bed {
+    type Target = Gateway;
+    fn deref(&self) -> &Gateway {
+        &self.0
     }
 }
 
-/// One proxy in listener mode in front of one sshd, in a directory of its own.
-struct Bed {
-    dir: PathBuf,
-    config: PathBuf,
-    audit: PathBuf,
-    known_hosts: PathBuf,
-    proxy_port: u16,
-    target: SocketAddr,
-    sshd_opts: SshdOptions,
-    sshd: Option<Sshd>,
-    proxy: Option<Proxy>,
+impl DerefMut for Bed {
+    fn deref_mut(&mut self) -> &mut Gateway {
+        &mut self.0
+    }
 }
 
 impl Bed {
-    fn new(setup: Setup) -> Option<Self> {
-        if !root() {
-            return None;
-        }
-        let name = unique("plb-");
-        let dir = std::env::temp_dir().join(format!("portcullis-{name}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("keys")).unwrap();
-        let (proxy_port, target_port) = (free_port(), free_port());
-        let audit = dir.join("audit.jsonl");
-        let config = dir.join("portcullis.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"[account]
-secret = "keys/secret"
-ca_key = "keys/ca"
-
-[audit]
-file = "{audit}"
-stdout = false
-
-[dataplane]
-instance = "{name}"
-state_dir = "{state}"
-
-[[target]]
-hostname = "web-01"
-ipv4 = "127.0.0.1"
-
-[[application]]
-name = "ssh"
-target = [{{ hostname = "web-01", ports = [{target_port}] }}]
-
-[[identity]]
-email = "alice@example.com"
-groups = ["{groups}"]
-sources = ["127.0.0.1"]
-
-[[policy]]
-name = "ops"
-application = "ssh"
-action = "allow"
-precedence = 1
-include = [{{ group = "ops" }}]
-logins = ["root"]
-{policy_extra}
-
-[[listener]]
-listen = "127.0.0.1:{proxy_port}"
-target = "web-01"
-port = {target_port}
-"#,
-                audit = audit.display(),
-                state = dir.join("state").display(),
-                groups = setup.groups,
-                policy_extra = setup.policy_extra,
-            ),
-        )
-        .unwrap();
-        let o = Command::new(BIN)
-            .args(["ca", "init", "--config"])
-            .arg(&config)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "ca init: {}{}", stdout(&o), stderr(&o));
-        let ca_line = stdout(&o).lines().last().unwrap_or_default().to_string();
-        assert!(ca_line.starts_with("ssh-"), "ca init printed {ca_line:?}");
-        let sshd_opts = SshdOptions {
-            trusted_ca: setup.trust_ca.then(|| ca_line.clone()),
-            extra: setup
-                .sshd_extra
-                .iter()
-                .map(|l| l.replace("{dir}", &dir.display().to_string()))
-                .collect(),
-            host_key: None,
-        };
-        let target: SocketAddr = format!("{HOST}:{target_port}").parse().unwrap();
-        let mut bed = Self {
-            known_hosts: dir.join("known_hosts"),
-            dir,
-            config,
-            audit,
-            proxy_port,
-            target,
-            sshd_opts,
-            sshd: None,
-            proxy: None,
-        };
-        if setup.target_up {
-            bed.sshd = Some(Sshd::start(None, bed.target, &bed.sshd_opts));
-        }
-        bed.proxy = Some(Proxy::start(&bed.config));
-        Some(bed)
+    /// A gateway set up as `opts` says, or `None` (test skipped) without root.
+    fn new(opts: GatewayOptions) -> Option<Self> {
+        root().then(|| Self(Gateway::start(Path::new(BIN), &opts)))
     }
 
-    fn proxy(&self) -> &Proxy {
-        self.proxy.as_ref().expect("proxy running")
-    }
-
-    fn restart_proxy(&mut self) {
-        self.proxy = None;
-        self.proxy = Some(Proxy::start(&self.config));
-    }
-
-    /// Stops the target sshd and starts a new one on the same address with a new host key.
-    fn restart_target_with_new_key(&mut self) {
-        self.sshd = None;
-        self.sshd = Some(Sshd::start(None, self.target, &self.sshd_opts));
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    /// The target sshd's own host public key file.
-    fn path_of_target_pub(&self) -> PathBuf {
-        let k = self.sshd.as_ref().expect("target running").host_key();
-        PathBuf::from(format!("{}.pub", k.display()))
+    /// The known-good setup.
+    fn known_good() -> Option<Self> {
+        Self::new(GatewayOptions::default())
     }
 
     /// The client options every test uses: quiet, per-test known_hosts, no agent. Options
@@ -303,12 +105,12 @@ port = {target_port}
             v.push((*e).into());
         }
         v.extend(["-o".into(), "LogLevel=ERROR".into()]);
-        v.extend(ssh_opts(&self.known_hosts));
+        v.extend(ssh_opts(&self.path("known_hosts")));
         v
     }
 
     /// `ssh [-o extra…] <defaults> -p PROXY login@127.0.0.1`; the caller adds the command.
-    fn ssh(&self, login: &str, extra: &[&str]) -> Command {
+    fn ssh_as(&self, login: &str, extra: &[&str]) -> Command {
         self.ssh_port(self.proxy_port, login, extra)
     }
 
@@ -321,16 +123,28 @@ port = {target_port}
         c
     }
 
-    /// Runs `cmd` as root through the proxy.
-    fn run(&self, cmd: &str) -> Output {
-        self.ssh("root", &[]).arg(cmd).output().unwrap()
+    /// Runs `cmd` as root through the proxy, with `-o extra…`, and asserts its exit code.
+    #[track_caller]
+    fn exec_with(&self, extra: &[&str], cmd: &str, code: i32, what: &str) -> Output {
+        let o = self.ssh_as("root", extra).arg(cmd).output().unwrap();
+        self.expect_code(&o, code, what);
+        o
     }
 
-    /// Runs `cmd` as root with `input` on stdin.
-    fn run_with_input(&self, cmd: &str, input: &[u8]) -> Output {
-        let mut c = self.ssh("root", &[]);
+    /// Runs `cmd` as root through the proxy and asserts its exit code.
+    #[track_caller]
+    fn exec(&self, cmd: &str, code: i32, what: &str) -> Output {
+        self.exec_with(&[], cmd, code, what)
+    }
+
+    /// Runs `cmd` as root with `input` on stdin and asserts its exit code.
+    #[track_caller]
+    fn exec_with_input(&self, cmd: &str, input: &[u8], code: i32, what: &str) -> Output {
+        let mut c = self.ssh_as("root", &[]);
         c.arg(cmd);
-        feed(c, input)
+        let o = feed(c, input);
+        self.expect_code(&o, code, what);
+        o
     }
 
     /// The `ssh …` command line for `rsync -e` / `script -c`.
@@ -338,23 +152,52 @@ port = {target_port}
         format!("ssh {} -p {}", self.client_opts(extra).join(" "), self.proxy_port)
     }
 
-    fn audit(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.audit)
+    /// A new client key pair `id_ed25519{,.pub}` in the bed; returns its `IdentityFile=` option.
+    fn client_key(&self) -> String {
+        let key = self.path("id_ed25519");
+        let st = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key)
+            .status()
+            .unwrap();
+        assert!(st.success(), "ssh-keygen");
+        format!("IdentityFile={}", key.display())
+    }
+
+    /// The audit events named `name`; every line of the trail must be JSON.
+    fn events(&self, name: &str) -> Vec<Value> {
+        std::fs::read_to_string(self.path("audit.jsonl"))
             .unwrap_or_default()
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line {l:?}: {e}")))
+            .filter(|e: &Value| e["event"] == name)
             .collect()
-    }
-
-    fn events(&self, name: &str) -> Vec<Value> {
-        self.audit().into_iter().filter(|e| e["event"] == name).collect()
     }
 
     /// Waits for an audit event named `name` that satisfies `pred` (events such as
     /// `session.end` are written after the client has gone).
+    #[track_caller]
     fn wait_event(&self, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        poll(10, || self.events(name).into_iter().find(&pred))
-            .unwrap_or_else(|| panic!("no matching {name:?} audit event{}", self.diag(None)))
+        match poll(10, || self.events(name).into_iter().find(&pred)) {
+            Some(e) => e,
+            None => panic!("no matching {name:?} audit event{}", self.diag(None)),
+        }
+    }
+
+    /// Asserts `e[key] == value` for every `key: value` of the object `fields`.
+    #[track_caller]
+    fn expect_fields(&self, e: &Value, fields: Value) {
+        for (key, value) in fields.as_object().expect("fields: a JSON object") {
+            assert_eq!(&e[key.as_str()], value, "{key}{}", self.diag_event(e));
+        }
+    }
+
+    /// Waits for the `deny` audit event and checks its `fields`.
+    #[track_caller]
+    fn expect_deny(&self, fields: Value) -> Value {
+        let d = self.wait_event("deny", |_| true);
+        self.expect_fields(&d, fields);
+        d
     }
 
     /// What a failure message needs: the client's stderr, the daemon's and sshd's logs and
@@ -371,15 +214,15 @@ port = {target_port}
         }
         s += &format!(
             "\n--- portcullis stderr (tail):\n{}",
-            tail(&self.proxy.as_ref().map(|p| p.log()).unwrap_or_default(), 25)
+            tail(&self.daemon_log(), 25)
         );
-        s += &format!(
-            "\n--- sshd.log (tail):\n{}",
-            tail(&self.sshd.as_ref().map(|s| s.log()).unwrap_or_default(), 25)
-        );
+        s += &format!("\n--- sshd.log (tail):\n{}", tail(&self.sshd.log(), 25));
         s += &format!(
             "\n--- audit (tail):\n{}",
-            tail(&std::fs::read_to_string(&self.audit).unwrap_or_default(), 15)
+            tail(
+                &std::fs::read_to_string(self.path("audit.jsonl")).unwrap_or_default(),
+                15
+            )
         );
         s
     }
@@ -390,13 +233,14 @@ port = {target_port}
     }
 
     /// Asserts the exit code of a client command.
+    #[track_caller]
     fn expect_code(&self, o: &Output, code: i32, what: &str) {
         assert_eq!(o.status.code(), Some(code), "{what}{}", self.diag(Some(o)));
     }
 
     /// The host key the proxy presented, as the client recorded it: `(type, base64)`.
     fn recorded_host_key(&self) -> (String, String) {
-        let kh = std::fs::read_to_string(&self.known_hosts).unwrap_or_default();
+        let kh = std::fs::read_to_string(self.path("known_hosts")).unwrap_or_default();
         let marker = format!("[{HOST}]:{} ", self.proxy_port);
         let line = kh
             .lines()
@@ -405,25 +249,18 @@ port = {target_port}
         let f: Vec<&str> = line.split_whitespace().collect();
         (f[1].to_string(), f[2].to_string())
     }
-}
 
-impl Drop for Bed {
-    fn drop(&mut self) {
-        self.proxy = None;
-        self.sshd = None;
-        let _ = std::fs::remove_dir_all(&self.dir);
+    /// The proxy's resident memory.
+    fn daemon_rss_kb(&self) -> Option<u64> {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.daemon_pid()?)).ok()?;
+        let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
     }
 }
 
 /// Runs `c` with `input` on stdin (written from a thread so large inputs cannot deadlock).
-fn feed(mut c: Command, input: &[u8]) -> Output {
-    let mut child = c
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
+fn feed(c: Command, input: &[u8]) -> Output {
+    let (child, mut stdin) = spawn_stdin_open(c);
     let input = input.to_vec();
     let w = std::thread::spawn(move || {
         let _ = stdin.write_all(&input);
@@ -434,7 +271,7 @@ fn feed(mut c: Command, input: &[u8]) -> Output {
 }
 
 /// Spawns `c` with stdin a pipe that the caller holds open (and stdout/stderr piped).
-fn spawn_stdin_open(mut c: Command) -> (Child, std::process::ChildStdin) {
+fn spawn_stdin_open(mut c: Command) -> (Child, ChildStdin) {
     let mut child = c
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -443,6 +280,43 @@ fn spawn_stdin_open(mut c: Command) -> (Child, std::process::ChildStdin) {
         .unwrap();
     let stdin = child.stdin.take().unwrap();
     (child, stdin)
+}
+
+/// Reads `r` to its end on a thread.
+fn drain(mut r: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = r.read_to_end(&mut v);
+        v
+    })
+}
+
+/// Waits up to `secs` seconds for `child` to exit, calling `tick` while it runs, and collects
+/// the stdout and stderr it still has piped. `Err`: it did not exit in time and was killed.
+fn finish(child: &mut Child, secs: u64, mut tick: impl FnMut()) -> Result<Output, Output> {
+    let out = child.stdout.take().map(drain);
+    let err = child.stderr.take().map(drain);
+    let exited = poll(secs, || {
+        tick();
+        child.try_wait().unwrap()
+    });
+    let status = match exited {
+        Some(s) => s,
+        None => {
+            let _ = child.kill();
+            child.wait().unwrap()
+        }
+    };
+    let join = |h: Option<JoinHandle<Vec<u8>>>| h.map(|h| h.join().unwrap()).unwrap_or_default();
+    let o = Output {
+        status,
+        stdout: join(out),
+        stderr: join(err),
+    };
+    match exited {
+        Some(_) => Ok(o),
+        None => Err(o),
+    }
 }
 
 /// An OpenSSH control master (`ControlMaster=yes`, no `ControlPersist`, so it stays our
@@ -504,6 +378,11 @@ impl<'a> Master<'a> {
         self.bed.ssh_port(self.port, "root", &o)
     }
 
+    /// Runs `cmd` in a session of this master, stdin at EOF.
+    fn exec(&self, cmd: &str) -> Output {
+        self.client().arg(cmd).stdin(Stdio::null()).output().unwrap()
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -539,34 +418,37 @@ fn pub_key_file(p: &Path) -> (String, String) {
 
 #[test]
 fn exec_relays_stdout_stderr_exit_status_env_and_is_audited() {
-    let Some(bed) = Bed::new(Setup::default()) else {
+    let Some(bed) = Bed::known_good() else {
         return;
     };
 
-    let o = bed.run("echo to-stdout; echo to-stderr >&2; exit 7");
-    bed.expect_code(&o, 7, "exit status of `exit 7`");
+    let o = bed.exec(
+        "echo to-stdout; echo to-stderr >&2; exit 7",
+        7,
+        "exit status of `exit 7`",
+    );
     assert_eq!(stdout(&o), "to-stdout\n", "stdout{}", bed.diag(Some(&o)));
     assert_eq!(stderr(&o), "to-stderr\n", "stderr{}", bed.diag(Some(&o)));
 
-    let o = bed
-        .ssh("root", &["SetEnv=PORTCULLIS_T=1"])
-        .arg("echo \"[$PORTCULLIS_T]\"")
-        .output()
-        .unwrap();
-    bed.expect_code(&o, 0, "SetEnv");
+    let o = bed.exec_with(
+        &["SetEnv=PORTCULLIS_T=1"],
+        "echo \"[$PORTCULLIS_T]\"",
+        0,
+        "SetEnv",
+    );
     assert_eq!(stdout(&o), "[1]\n", "environment forwarded{}", bed.diag(Some(&o)));
 
     // The audit trail of the first session.
     let start = bed.wait_event("session.start", |_| true);
     let session = start["session"].as_str().unwrap().to_string();
-    assert_eq!(start["policy"], "ops", "{}", bed.diag_event(&start));
-    assert_eq!(start["login"], "root", "{}", bed.diag_event(&start));
-    assert_eq!(start["decision"], "allow", "{}", bed.diag_event(&start));
-    assert_eq!(
-        start["identity"],
-        "alice@example.com",
-        "{}",
-        bed.diag_event(&start)
+    bed.expect_fields(
+        &start,
+        json!({
+            "policy": "ops",
+            "login": "root",
+            "decision": "allow",
+            "identity": "alice@example.com",
+        }),
     );
     assert!(
         start["cert_serial"].is_u64(),
@@ -574,43 +456,37 @@ fn exec_relays_stdout_stderr_exit_status_env_and_is_audited() {
         bed.diag_event(&start)
     );
     let connect = bed.wait_event("connect", |e| e["session"] == session.as_str());
-    assert_eq!(connect["target"], "web-01", "{}", bed.diag_event(&connect));
-    assert_eq!(connect["vnet"], "default", "{}", bed.diag_event(&connect));
-    assert_eq!(
-        connect["target_addr"],
-        bed.target.to_string().as_str(),
-        "{}",
-        bed.diag_event(&connect)
+    bed.expect_fields(
+        &connect,
+        json!({
+            "target": "web-01",
+            "vnet": "default",
+            "target_addr": bed.target.to_string(),
+        }),
     );
     let open = bed.wait_event("channel.open", |e| e["session"] == session.as_str());
-    assert_eq!(open["reason"], "exec", "{}", bed.diag_event(&open));
-    assert_eq!(
-        open["rule"],
-        "echo to-stdout; echo to-stderr >&2; exit 7",
-        "{}",
-        bed.diag_event(&open)
+    bed.expect_fields(
+        &open,
+        json!({
+            "reason": "exec",
+            "rule": "echo to-stdout; echo to-stderr >&2; exit 7",
+        }),
     );
     let end = bed.wait_event("session.end", |e| e["session"] == session.as_str());
     let why = end["reason"].as_str().unwrap_or_default();
     assert!(why.contains("exit_status=7"), "{}", bed.diag_event(&end));
-    assert_eq!(
-        end["cert_serial"],
-        start["cert_serial"],
-        "{}",
-        bed.diag_event(&end)
-    );
+    bed.expect_fields(&end, json!({ "cert_serial": start["cert_serial"] }));
 }
 
 #[test]
 fn binary_data_round_trips_byte_exact() {
-    let Some(bed) = Bed::new(Setup::default()) else {
+    let Some(bed) = Bed::known_good() else {
         return;
     };
     let data = random_bytes(20 << 20);
     let remote = bed.path("upload.bin");
 
-    let o = bed.run_with_input(&format!("cat > {}", remote.display()), &data);
-    bed.expect_code(&o, 0, "upload via cat");
+    let o = bed.exec_with_input(&format!("cat > {}", remote.display()), &data, 0, "upload via cat");
     let stored = std::fs::read(&remote).unwrap();
     assert!(
         same_bytes(&stored, &data),
@@ -620,8 +496,7 @@ fn binary_data_round_trips_byte_exact() {
         bed.diag(Some(&o))
     );
 
-    let o = bed.run(&format!("cat {}", remote.display()));
-    bed.expect_code(&o, 0, "download via cat");
+    let o = bed.exec(&format!("cat {}", remote.display()), 0, "download via cat");
     assert!(
         same_bytes(&o.stdout, &data),
         "download: {} bytes received of {}{}",
@@ -633,15 +508,17 @@ fn binary_data_round_trips_byte_exact() {
 
 #[test]
 fn scp_sftp_and_rsync_copy_files_exactly() {
-    let Some(bed) = Bed::new(Setup::default()) else {
+    let Some(bed) = Bed::known_good() else {
         return;
     };
     let port = bed.proxy_port.to_string();
     let data = random_bytes(3 << 20);
     let local = bed.path("local.bin");
     std::fs::write(&local, &data).unwrap();
-    let check = |p: &Path, what: &str, o: &Output| {
-        let got = std::fs::read(p).unwrap_or_default();
+    let local = local.display().to_string();
+    let check = |name: &str, what: &str, o: &Output| {
+        let p = bed.path(name);
+        let got = std::fs::read(&p).unwrap_or_default();
         assert!(
             same_bytes(&got, &data),
             "{what}: {} has {} bytes, expected {}{}",
@@ -651,32 +528,36 @@ fn scp_sftp_and_rsync_copy_files_exactly() {
             bed.diag(Some(o))
         );
     };
+    // Runs a copy that must succeed and leave the data in the bed's file `name`.
+    let copy = |mut c: Command, name: &str, what: &str| {
+        let o = c.output().unwrap();
+        bed.expect_code(&o, 0, what);
+        check(name, what, &o);
+    };
     let remote = |name: &str| format!("root@{HOST}:{}", bed.path(name).display());
+    let here = |name: &str| bed.path(name).display().to_string();
 
     // scp, legacy protocol (-O) and SFTP-based (the default), both directions.
+    let scp = |flags: &[&str], from: &str, to: &str| {
+        let mut c = Command::new("scp");
+        c.args(flags)
+            .args(bed.client_opts(&[]))
+            .args(["-P", &port, from, to]);
+        c
+    };
     for (mode, flags) in [("legacy", &["-O"][..]), ("sftp", &[][..])] {
         let up = format!("scp-{mode}-up.bin");
         let down = format!("scp-{mode}-down.bin");
-        let o = Command::new("scp")
-            .args(flags)
-            .args(bed.client_opts(&[]))
-            .args(["-P", &port])
-            .arg(&local)
-            .arg(remote(&up))
-            .output()
-            .unwrap();
-        bed.expect_code(&o, 0, &format!("scp {mode} upload"));
-        check(&bed.path(&up), &format!("scp {mode} upload"), &o);
-        let o = Command::new("scp")
-            .args(flags)
-            .args(bed.client_opts(&[]))
-            .args(["-P", &port])
-            .arg(remote(&up))
-            .arg(bed.path(&down))
-            .output()
-            .unwrap();
-        bed.expect_code(&o, 0, &format!("scp {mode} download"));
-        check(&bed.path(&down), &format!("scp {mode} download"), &o);
+        copy(
+            scp(flags, &local, &remote(&up)),
+            &up,
+            &format!("scp {mode} upload"),
+        );
+        copy(
+            scp(flags, &remote(&up), &here(&down)),
+            &down,
+            &format!("scp {mode} download"),
+        );
     }
 
     // sftp batch: put, ls, get.
@@ -685,9 +566,8 @@ fn scp_sftp_and_rsync_copy_files_exactly() {
         &batch,
         format!(
             "put {local} {up}\nls -l {up}\nget {up} {down}\n",
-            local = local.display(),
-            up = bed.path("sftp-up.bin").display(),
-            down = bed.path("sftp-down.bin").display()
+            up = here("sftp-up.bin"),
+            down = here("sftp-down.bin")
         ),
     )
     .unwrap();
@@ -704,27 +584,26 @@ fn scp_sftp_and_rsync_copy_files_exactly() {
         "sftp ls lists the file{}",
         bed.diag(Some(&o))
     );
-    check(&bed.path("sftp-up.bin"), "sftp put", &o);
-    check(&bed.path("sftp-down.bin"), "sftp get", &o);
+    check("sftp-up.bin", "sftp put", &o);
+    check("sftp-down.bin", "sftp get", &o);
 
     // rsync over the proxy, both directions.
     let e = bed.ssh_line(&[]);
-    let o = Command::new("rsync")
-        .args(["-a", "-e", &e])
-        .arg(&local)
-        .arg(remote("rsync-up.bin"))
-        .output()
-        .unwrap();
-    bed.expect_code(&o, 0, "rsync upload");
-    check(&bed.path("rsync-up.bin"), "rsync upload", &o);
-    let o = Command::new("rsync")
-        .args(["-a", "-e", &e])
-        .arg(remote("rsync-up.bin"))
-        .arg(bed.path("rsync-down.bin"))
-        .output()
-        .unwrap();
-    bed.expect_code(&o, 0, "rsync download");
-    check(&bed.path("rsync-down.bin"), "rsync download", &o);
+    let rsync = |from: &str, to: &str| {
+        let mut c = Command::new("rsync");
+        c.args(["-a", "-e", &e, from, to]);
+        c
+    };
+    copy(
+        rsync(&local, &remote("rsync-up.bin")),
+        "rsync-up.bin",
+        "rsync upload",
+    );
+    copy(
+        rsync(&remote("rsync-up.bin"), &here("rsync-down.bin")),
+        "rsync-down.bin",
+        "rsync download",
+    );
 
     // scp, sftp and rsync asked for what they needed.
     let opens = bed.events("channel.open");
@@ -739,47 +618,20 @@ fn scp_sftp_and_rsync_copy_files_exactly() {
 
 #[test]
 fn interactive_pty_session() {
-    let Some(bed) = Bed::new(Setup::default()) else {
+    let Some(bed) = Bed::known_good() else {
         return;
     };
-    let ssh = bed.ssh_line(&[]);
-    let mut child = Command::new("script")
+    let mut script = Command::new("script");
+    script
         .arg("-qec")
-        .arg(format!("{ssh} -tt root@{HOST}"))
-        .arg("/dev/null")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .arg(format!("{} -tt root@{HOST}", bed.ssh_line(&[])))
+        .arg("/dev/null");
     // Kept open until the session ends: EOF on script's stdin would end it early.
-    let mut stdin = child.stdin.take().unwrap();
+    let (mut child, mut stdin) = spawn_stdin_open(script);
     stdin.write_all(b"echo PTY_$((6*7)); tty; exit 5\n").unwrap();
-    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-    let reader = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = out.read_to_end(&mut s);
-        s
-    });
-    let ereader = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = err.read_to_end(&mut s);
-        s
-    });
-    let status = poll(30, || child.try_wait().unwrap());
-    let status = match status {
-        Some(s) => s,
-        None => {
-            let _ = child.kill();
-            child.wait().unwrap()
-        }
-    };
+    // Not ended within 30 s: killed, and the checks below say what it printed.
+    let o = finish(&mut child, 30, || {}).unwrap_or_else(|o| o);
     drop(stdin);
-    let o = Output {
-        status,
-        stdout: reader.join().unwrap(),
-        stderr: ereader.join().unwrap(),
-    };
     let text = stdout(&o);
     assert!(
         text.contains("PTY_42"),
@@ -793,34 +645,38 @@ fn interactive_pty_session() {
     );
     bed.expect_code(&o, 5, "exit status of the interactive shell");
     let open = bed.wait_event("channel.open", |e| e["reason"] == "shell");
-    assert_eq!(open["login"], "root", "{}", bed.diag_event(&open));
+    bed.expect_fields(&open, json!({ "login": "root" }));
 }
 
 #[test]
 fn host_key_is_derived_stable_and_follows_the_target() {
-    let Some(mut bed) = Bed::new(Setup::default()) else {
+    let Some(mut bed) = Bed::known_good() else {
         return;
     };
     let strict = ["StrictHostKeyChecking=yes"];
+    let target_key = |bed: &Bed| pub_key_file(&bed.sshd.host_key().with_extension("pub"));
 
     // First connection: trust on first use.
-    let o = bed.run("true");
-    bed.expect_code(&o, 0, "first connection");
+    let o = bed.exec("true", 0, "first connection");
     let first = bed.recorded_host_key();
-    let target_key = pub_key_file(&bed.path_of_target_pub());
+    let old_target_key = target_key(&bed);
     assert_ne!(
         first.1,
-        target_key.1,
+        old_target_key.1,
         "the proxy must present a derived key, not the target's own{}",
         bed.diag(Some(&o))
     );
 
     // Same key on a second connection and after a daemon restart.
-    let o = bed.ssh("root", &strict).arg("true").output().unwrap();
-    bed.expect_code(&o, 0, "second connection, StrictHostKeyChecking=yes");
-    bed.restart_proxy();
-    let o = bed.ssh("root", &strict).arg("true").output().unwrap();
-    bed.expect_code(&o, 0, "after a daemon restart, StrictHostKeyChecking=yes");
+    bed.exec_with(&strict, "true", 0, "second connection, StrictHostKeyChecking=yes");
+    bed.kill_daemon();
+    bed.start_daemon();
+    let o = bed.exec_with(
+        &strict,
+        "true",
+        0,
+        "after a daemon restart, StrictHostKeyChecking=yes",
+    );
     assert_eq!(
         bed.recorded_host_key(),
         first,
@@ -829,36 +685,34 @@ fn host_key_is_derived_stable_and_follows_the_target() {
     );
 
     // The target gets a new host key: so does the proxy, and the client notices.
-    let old_target_key = target_key;
-    bed.restart_target_with_new_key();
-    let new_target_key = pub_key_file(&bed.path_of_target_pub());
+    bed.restart_sshd();
     assert_ne!(
-        new_target_key,
+        target_key(&bed),
         old_target_key,
         "the target's key changed{}",
         bed.diag(None)
     );
-    let o = bed
-        .ssh("root", &["StrictHostKeyChecking=yes", "LogLevel=INFO"])
-        .arg("true")
-        .output()
-        .unwrap();
-    bed.expect_code(&o, 255, "a changed derived host key is refused");
+    let o = bed.exec_with(
+        &["StrictHostKeyChecking=yes", "LogLevel=INFO"],
+        "true",
+        255,
+        "a changed derived host key is refused",
+    );
     assert!(
         stderr(&o).contains("REMOTE HOST IDENTIFICATION HAS CHANGED"),
         "OpenSSH's warning{}",
         bed.diag(Some(&o))
     );
     let ev = bed.wait_event("hostkey.changed", |_| true);
-    assert_eq!(ev["target"], "web-01", "{}", bed.diag_event(&ev));
+    bed.expect_fields(&ev, json!({ "target": "web-01" }));
 }
 
 #[test]
 fn login_not_allowed_by_policy_is_explained() {
-    let Some(bed) = Bed::new(Setup::default()) else {
+    let Some(bed) = Bed::known_good() else {
         return;
     };
-    let o = bed.ssh("admin", &[]).arg("id").output().unwrap();
+    let o = bed.ssh_as("admin", &[]).arg("id").output().unwrap();
     bed.expect_code(&o, 1, "login admin is denied");
     assert!(
         stderr(&o)
@@ -867,41 +721,29 @@ fn login_not_allowed_by_policy_is_explained() {
         bed.diag(Some(&o))
     );
     assert!(o.stdout.is_empty(), "nothing ran{}", bed.diag(Some(&o)));
-    let d = bed.wait_event("deny", |_| true);
-    assert_eq!(d["reason"], "login_not_allowed", "{}", bed.diag_event(&d));
-    assert_eq!(d["login"], "admin", "{}", bed.diag_event(&d));
+    bed.expect_deny(json!({ "reason": "login_not_allowed", "login": "admin" }));
     assert!(bed.events("session.start").is_empty(), "{}", bed.diag(None));
 }
 
 #[test]
 fn identity_without_policy_is_refused_before_ssh() {
-    let Some(bed) = Bed::new(Setup {
-        groups: "dev",
-        ..Setup::default()
+    let Some(bed) = Bed::new(GatewayOptions {
+        groups: Some(vec!["dev".into()]),
+        ..Default::default()
     }) else {
         return;
     };
     // sshd logs one connection already: the testbed's probe that it listens.
-    let connections = || {
-        bed.sshd
-            .as_ref()
-            .unwrap()
-            .log()
-            .matches("Connection from")
-            .count()
-    };
+    let connections = || bed.sshd.log().matches("Connection from").count();
     let before = connections();
-    let o = bed.run("id");
-    bed.expect_code(&o, 255, "no policy: connection closed before SSH");
+    let o = bed.exec("id", 255, "no policy: connection closed before SSH");
     assert!(o.stdout.is_empty(), "nothing ran{}", bed.diag(Some(&o)));
     assert!(
         stderr(&o).contains("kex_exchange_identification"),
         "closed before the SSH exchange{}",
         bed.diag(Some(&o))
     );
-    let d = bed.wait_event("deny", |_| true);
-    assert_eq!(d["reason"], "no_policy", "{}", bed.diag_event(&d));
-    assert_eq!(d["identity"], "alice@example.com", "{}", bed.diag_event(&d));
+    bed.expect_deny(json!({ "reason": "no_policy", "identity": "alice@example.com" }));
     // The target was never touched.
     assert_eq!(
         connections(),
@@ -913,22 +755,20 @@ fn identity_without_policy_is_refused_before_ssh() {
 
 #[test]
 fn target_that_does_not_trust_the_ca_is_explained() {
-    let Some(bed) = Bed::new(Setup {
-        trust_ca: false,
-        ..Setup::default()
+    let Some(bed) = Bed::new(GatewayOptions {
+        untrusted: true,
+        ..Default::default()
     }) else {
         return;
     };
-    let o = bed.run("id");
-    bed.expect_code(&o, 1, "upstream refused the certificate");
+    let o = bed.exec("id", 1, "upstream refused the certificate");
     let err = stderr(&o);
     assert!(
         err.contains("did not accept the gateway's certificate") && err.contains("portcullis ca pubkey"),
         "explanation on stderr{}",
         bed.diag(Some(&o))
     );
-    let d = bed.wait_event("deny", |_| true);
-    assert_eq!(d["reason"], "upstream_auth_failed", "{}", bed.diag_event(&d));
+    let d = bed.expect_deny(json!({ "reason": "upstream_auth_failed" }));
     assert!(
         d["cert_serial"].is_u64(),
         "the refused certificate\'s serial{}",
@@ -938,16 +778,14 @@ fn target_that_does_not_trust_the_ca_is_explained() {
 
 #[test]
 fn target_down_fails_and_is_audited() {
-    let Some(bed) = Bed::new(Setup {
-        target_up: false,
-        ..Setup::default()
+    let Some(bed) = Bed::new(GatewayOptions {
+        target_down: true,
+        ..Default::default()
     }) else {
         return;
     };
-    let o = bed.run("id");
-    bed.expect_code(&o, 255, "target down");
-    let d = bed.wait_event("deny", |_| true);
-    assert_eq!(d["reason"], "upstream_failed", "{}", bed.diag_event(&d));
+    bed.exec("id", 255, "target down");
+    let d = bed.expect_deny(json!({ "reason": "upstream_failed" }));
     assert!(
         d["rule"]
             .as_str()
@@ -966,29 +804,25 @@ fn target_down_fails_and_is_audited() {
 /// login; a file naming `root` accepts it.
 #[test]
 fn authorized_principals_file_must_list_the_login() {
-    let Some(bed) = Bed::new(Setup {
-        policy_extra: "email_prefix_login = true",
+    let Some(bed) = Bed::new(GatewayOptions {
+        policy_extra: "email_prefix_login = true".into(),
         sshd_extra: vec!["AuthorizedPrincipalsFile {dir}/principals/%u".into()],
-        ..Setup::default()
+        ..Default::default()
     }) else {
         return;
     };
     std::fs::create_dir_all(bed.path("principals")).unwrap();
     std::fs::write(bed.path("principals/root"), "alice\n").unwrap();
 
-    let o = bed.run("id -un");
-    bed.expect_code(&o, 1, "principal root is not in principals/root (alice)");
+    let o = bed.exec("id -un", 1, "principal root is not in principals/root (alice)");
     assert!(
         stderr(&o).contains("did not accept the gateway's certificate for root"),
         "{}",
         bed.diag(Some(&o))
     );
-    let d = bed.wait_event("deny", |_| true);
-    assert_eq!(d["reason"], "upstream_auth_failed", "{}", bed.diag_event(&d));
+    bed.expect_deny(json!({ "reason": "upstream_auth_failed" }));
     assert!(
         bed.sshd
-            .as_ref()
-            .unwrap()
             .log()
             .contains("Certificate does not contain an authorized principal"),
         "sshd says why{}",
@@ -997,8 +831,7 @@ fn authorized_principals_file_must_list_the_login() {
 
     // Listing the login makes it work (the file is read per authentication).
     std::fs::write(bed.path("principals/root"), "alice\nroot\n").unwrap();
-    let o = bed.run("id -un");
-    bed.expect_code(&o, 0, "principal root listed");
+    let o = bed.exec("id -un", 0, "principal root listed");
     assert_eq!(stdout(&o), "root\n", "{}", bed.diag(Some(&o)));
 }
 
@@ -1011,17 +844,10 @@ fn authorized_principals_file_must_list_the_login() {
 /// would need the proxy to stop accepting `none`; this test pins the current design.
 #[test]
 fn client_auth_methods() {
-    let Some(bed) = Bed::new(Setup::default()) else {
+    let Some(bed) = Bed::known_good() else {
         return;
     };
-    let key = bed.path("id_ed25519");
-    let st = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&key)
-        .status()
-        .unwrap();
-    assert!(st.success(), "ssh-keygen");
-    let identity_file = format!("IdentityFile={}", key.display());
+    let identity_file = bed.client_key();
 
     let cases: [(&str, Vec<&str>); 3] = [
         (
@@ -1046,8 +872,7 @@ fn client_auth_methods() {
     ];
     for (what, mut opts) in cases {
         opts.push("LogLevel=VERBOSE");
-        let o = bed.ssh("root", &opts).arg("echo in").output().unwrap();
-        bed.expect_code(&o, 0, &format!("{what} client"));
+        let o = bed.exec_with(&opts, "echo in", 0, &format!("{what} client"));
         assert_eq!(stdout(&o), "in\n", "{what}{}", bed.diag(Some(&o)));
         assert!(
             stderr(&o).contains("using \"none\""),
@@ -1062,42 +887,35 @@ fn client_auth_methods() {
 fn slow_reader_does_not_grow_proxy_memory() {
     const TOTAL: u64 = 300_000_000;
     const LIMIT_KB: u64 = 200 * 1024;
-    let Some(bed) = Bed::new(Setup::default()) else {
+    let Some(bed) = Bed::known_good() else {
         return;
     };
-    let before = bed.proxy().rss_kb().unwrap_or(0);
-    let mut c = bed.ssh("root", &[]);
+    let before = bed.daemon_rss_kb().unwrap_or(0);
+    let mut c = bed.ssh_as("root", &[]);
     c.arg(format!("head -c {TOTAL} /dev/zero"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = Guard(c.spawn().unwrap());
     let mut out = child.0.stdout.take().unwrap();
-    let mut err = child.0.stderr.take().unwrap();
     // The reader stalls for 2 s (the point of the test), then drains.
     let reader = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_secs(2));
         std::io::copy(&mut out, &mut std::io::sink()).unwrap_or(0)
     });
-    let ereader = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = err.read_to_end(&mut s);
-        s
-    });
     let mut peak = before;
-    let status = poll(120, || {
-        if let Some(kb) = bed.proxy().rss_kb() {
+    let o = finish(&mut child.0, 120, || {
+        if let Some(kb) = bed.daemon_rss_kb() {
             peak = peak.max(kb);
         }
-        child.0.try_wait().unwrap()
     })
-    .unwrap_or_else(|| panic!("the transfer did not finish within 2 minutes{}", bed.diag(None)));
+    .unwrap_or_else(|o| {
+        panic!(
+            "the transfer did not finish within 2 minutes{}",
+            bed.diag(Some(&o))
+        )
+    });
     let received = reader.join().unwrap();
-    let o = Output {
-        status,
-        stdout: Vec::new(),
-        stderr: ereader.join().unwrap(),
-    };
     bed.expect_code(&o, 0, "bulk download");
     assert_eq!(received, TOTAL, "bytes received{}", bed.diag(Some(&o)));
     eprintln!("proxy RSS: {before} kB before, peak {peak} kB");
@@ -1110,7 +928,7 @@ fn slow_reader_does_not_grow_proxy_memory() {
 
 #[test]
 fn multiplexed_channels_share_one_connection() {
-    let Some(bed) = Bed::new(Setup::default()) else {
+    let Some(bed) = Bed::known_good() else {
         return;
     };
     // ControlPath=DIR/cm-…-%C, ControlMaster=auto, ControlPersist=10 for the sessions.
@@ -1135,18 +953,8 @@ fn multiplexed_channels_share_one_connection() {
         "the first session is still running while the second one completed{}",
         bed.diag(Some(&o))
     );
-    if poll(15, || slow.0.try_wait().unwrap()).is_none() {
-        panic!("the first session did not end{}", bed.diag(None));
-    }
-    let mut a = Vec::new();
-    slow.0.stdout.take().unwrap().read_to_end(&mut a).unwrap();
-    let mut a_err = Vec::new();
-    slow.0.stderr.take().unwrap().read_to_end(&mut a_err).unwrap();
-    let oa = Output {
-        status: slow.0.wait().unwrap(),
-        stdout: a,
-        stderr: a_err,
-    };
+    let oa = finish(&mut slow.0, 15, || {})
+        .unwrap_or_else(|oa| panic!("the first session did not end{}", bed.diag(Some(&oa))));
     drop(slow_stdin);
     bed.expect_code(&oa, 0, "first multiplexed session");
     assert_eq!(stdout(&oa), "a\n", "{}", bed.diag(Some(&oa)));
@@ -1181,21 +989,14 @@ fn multiplexed_channels_share_one_connection() {
 /// multiplexed sessions hit this as a race whenever EOF and exit-status arrive apart.
 #[test]
 fn exit_status_survives_client_closing_first() {
-    let Some(bed) = Bed::new(Setup {
+    let Some(bed) = Bed::new(GatewayOptions {
         sshd_extra: vec!["AuthorizedKeysFile {dir}/authorized_keys".into()],
-        ..Setup::default()
+        ..Default::default()
     }) else {
         return;
     };
-    let key = bed.path("id_ed25519");
-    let st = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&key)
-        .status()
-        .unwrap();
-    assert!(st.success(), "ssh-keygen");
+    let identity = bed.client_key();
     std::fs::copy(bed.path("id_ed25519.pub"), bed.path("authorized_keys")).unwrap();
-    let identity = format!("IdentityFile={}", key.display());
     let cmd = "echo out; exec >&- 2>&-; sleep 0.5; exit 3";
 
     let direct = Master::start(
@@ -1204,7 +1005,7 @@ fn exit_status_survives_client_closing_first() {
         "direct",
         &["IdentitiesOnly=yes", &identity],
     );
-    let o = direct.client().arg(cmd).stdin(Stdio::null()).output().unwrap();
+    let o = direct.exec(cmd);
     assert_eq!(
         stdout(&o),
         "out\n",
@@ -1216,7 +1017,7 @@ fn exit_status_survives_client_closing_first() {
     direct.exit();
 
     let proxied = Master::start(&bed, bed.proxy_port, "proxy", &[]);
-    let o = proxied.client().arg(cmd).stdin(Stdio::null()).output().unwrap();
+    let o = proxied.exec(cmd);
     assert_eq!(stdout(&o), "out\n", "{}", bed.diag(Some(&o)));
     bed.expect_code(
         &o,

@@ -4,6 +4,7 @@
 
 use std::{
     io::{BufRead, BufReader},
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::{Arc, Mutex},
@@ -16,8 +17,11 @@ pub struct Gateway {
     pub dir: PathBuf,
     pub config: PathBuf,
     pub proxy_port: u16,
+    /// Where the listener connects: the target sshd's address unless `target_down`.
+    pub target: SocketAddr,
     pub sshd: Sshd,
     bin: PathBuf,
+    sshd_opts: SshdOptions,
     daemon: Option<(Child, Arc<Mutex<Vec<String>>>)>,
 }
 
@@ -30,6 +34,14 @@ pub struct GatewayOptions {
     pub extra: String,
     /// Start the target sshd without trusting the CA.
     pub untrusted: bool,
+    /// The identity's groups instead of `["ops"]` (the policy allows group "ops").
+    pub groups: Option<Vec<String>>,
+    /// Extra lines of the `ops` policy (e.g. `email_prefix_login = true`).
+    pub policy_extra: String,
+    /// Extra `sshd_config` lines; `{dir}` stands for the gateway's directory.
+    pub sshd_extra: Vec<String>,
+    /// Nothing listens on the target's address: the sshd is started on another port.
+    pub target_down: bool,
 }
 
 impl Gateway {
@@ -58,6 +70,11 @@ impl Gateway {
                 ));
             }
         }
+        let groups = match &opts.groups {
+            Some(g) => g.iter().map(|g| format!("{g:?}")).collect::<Vec<_>>().join(", "),
+            None => "\"ops\"".to_string(),
+        };
+        let policy_extra = &opts.policy_extra;
         let config = dir.join("portcullis.toml");
         std::fs::write(
             &config,
@@ -81,7 +98,7 @@ target = [{{ hostname = "web-01", ports = [{target_port}] }}]
 
 [[identity]]
 email = "alice@example.com"
-groups = ["ops"]
+groups = [{groups}]
 sources = ["127.0.0.1"]
 
 [[policy]]
@@ -91,6 +108,7 @@ action = "allow"
 precedence = 1
 include = [{{ group = "ops" }}]
 logins = ["root"]
+{policy_extra}
 
 [[listener]]
 listen = "127.0.0.1:{proxy_port}"
@@ -110,25 +128,40 @@ port = {target_port}
             .unwrap();
         assert!(
             o.status.success(),
-            "ca init: {}",
+            "ca init: {}{}",
+            String::from_utf8_lossy(&o.stdout),
             String::from_utf8_lossy(&o.stderr)
         );
         let ca = String::from_utf8_lossy(&o.stdout)
             .lines()
             .last()
-            .unwrap()
+            .unwrap_or_default()
             .to_string();
-        let sopts = SshdOptions {
+        assert!(ca.starts_with("ssh-"), "ca init printed {ca:?}");
+        let sshd_opts = SshdOptions {
             trusted_ca: (!opts.untrusted).then_some(ca),
+            extra: opts
+                .sshd_extra
+                .iter()
+                .map(|l| l.replace("{dir}", &dir.display().to_string()))
+                .collect(),
             ..Default::default()
         };
-        let sshd = Sshd::start(None, format!("127.0.0.1:{target_port}").parse().unwrap(), &sopts);
+        let target: SocketAddr = format!("127.0.0.1:{target_port}").parse().unwrap();
+        let sshd_addr = if opts.target_down {
+            format!("127.0.0.1:{}", free_port()).parse().unwrap()
+        } else {
+            target
+        };
+        let sshd = Sshd::start(None, sshd_addr, &sshd_opts);
         let mut g = Self {
             dir,
             config,
             proxy_port,
+            target,
             sshd,
             bin: bin.to_owned(),
+            sshd_opts,
             daemon: None,
         };
         g.start_daemon();
@@ -139,6 +172,8 @@ port = {target_port}
         let mut child = Command::new(&self.bin)
             .args(["run", "--config"])
             .arg(&self.config)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -151,7 +186,7 @@ port = {target_port}
                 l.lock().unwrap().push(line);
             }
         });
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(30);
         while !lines.lock().unwrap().iter().any(|l| l.contains("dataplane up")) {
             assert!(
                 Instant::now() < deadline,
@@ -159,6 +194,8 @@ port = {target_port}
                 lines.lock().unwrap()
             );
             if let Ok(Some(st)) = child.try_wait() {
+                // Let the reader thread catch the last lines.
+                std::thread::sleep(Duration::from_millis(100));
                 panic!("daemon exited {st}: {:?}", lines.lock().unwrap());
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -183,6 +220,23 @@ port = {target_port}
             .as_ref()
             .map(|(_, l)| l.lock().unwrap().join("\n"))
             .unwrap_or_default()
+    }
+
+    /// Stops the target sshd and starts a new one on the same address with a new host key.
+    pub fn restart_sshd(&mut self) {
+        let addr = self.sshd.addr;
+        // An `Sshd` stops when dropped: a stand-in on another port frees the address.
+        let stand_in = Sshd::start(
+            None,
+            format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            &self.sshd_opts,
+        );
+        drop(std::mem::replace(&mut self.sshd, stand_in));
+        self.sshd = Sshd::start(None, addr, &self.sshd_opts);
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
     }
 
     /// `ssh` to the proxy with the test options and a known_hosts file in the gateway dir.
