@@ -181,6 +181,20 @@ fn pty_session_replays_with_scriptreplay_and_exports_asciicast() {
         String::from_utf8_lossy(&r.stderr)
     );
     assert!(String::from_utf8_lossy(&r.stdout).contains("PTY_42"));
+    // `portcullis replay` plays the target's output with its timing (here 100× faster).
+    let o = Command::new(BIN)
+        .arg("replay")
+        .arg(&logs[0])
+        .arg("--key")
+        .arg(g.private_key())
+        .args(["--speed", "100", "--max-idle", "0.1"])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("PTY_42"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     // asciicast v2: a header line, then [time, "o"|"i", data] events in time order.
     let cast = g.dir.join("s.cast");
     let o = Command::new(BIN)
