@@ -358,11 +358,19 @@ pub fn run_group(quick: bool, portcullis: &Path) -> Result<Map<String, Value>> {
                 }
             }
             for v in variants {
-                m.insert(
-                    format!("ssh.throughput_mibs.{v}.{cname}.{dir}"),
-                    median(tput[v].clone()).into(),
-                );
+                let name = match v {
+                    "recorded" => format!("ssh.throughput_mibs.recording_on.{cname}.{dir}"),
+                    _ => format!("ssh.throughput_mibs.{v}.{cname}.{dir}"),
+                };
+                m.insert(name, median(tput[v].clone()).into());
             }
+            let off = median(tput["proxied"].clone());
+            m.insert(
+                format!("ssh.throughput_mibs.recording_off.{cname}.{dir}"),
+                off.into(),
+            );
+            // Recordings of 1 GiB transfers are not kept.
+            let _ = std::fs::remove_dir_all(bed.dir.join("rec"));
             let gib = proxied_bytes as f64 / (1u64 << 30) as f64;
             m.insert(
                 format!("ssh.cpu_s_per_gib.proxy.{cname}.{dir}"),
@@ -381,7 +389,7 @@ pub fn run_group(quick: bool, portcullis: &Path) -> Result<Map<String, Value>> {
             }
         }
     }
-    for v in variants {
+    for v in ["direct", "proxied", "proxyjump"] {
         m.insert(
             format!("ssh.connect_ms_p50.{v}"),
             median(connect[v].clone()).into(),

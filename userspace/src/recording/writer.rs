@@ -7,7 +7,7 @@
 
 use std::{
     fs::{File, OpenOptions},
-    io::Write,
+    io::{IoSlice, Write},
     os::unix::fs::{FileExt, OpenOptionsExt},
     path::{Path, PathBuf},
     time::{Instant, SystemTime, UNIX_EPOCH},
@@ -248,17 +248,21 @@ impl Writer {
             .seal_inout_detached(self.plain.as_mut_slice().into(), &[])
             .map_err(|e| RecordingError::Seal(format!("{e:?}")))?;
         let tag = tag.to_bytes();
-        self.out.clear();
-        self.out
-            .extend_from_slice(&((self.plain.len() + tag.len()) as u32).to_be_bytes());
-        self.out.extend_from_slice(&self.plain);
-        self.out.extend_from_slice(&tag);
-        self.plain.clear();
-        // One write per block: a crash leaves whole blocks or a cut last one.
-        let n = (&self.file).write(&self.out).map_err(self.io())?;
-        if n != self.out.len() {
+        let len = ((self.plain.len() + tag.len()) as u32).to_be_bytes();
+        // One writev per block, straight from the sealed buffer: a crash leaves whole
+        // blocks or a cut last one, never an interleaving.
+        let parts = [IoSlice::new(&len), IoSlice::new(&self.plain), IoSlice::new(&tag)];
+        let total = 4 + self.plain.len() + tag.len();
+        let n = (&self.file).write_vectored(&parts).map_err(self.io())?;
+        if n != total {
+            // A short write (a full disk, usually): finish it the slow way or fail.
+            self.out.clear();
+            for p in &parts {
+                self.out.extend_from_slice(p);
+            }
             (&self.file).write_all(&self.out[n..]).map_err(self.io())?;
         }
+        self.plain.clear();
         self.blocks += 1;
         Ok(())
     }
