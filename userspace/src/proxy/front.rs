@@ -44,6 +44,8 @@ use crate::{
 };
 
 pub struct SessionInfo {
+    /// Set once the client is through authentication (for the daemon's auth timeout).
+    pub authenticated: Arc<std::sync::atomic::AtomicBool>,
     pub session: String,
     pub identity: Identity,
     pub vnet: String,
@@ -407,6 +409,11 @@ impl server::Handler for Front {
 
     async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
         Ok(self.authorize(user).await)
+    }
+
+    async fn auth_succeeded(&mut self, _session: &mut Session) -> Result<(), Self::Error> {
+        self.info.authenticated.store(true, Ordering::Relaxed);
+        Ok(())
     }
 
     async fn auth_publickey(

@@ -230,7 +230,10 @@ pub async fn serve(inc: Incoming, snap: Arc<Snapshot>, ctx: Option<Arc<Context>>
             return;
         }
     };
+    let authenticated = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let base_deny = ev.clone();
     let front = front::Front::new(front::SessionInfo {
+        authenticated: authenticated.clone(),
         session: session.clone(),
         identity: identity.clone(),
         vnet: vnet.map(|v| v.name.clone()).unwrap_or_default(),
@@ -241,14 +244,52 @@ pub async fn serve(inc: Incoming, snap: Arc<Snapshot>, ctx: Option<Arc<Context>>
         up: Arc::new(up.handle),
     });
     let cfg = ctx.server_config(key);
-    match server::run_stream(cfg, inc.stream, front).await {
-        Ok(running) => {
+    // A client must say hello within HANDSHAKE and be through authentication within
+    // AUTH: a stalled or garbage handshake never holds the upstream connection for long.
+    match tokio::time::timeout(HANDSHAKE, server::run_stream(cfg, inc.stream, front)).await {
+        Ok(Ok(running)) => {
+            let handle = running.handle();
+            let (audit, base) = (ctx.audit.clone(), base_deny.clone());
+            let watchdog = tokio::spawn(async move {
+                tokio::time::sleep(AUTH).await;
+                if !authenticated.load(std::sync::atomic::Ordering::Relaxed) {
+                    audit.emit(&deny_event(&base, "auth_timeout"));
+                    let _ = handle
+                        .disconnect(
+                            russh::Disconnect::ByApplication,
+                            "authentication timed out".into(),
+                            "en".into(),
+                        )
+                        .await;
+                }
+            });
             if let Err(e) = running.await {
                 tracing::debug!(session, error = %e, "client session ended with an error");
             }
+            watchdog.abort();
         }
-        Err(e) => tracing::debug!(session, error = %e, "client handshake failed"),
+        Ok(Err(e)) => {
+            tracing::debug!(session, error = %e, "client handshake failed");
+            let mut d = deny_event(&base_deny, "bad_handshake");
+            d.rule = Some(e.to_string());
+            ctx.audit.emit(&d);
+        }
+        Err(_) => ctx.audit.emit(&deny_event(&base_deny, "handshake_timeout")),
     }
+}
+
+/// How long a client may take to send its SSH identification.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+/// How long a client may take from connecting to being authenticated.
+const AUTH: Duration = Duration::from_secs(60);
+
+fn deny_event(base: &Event, reason: &str) -> Event {
+    let mut d = base.clone();
+    d.time = audit::now_rfc3339();
+    d.event = "deny";
+    d.decision = Some("deny");
+    d.reason = Some(reason.to_string());
+    d
 }
 
 /// Refuses a client before any SSH exchange: a line before the banner (which OpenSSH shows

@@ -1,0 +1,101 @@
+//! Clients that misbehave: garbage instead of an SSH banner, a stalled handshake, a login
+//! name no unix system accepts. Bounded time, a clear end, an audit event, no panic.
+//! Needs root (sshd).
+
+mod support;
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use portcullis_testbed::{Gateway, GatewayOptions};
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+fn gateway() -> Option<Gateway> {
+    support::privileged().then(|| Gateway::start(Path::new(BIN), &GatewayOptions::default()))
+}
+
+/// Reads until the server closes; returns how long that took.
+fn until_closed(mut s: TcpStream) -> Duration {
+    let t = Instant::now();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+    }
+    t.elapsed()
+}
+
+fn wait_for(g: &Gateway, reason: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !g
+        .audit()
+        .iter()
+        .any(|e| e["event"] == "deny" && e["reason"] == reason)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no deny {reason}: {:?}\n{}",
+            g.audit(),
+            g.daemon_log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn garbage_instead_of_a_banner_is_dropped_and_audited() {
+    let Some(g) = gateway() else { return };
+    let mut s = TcpStream::connect(("127.0.0.1", g.proxy_port)).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let took = until_closed(s);
+    assert!(took < Duration::from_secs(12), "closed after {took:?}");
+    wait_for(&g, "bad_handshake");
+    // The daemon is still serving.
+    let o = g.run(&[], &["root@127.0.0.1", "echo alive"]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "alive\n",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn a_stalled_handshake_is_cut_off() {
+    let Some(g) = gateway() else { return };
+    let s = TcpStream::connect(("127.0.0.1", g.proxy_port)).unwrap();
+    let took = until_closed(s);
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(15),
+        "closed after {took:?}"
+    );
+    wait_for(&g, "handshake_timeout");
+}
+
+/// (OpenSSH's client itself refuses control characters in user names, so the characters
+/// tried here are ones it lets through and unix logins do not allow.)
+#[test]
+fn an_invalid_login_name_is_refused_with_a_message() {
+    let Some(g) = gateway() else { return };
+    let o = g.run(&[], &["Root#1@127.0.0.1", "true"]);
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("is not a valid unix login"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    wait_for(&g, "invalid_login");
+    let e = g
+        .audit()
+        .into_iter()
+        .find(|e| e["reason"] == "invalid_login")
+        .unwrap();
+    assert_eq!(e["login"], "Root#1", "{e}");
+}
