@@ -197,6 +197,12 @@ fn fail_closed_when_killed_restarted_stopped_and_only_open_after_down() {
     // Restart: takes over the pinned dataplane, restores the rule, serves again.
     let mut d = bed.daemon();
     assert!(bed.gw_rules().contains("0x80000000"), "{}", bed.gw_rules());
+    // [[vnet]] table: the proxy's upstream connections of each vnet use its table.
+    assert!(
+        bed.gw_rules().contains("fwmark 0x40000002 lookup 102"),
+        "{}",
+        bed.gw_rules()
+    );
     refused_by_proxy(
         &fetch(&t.client, sa("198.18.10.10:22")).unwrap(),
         "web-01",
@@ -216,6 +222,11 @@ fn fail_closed_when_killed_restarted_stopped_and_only_open_after_down() {
     let o = bed.cli("down");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(!bed.gw_rules().contains("0x80000000"), "{}", bed.gw_rules());
+    assert!(
+        !bed.gw_rules().contains("0x40000001"),
+        "upstream rules removed: {}",
+        bed.gw_rules()
+    );
     assert!(!bed.pins().exists());
     assert_eq!(fetch(&t.client, sa("198.18.10.10:22")).unwrap(), "t1:22\n");
 }

@@ -33,6 +33,7 @@ fn set() -> TargetSet {
             vlan,
         }],
         upstream: vec![],
+        table: None,
     };
     let addr = |target: &str, vnet, a: &str, ports: Vec<u16>| TargetAddr {
         target: target.into(),

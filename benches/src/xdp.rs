@@ -71,6 +71,7 @@ fn set() -> TargetSet {
                 vlan: None,
             }],
             upstream: vec![],
+            table: None,
         }],
         addrs,
     }

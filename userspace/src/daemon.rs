@@ -193,7 +193,7 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
                 if let Err(e) = audit.reopen() {
                     tracing::error!(error = %e, "reopening the audit file failed; still writing to the old one");
                 }
-                reload(&path, dp.as_mut(), &state);
+                reload(&path, dp.as_mut(), &state).await;
                 continue;
             }
             _ = term.recv() => break,
@@ -234,9 +234,14 @@ async fn accept_opt(
 /// Parses and validates the whole configuration first; only then updates the dataplane and
 /// swaps the snapshot. Anything invalid is rejected and the old configuration keeps serving;
 /// connections in flight keep the snapshot they started with.
-fn reload(path: &Path, dp: Option<&mut Dataplane>, state: &ArcSwap<Snapshot>) {
-    match config::load(path) {
-        Ok(new) => match dp.map(|dp| dp.apply(&new.targets)).unwrap_or(Ok(())) {
+async fn reload(path: &Path, dp: Option<&mut Dataplane>, state: &ArcSwap<Snapshot>) {
+    let loaded = config::load(path);
+    let applied = match (&loaded, dp) {
+        (Ok(new), Some(dp)) => dp.apply(&new.targets).await,
+        _ => Ok(()),
+    };
+    match loaded {
+        Ok(new) => match applied {
             Ok(()) => {
                 tracing::info!(
                     targets = new.targets.addrs.len(),

@@ -13,6 +13,9 @@ pub struct Vnet {
     pub ingress: Vec<Ingress>,
     /// Interfaces towards this vnet's targets: guarded against steered packets leaking out.
     pub upstream: Vec<String>,
+    /// Routing table of the proxy's connections into this vnet (selected by the fwmark
+    /// `0x40000000 | id` they carry); `None`: the main table.
+    pub table: Option<u32>,
 }
 
 /// An ingress point of a vnet: an interface, optionally one 802.1Q VLAN on it.

@@ -11,8 +11,9 @@ use crate::{link, unique, Netns};
 /// ```
 ///
 /// The gateway forwards by ingress interface (`iif cl1 → table 101`, `iif cl2 → table 102`),
-/// its own traffic uses corp's target by default, and its upstream connections marked
-/// `0x40000000 | vnet` use the vnet's table.
+/// its own traffic uses corp's target by default. The proxy's upstream connections, marked
+/// `0x40000000 | vnet`, are routed by the vnet's table through rules portcullis installs
+/// (`[[vnet]] table`).
 pub struct Topology {
     pub client: Netns,
     pub client2: Netns,
@@ -78,13 +79,11 @@ impl Topology {
             ));
         }
         t.gw.exec("sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1");
-        for (n, cl, vnet) in [(101, "cl1", 1), (102, "cl2", 2)] {
+        for (n, cl) in [(101, "cl1"), (102, "cl2")] {
             t.gw.exec(&format!(
                 "ip route add {TARGET_V4}/32 via 198.18.{n}.2 table {n} \
                  && ip -6 route add {TARGET_V6}/128 via 2001:db8:{n}::2 table {n} \
-                 && ip rule add iif {cl} lookup {n} pref 1000 && ip -6 rule add iif {cl} lookup {n} pref 1000 \
-                 && ip rule add fwmark {m:#x} lookup {n} pref 1001 && ip -6 rule add fwmark {m:#x} lookup {n} pref 1001",
-                m = 0x4000_0000u32 | vnet
+                 && ip rule add iif {cl} lookup {n} pref 1000 && ip -6 rule add iif {cl} lookup {n} pref 1000 ",
             ));
         }
         t.gw.exec(&format!("ip route add {TARGET_V4}/32 via 198.18.101.2 && ip -6 route add {TARGET_V6}/128 via 2001:db8:101::2"));
@@ -107,12 +106,14 @@ name = "corp"
 id = 1
 ingress = ["cl1"]
 upstream = ["tg1"]
+table = 101
 
 [[vnet]]
 name = "lab"
 id = 2
 ingress = ["cl2"]
 upstream = ["tg2"]
+table = 102
 
 [[target]]
 hostname = "web-01"

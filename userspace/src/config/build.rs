@@ -234,7 +234,16 @@ fn vnets(c: &Config) -> R<(Vec<Vnet>, HashMap<String, u16>)> {
             }
             upstream.push(u.get_ref().clone());
         }
+        if let Some(t) = v.table {
+            if t == 0 || t == 255 {
+                return Err(Bad::at(
+                    v.id.span(),
+                    format!("vnet {name:?}: table {t} is not a usable routing table"),
+                ));
+            }
+        }
         vnets.push(Vnet {
+            table: v.table,
             name: name.clone(),
             id: id as u16,
             ingress,
@@ -252,6 +261,7 @@ fn vnets(c: &Config) -> R<(Vec<Vnet>, HashMap<String, u16>)> {
             id,
             ingress: vec![],
             upstream: vec![],
+            table: None,
         });
     }
     Ok((vnets, names))

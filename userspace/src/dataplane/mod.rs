@@ -124,6 +124,7 @@ impl Dataplane {
         };
         sysctl::apply(&paths.state)?;
         routing::install(cfg).await?;
+        routing::sync_upstream(cfg, set).await?;
         dp.sync_maps(set)?;
         links::attach(&mut dp._ebpf, cfg, paths, set)?;
         Ok(dp)
@@ -131,9 +132,10 @@ impl Dataplane {
 
     /// Applies a new target set (reload): maps first, in an order that never leaves a
     /// protected port unprotected, then links for interfaces that came or went.
-    pub fn apply(&mut self, set: &TargetSet) -> Result<(), DataplaneError> {
+    pub async fn apply(&mut self, set: &TargetSet) -> Result<(), DataplaneError> {
         preflight::resolve_interfaces(set)?;
         self.sync_maps(set)?;
+        routing::sync_upstream(&self.cfg, set).await?;
         links::attach(&mut self._ebpf, &self.cfg, &self.paths, set)
     }
 

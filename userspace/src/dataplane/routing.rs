@@ -13,7 +13,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
-use portcullis_common::MARK_STEER;
+use portcullis_common::{MARK_STEER, MARK_UPSTREAM};
 use rtnetlink::{
     packet_route::{
         route::{RouteScope, RouteType},
@@ -24,7 +24,7 @@ use rtnetlink::{
 };
 
 use super::{preflight::ifindex, DataplaneError};
-use crate::config::DataplaneConfig;
+use crate::{config::DataplaneConfig, targets::TargetSet};
 
 fn nl(what: &str) -> impl FnOnce(rtnetlink::Error) -> DataplaneError + '_ {
     move |source| DataplaneError::Netlink {
@@ -89,6 +89,73 @@ async fn rules(handle: &Handle, v: IpVersion) -> Result<Vec<RuleMessage>, Datapl
         .try_collect()
         .await
         .map_err(nl("list rules"))
+}
+
+/// The rules that route the proxy's upstream connections of each vnet with a table:
+/// `fwmark 0x40000000|id lookup <table>`, two priorities after the steering rule.
+fn upstream_specs(set: &TargetSet) -> Vec<(u32, u32)> {
+    set.vnets
+        .iter()
+        .filter_map(|v| v.table.map(|t| (MARK_UPSTREAM | v.id as u32, t)))
+        .collect()
+}
+
+fn upstream_mark(r: &RuleMessage, cfg: &DataplaneConfig) -> Option<u32> {
+    let prio = r
+        .attributes
+        .iter()
+        .any(|a| *a == RuleAttribute::Priority(cfg.rule_priority + 2));
+    let mark = r.attributes.iter().find_map(|a| match a {
+        RuleAttribute::FwMark(m) if m & MARK_UPSTREAM != 0 => Some(*m),
+        _ => None,
+    });
+    mark.filter(|_| prio)
+}
+
+/// Makes the upstream rules match `set`: adds what is missing, removes what is stale.
+pub async fn sync_upstream(cfg: &DataplaneConfig, set: &TargetSet) -> Result<(), DataplaneError> {
+    let handle = connect()?;
+    let want = upstream_specs(set);
+    for v in [IpVersion::V4, IpVersion::V6] {
+        let existing = rules(&handle, v.clone()).await?;
+        for (mark, table) in &want {
+            if existing
+                .iter()
+                .any(|r| upstream_mark(r, cfg) == Some(*mark) && rule_table(r) == *table)
+            {
+                continue;
+            }
+            let mut req = handle
+                .rule()
+                .add()
+                .fw_mark(*mark)
+                .table_id(*table)
+                .priority(cfg.rule_priority + 2)
+                .action(RuleAction::ToTable);
+            req.message_mut().attributes.push(RuleAttribute::FwMask(u32::MAX));
+            let res = match v {
+                IpVersion::V4 => req.v4().execute().await,
+                IpVersion::V6 => req.v6().execute().await,
+            };
+            res.map_err(nl("add upstream rule"))?;
+        }
+        for r in existing {
+            if let Some(m) = upstream_mark(&r, cfg) {
+                if !want
+                    .iter()
+                    .any(|(mark, table)| *mark == m && rule_table(&r) == *table)
+                {
+                    handle
+                        .rule()
+                        .del(r)
+                        .execute()
+                        .await
+                        .map_err(nl("delete upstream rule"))?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 pub async fn install(cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
@@ -158,7 +225,7 @@ pub async fn remove(cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
     let handle = connect()?;
     for v in [IpVersion::V4, IpVersion::V6] {
         for r in rules(&handle, v).await? {
-            if specs(cfg).iter().any(|s| matches(&r, s)) {
+            if specs(cfg).iter().any(|s| matches(&r, s)) || upstream_mark(&r, cfg).is_some() {
                 handle
                     .rule()
                     .del(r)
