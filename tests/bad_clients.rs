@@ -99,3 +99,94 @@ fn an_invalid_login_name_is_refused_with_a_message() {
         .unwrap();
     assert_eq!(e["login"], "Root#1", "{e}");
 }
+
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn session_ends(g: &Gateway) -> usize {
+    g.audit().iter().filter(|e| e["event"] == "session.end").count()
+}
+
+fn wait(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_client_vanishing_mid_transfer_ends_the_session_cleanly() {
+    let Some(g) = gateway() else { return };
+    let pid = g.daemon_pid().unwrap();
+    let before = fds(pid);
+    let mut child = g
+        .ssh(&[], &["root@127.0.0.1", "cat /dev/zero"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut got = 0;
+    while got < 20 << 20 {
+        got += out.read(&mut buf).unwrap();
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    wait("session.end", || session_ends(&g) == 1);
+    let end = g
+        .audit()
+        .into_iter()
+        .find(|e| e["event"] == "session.end")
+        .unwrap();
+    assert!(
+        end["reason"].as_str().unwrap().contains("bytes_from_target="),
+        "{end}"
+    );
+    // Both connections closed: the daemon's descriptors are back where they were.
+    wait("descriptors released", || fds(pid) <= before);
+}
+
+#[test]
+fn a_target_dying_mid_session_ends_the_client_session_cleanly() {
+    let Some(g) = gateway() else { return };
+    let child = g
+        .ssh(&[], &["root@127.0.0.1", "echo started; sleep 60"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait("the session to start", || {
+        g.audit().iter().any(|e| e["event"] == "channel.open")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // Kill this target's session processes (sshd's per-connection children), as a crash.
+    g.sshd.kill_sessions();
+    let t = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "the client noticed after {:?}",
+        t.elapsed()
+    );
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("connection to the target was lost"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("started"));
+    wait("session.end", || session_ends(&g) == 1);
+    // The daemon still serves.
+    let o = g.run(&[], &["root@127.0.0.1", "echo alive"]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "alive\n",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

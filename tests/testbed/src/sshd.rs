@@ -97,6 +97,32 @@ impl Sshd {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills (SIGKILL) every per-connection process of this server, as a crash would.
+    pub fn kill_sessions(&self) {
+        fn descendants(pid: u32, out: &mut Vec<u32>) {
+            let o = Command::new("pgrep")
+                .args(["-P", &pid.to_string()])
+                .output()
+                .unwrap();
+            for p in String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+            {
+                descendants(p, out);
+                out.push(p);
+            }
+        }
+        let mut pids = Vec::new();
+        descendants(self.pid(), &mut pids);
+        for p in pids {
+            unsafe { libc::kill(p as i32, libc::SIGKILL) };
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("sshd.log")).unwrap_or_default()
     }

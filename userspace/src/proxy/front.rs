@@ -485,6 +485,7 @@ impl server::Handler for Front {
             // as soon as it sees EOF (OpenSSH's multiplexing clients do) would otherwise close
             // before the exit status arrives, and russh answers a close at once, losing it.
             let mut eof_held = false;
+            let mut closed = false;
             while let Some(m) = ur.wait().await {
                 let r = match m {
                     ChannelMsg::Data { data } => {
@@ -556,6 +557,7 @@ impl server::Handler for Front {
                             let _ = dw.eof().await;
                         }
                         let _ = dw.close().await;
+                        closed = true;
                         break;
                     }
                     _ => Ok(()),
@@ -563,6 +565,13 @@ impl server::Handler for Front {
                 if r.is_err() {
                     break;
                 }
+            }
+            if !closed {
+                // The target's connection went away without closing the channel (it died):
+                // say so and end the client's channel rather than leave it hanging.
+                let msg = b"\r\nportcullis: the connection to the target was lost\r\n";
+                let _ = dw.extended_data_bytes(1, &msg[..]).await;
+                let _ = dw.close().await;
             }
         });
         // Client → target.
