@@ -23,7 +23,7 @@ action = "allow"
 precedence = 0
 include = [{ group = "ops" }]
 logins = ["root"]
-forwarding = ["local"]
+forwarding = ["local", "remote"]
 "#;
 
 /// A one-shot echo server on loopback.
@@ -133,4 +133,67 @@ fn local_forwarding_works_only_when_the_policy_allows_it() {
     assert!(audit
         .iter()
         .any(|e| e["event"] == "session.start" && e["policy"] == "ops-forward"));
+}
+
+#[test]
+fn remote_forwarding_works_only_when_the_policy_allows_it() {
+    if !support::privileged() {
+        return;
+    }
+    let echo = echo_server();
+    let remote = free_port();
+    let spec = format!("{remote}:127.0.0.1:{echo}");
+
+    // Refused by default: OpenSSH gives up on the forwarding and says so.
+    let g = Gateway::start(Path::new(BIN), &GatewayOptions::default());
+    let o = g.run(
+        &["-N", "-o", "ExitOnForwardFailure=yes", "-R", &spec],
+        &["root@127.0.0.1"],
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(255),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("remote port forwarding failed"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(g
+        .audit()
+        .iter()
+        .any(|e| e["reason"] == "remote_forwarding_refused"));
+    drop(g);
+
+    // Granted: the target listens on `remote`; connections come back to the client's side.
+    let g = Gateway::start(
+        Path::new(BIN),
+        &GatewayOptions {
+            extra: FORWARDING.into(),
+            ..Default::default()
+        },
+    );
+    let child = g
+        .ssh(
+            &["-N", "-o", "ExitOnForwardFailure=yes", "-R", &spec],
+            &["root@127.0.0.1"],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _t = Tunnel(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", remote)).is_err() {
+        assert!(Instant::now() < deadline, "the target never listened on {remote}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(roundtrip(remote).unwrap(), b"ping through the gateway");
+    assert!(
+        g.audit().iter().any(|e| e["reason"] == "remote_forwarding"),
+        "{:?}",
+        g.audit()
+    );
 }

@@ -43,6 +43,8 @@ pub struct Policy {
     pub email_prefix_login: bool,
     /// Allow the session's client to open local port forwardings (`ssh -L`).
     pub local_forwarding: bool,
+    /// Allow remote port forwardings (`ssh -R`): the target listens, the client connects.
+    pub remote_forwarding: bool,
 }
 
 /// Which targets an application covers: a hostname (lowercase) or every target (`*`),
@@ -101,6 +103,7 @@ pub struct Decision {
     pub trace: Vec<String>,
     /// What the allowing policy grants beyond a session.
     pub local_forwarding: bool,
+    pub remote_forwarding: bool,
 }
 
 /// The policies that apply to one port of a hostname, in precedence order.
@@ -226,6 +229,7 @@ impl Engine {
                         rule: Some(rule()),
                         trace,
                         local_forwarding: false,
+                        remote_forwarding: false,
                     };
                 }
                 Action::Allow if login_allowed(p, r) => {
@@ -236,6 +240,7 @@ impl Engine {
                         rule: Some(rule()),
                         trace,
                         local_forwarding: p.local_forwarding,
+                        remote_forwarding: p.remote_forwarding,
                     };
                 }
                 Action::Allow => {
@@ -260,6 +265,7 @@ impl Engine {
                     rule,
                     trace,
                     local_forwarding: false,
+                    remote_forwarding: false,
                 }
             }
             None => {
@@ -272,6 +278,7 @@ impl Engine {
                     rule: None,
                     trace,
                     local_forwarding: false,
+                    remote_forwarding: false,
                 }
             }
         }
@@ -373,6 +380,7 @@ mod tests {
             logins: logins.iter().map(|s| s.to_string()).collect(),
             email_prefix_login: false,
             local_forwarding: false,
+            remote_forwarding: false,
         }
     }
 
@@ -542,6 +550,7 @@ mod tests {
                     logins,
                     email_prefix_login: false,
                     local_forwarding: false,
+                    remote_forwarding: false,
                 },
             )
     }

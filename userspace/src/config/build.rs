@@ -503,12 +503,13 @@ fn policies(c: &Config, apps: &[Application], names: &HashMap<String, u16>) -> R
                 format!("policy {name:?}: an allow policy needs `logins` or `email_prefix_login = true`"),
             ));
         }
-        let mut local_forwarding = false;
+        let (mut local_forwarding, mut remote_forwarding) = (false, false);
         for f in &p.forwarding {
             match f.get_ref().as_str() {
                 "local" => local_forwarding = true,
+                "remote" => remote_forwarding = true,
                 other => {
-                    return Err(Bad::at(f.span(), format!("policy.forwarding {other:?}: expected \"local\" (remote, agent and X11 forwarding are not supported yet)")))
+                    return Err(Bad::at(f.span(), format!("policy.forwarding {other:?}: expected \"local\" or \"remote\" (agent and X11 forwarding are not supported yet)")))
                 }
             }
         }
@@ -526,6 +527,7 @@ fn policies(c: &Config, apps: &[Application], names: &HashMap<String, u16>) -> R
             logins,
             email_prefix_login: p.email_prefix_login,
             local_forwarding,
+            remote_forwarding,
         });
     }
     Ok(out)

@@ -46,6 +46,8 @@ use crate::{
 pub struct SessionInfo {
     /// Set once the client is through authentication (for the daemon's auth timeout).
     pub authenticated: Arc<std::sync::atomic::AtomicBool>,
+    /// This session's handle, for the upstream side's `ssh -R` connections.
+    pub front_handle: Arc<OnceLock<server::Handle>>,
     pub session: String,
     pub identity: Identity,
     pub vnet: String,
@@ -112,6 +114,8 @@ pub struct Front {
     cert_serial: Option<u64>,
     /// The allowing policy lets this session forward local ports (`ssh -L`).
     local_forwarding: bool,
+    /// … and remote ports (`ssh -R`).
+    remote_forwarding: bool,
 }
 
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -132,6 +136,7 @@ impl Front {
             started: Instant::now(),
             cert_serial: None,
             local_forwarding: false,
+            remote_forwarding: false,
         }
     }
 
@@ -194,7 +199,7 @@ impl Front {
         let ctx = &self.info.ctx;
         let grant = Grant {
             pty: true,
-            port_forwarding: d.local_forwarding,
+            port_forwarding: d.local_forwarding || d.remote_forwarding,
             ..Default::default()
         };
         let principal = match ctx.ca_cfg.principal {
@@ -233,6 +238,7 @@ impl Front {
             Ok(r) if r.success() => {
                 self.authorized = Some(login.to_string());
                 self.local_forwarding = d.local_forwarding;
+                self.remote_forwarding = d.remote_forwarding;
                 let mut s = self.event("session.start");
                 s.login = Some(login.to_string());
                 s.decision = Some("allow");
@@ -411,8 +417,9 @@ impl server::Handler for Front {
         Ok(self.authorize(user).await)
     }
 
-    async fn auth_succeeded(&mut self, _session: &mut Session) -> Result<(), Self::Error> {
+    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
         self.info.authenticated.store(true, Ordering::Relaxed);
+        let _ = self.info.front_handle.set(session.handle());
         Ok(())
     }
 
@@ -736,8 +743,34 @@ impl server::Handler for Front {
         port: &mut u32,
         _s: &mut Session,
     ) -> Result<bool, Self::Error> {
-        self.channel_event("remote_forwarding_refused", Some(format!("{address}:{port}")));
-        Ok(false)
+        let what = format!("{address}:{port}");
+        if !self.remote_forwarding || self.refusal.is_some() {
+            self.channel_event("remote_forwarding_refused", Some(what));
+            return Ok(false);
+        }
+        // The target listens; its connections come back through `Up`.
+        match self.info.up.tcpip_forward(address, *port).await {
+            Ok(bound) => {
+                if *port == 0 {
+                    *port = bound;
+                }
+                self.channel_event("remote_forwarding", Some(format!("{address}:{port}")));
+                Ok(true)
+            }
+            Err(e) => {
+                self.channel_event("remote_forwarding_failed", Some(format!("{what}: {e}")));
+                Ok(false)
+            }
+        }
+    }
+
+    async fn cancel_tcpip_forward(
+        &mut self,
+        address: &str,
+        port: u32,
+        _s: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        Ok(self.remote_forwarding && self.info.up.cancel_tcpip_forward(address, port).await.is_ok())
     }
 
     async fn channel_open_direct_tcpip(
@@ -774,40 +807,7 @@ impl server::Handler for Front {
         };
         self.channel_event("local_forwarding", Some(dest));
         reply.accept().await;
-        let (mut dr, dw) = ch.split();
-        let (mut ur, uw) = up.split();
-        tokio::spawn(async move {
-            while let Some(m) = ur.wait().await {
-                let r = match m {
-                    ChannelMsg::Data { data } => dw.data_bytes(data).await,
-                    ChannelMsg::Eof => dw.eof().await,
-                    ChannelMsg::Close => {
-                        let _ = dw.close().await;
-                        break;
-                    }
-                    _ => Ok(()),
-                };
-                if r.is_err() {
-                    break;
-                }
-            }
-        });
-        tokio::spawn(async move {
-            while let Some(m) = dr.wait().await {
-                let r = match m {
-                    ChannelMsg::Data { data } => uw.data_bytes(data).await,
-                    ChannelMsg::Eof => uw.eof().await,
-                    ChannelMsg::Close => {
-                        let _ = uw.close().await;
-                        break;
-                    }
-                    _ => Ok(()),
-                };
-                if r.is_err() {
-                    break;
-                }
-            }
-        });
+        super::tunnel::join(ch, up);
         Ok(())
     }
 }

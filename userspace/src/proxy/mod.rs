@@ -8,6 +8,7 @@
 
 pub mod front;
 pub mod sftp;
+pub mod tunnel;
 pub mod upstream;
 
 use std::{
@@ -193,7 +194,15 @@ pub async fn serve(inc: Incoming, snap: Arc<Snapshot>, ctx: Option<Arc<Context>>
     };
 
     // Upstream first: its host key decides ours.
-    let up = match upstream::connect(inc.target_addr, vnet_id, ctx.client_config.clone()).await {
+    let front_handle: Arc<std::sync::OnceLock<server::Handle>> = Arc::default();
+    let up = match upstream::connect(
+        inc.target_addr,
+        vnet_id,
+        ctx.client_config.clone(),
+        front_handle.clone(),
+    )
+    .await
+    {
         Ok(up) => up,
         Err(e) => {
             let mut d = deny("upstream_failed", &ev);
@@ -234,6 +243,7 @@ pub async fn serve(inc: Incoming, snap: Arc<Snapshot>, ctx: Option<Arc<Context>>
     let base_deny = ev.clone();
     let front = front::Front::new(front::SessionInfo {
         authenticated: authenticated.clone(),
+        front_handle,
         session: session.clone(),
         identity: identity.clone(),
         vnet: vnet.map(|v| v.name.clone()).unwrap_or_default(),

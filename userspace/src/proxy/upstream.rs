@@ -29,6 +29,8 @@ pub enum UpstreamError {
 
 pub struct Up {
     key: Arc<Mutex<Option<PublicKey>>>,
+    /// The client's session, once it exists: where `ssh -R` connections are sent.
+    front: Arc<std::sync::OnceLock<russh::server::Handle>>,
 }
 
 impl client::Handler for Up {
@@ -39,6 +41,42 @@ impl client::Handler for Up {
         // target's key so the derivation (and the hostkey.changed audit) can use it.
         *self.key.lock().unwrap_or_else(|e| e.into_inner()) = Some(k.public_key().clone());
         Ok(true)
+    }
+
+    /// The target accepted a connection on a port forwarded with `ssh -R` (only requested
+    /// when the policy allows it): open the matching channel to the client and join them.
+    async fn server_channel_open_forwarded_tcpip(
+        &mut self,
+        channel: russh::Channel<client::Msg>,
+        connected_address: &str,
+        connected_port: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        let Some(front) = self.front.get() else {
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        match front
+            .channel_open_forwarded_tcpip(
+                connected_address,
+                connected_port,
+                originator_address,
+                originator_port,
+            )
+            .await
+        {
+            Ok(down) => {
+                reply.accept().await;
+                super::tunnel::join(down, channel);
+            }
+            Err(_) => reply.reject(russh::ChannelOpenFailure::ConnectFailed).await,
+        }
+        Ok(())
     }
 }
 
@@ -69,6 +107,7 @@ pub async fn connect(
     addr: SocketAddr,
     vnet: u16,
     config: Arc<client::Config>,
+    front: Arc<std::sync::OnceLock<russh::server::Handle>>,
 ) -> Result<Connected, UpstreamError> {
     let sock = if addr.is_ipv4() {
         TcpSocket::new_v4()
@@ -83,7 +122,10 @@ pub async fn connect(
         .map_err(|_| UpstreamError::Timeout(CONNECT_TIMEOUT))?
         .map_err(UpstreamError::Connect)?;
     let key = Arc::new(Mutex::new(None));
-    let up = Up { key: key.clone() };
+    let up = Up {
+        key: key.clone(),
+        front,
+    };
     let handle = tokio::time::timeout(CONNECT_TIMEOUT, client::connect_stream(config, stream, up))
         .await
         .map_err(|_| UpstreamError::Timeout(CONNECT_TIMEOUT))?
