@@ -23,7 +23,7 @@ action = "allow"
 precedence = 0
 include = [{ group = "ops" }]
 logins = ["root"]
-forwarding = ["local", "remote"]
+forwarding = ["local", "remote", "agent"]
 "#;
 
 /// A one-shot echo server on loopback.
@@ -196,4 +196,142 @@ fn remote_forwarding_works_only_when_the_policy_allows_it() {
         "{:?}",
         g.audit()
     );
+}
+
+/// An ssh-agent holding one fresh key, stopped on drop.
+struct Agent {
+    child: Child,
+    sock: std::path::PathBuf,
+    fingerprint: String,
+}
+
+impl Agent {
+    fn start(dir: &Path) -> Self {
+        let sock = dir.join("agent.sock");
+        let child = std::process::Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&sock)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !sock.exists() {
+            assert!(Instant::now() < deadline, "ssh-agent did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let key = dir.join("agent_key");
+        let st = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let st = std::process::Command::new("ssh-add")
+            .arg("-q")
+            .arg(&key)
+            .env("SSH_AUTH_SOCK", &sock)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let fp = std::process::Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(key.with_extension("pub"))
+            .output()
+            .unwrap();
+        let fingerprint = String::from_utf8_lossy(&fp.stdout)
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_string();
+        Self {
+            child,
+            sock,
+            fingerprint,
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `ssh -A … ssh-add -l` with the agent as identity agent (the test options' `IdentityAgent
+/// none` would also turn forwarding off).
+fn with_agent(g: &Gateway, agent: &Agent) -> std::process::Output {
+    std::process::Command::new("ssh")
+        .args([
+            "-F",
+            "/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=accept-new",
+        ])
+        .arg("-o")
+        .arg(format!(
+            "UserKnownHostsFile={}",
+            g.dir.join("known_hosts").display()
+        ))
+        .arg("-o")
+        .arg(format!("IdentityAgent={}", agent.sock.display()))
+        .args([
+            "-A",
+            "-p",
+            &g.proxy_port.to_string(),
+            "root@127.0.0.1",
+            "ssh-add -l",
+        ])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn agent_forwarding_works_only_when_the_policy_allows_it() {
+    if !support::privileged() {
+        return;
+    }
+    let g = Gateway::start(Path::new(BIN), &GatewayOptions::default());
+    let agent = Agent::start(&g.dir);
+    // Refused by default: the target sees no agent.
+    let o = with_agent(&g, &agent);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let events: Vec<String> = g
+        .audit()
+        .iter()
+        .map(|e| format!("{} {}", e["event"], e["reason"]))
+        .collect();
+    assert!(
+        events.iter().any(|e| e.contains("agent_forwarding_refused")),
+        "{events:?}"
+    );
+    drop(agent);
+    drop(g);
+
+    // Granted: the target lists the client's key through the forwarded agent.
+    let g = Gateway::start(
+        Path::new(BIN),
+        &GatewayOptions {
+            extra: FORWARDING.into(),
+            ..Default::default()
+        },
+    );
+    let agent = Agent::start(&g.dir);
+    let o = with_agent(&g, &agent);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&agent.fingerprint),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(g.audit().iter().any(|e| e["reason"] == "agent_forwarding"));
 }

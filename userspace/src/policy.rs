@@ -45,6 +45,8 @@ pub struct Policy {
     pub local_forwarding: bool,
     /// Allow remote port forwardings (`ssh -R`): the target listens, the client connects.
     pub remote_forwarding: bool,
+    /// Allow agent forwarding (`ssh -A`) to the target.
+    pub agent_forwarding: bool,
 }
 
 /// Which targets an application covers: a hostname (lowercase) or every target (`*`),
@@ -104,6 +106,7 @@ pub struct Decision {
     /// What the allowing policy grants beyond a session.
     pub local_forwarding: bool,
     pub remote_forwarding: bool,
+    pub agent_forwarding: bool,
 }
 
 /// The policies that apply to one port of a hostname, in precedence order.
@@ -230,6 +233,7 @@ impl Engine {
                         trace,
                         local_forwarding: false,
                         remote_forwarding: false,
+                        agent_forwarding: false,
                     };
                 }
                 Action::Allow if login_allowed(p, r) => {
@@ -241,6 +245,7 @@ impl Engine {
                         trace,
                         local_forwarding: p.local_forwarding,
                         remote_forwarding: p.remote_forwarding,
+                        agent_forwarding: p.agent_forwarding,
                     };
                 }
                 Action::Allow => {
@@ -266,6 +271,7 @@ impl Engine {
                     trace,
                     local_forwarding: false,
                     remote_forwarding: false,
+                    agent_forwarding: false,
                 }
             }
             None => {
@@ -279,6 +285,7 @@ impl Engine {
                     trace,
                     local_forwarding: false,
                     remote_forwarding: false,
+                    agent_forwarding: false,
                 }
             }
         }
@@ -381,6 +388,7 @@ mod tests {
             email_prefix_login: false,
             local_forwarding: false,
             remote_forwarding: false,
+            agent_forwarding: false,
         }
     }
 
@@ -551,6 +559,7 @@ mod tests {
                     email_prefix_login: false,
                     local_forwarding: false,
                     remote_forwarding: false,
+                    agent_forwarding: false,
                 },
             )
     }

@@ -503,13 +503,14 @@ fn policies(c: &Config, apps: &[Application], names: &HashMap<String, u16>) -> R
                 format!("policy {name:?}: an allow policy needs `logins` or `email_prefix_login = true`"),
             ));
         }
-        let (mut local_forwarding, mut remote_forwarding) = (false, false);
+        let (mut local_forwarding, mut remote_forwarding, mut agent_forwarding) = (false, false, false);
         for f in &p.forwarding {
             match f.get_ref().as_str() {
                 "local" => local_forwarding = true,
                 "remote" => remote_forwarding = true,
+                "agent" => agent_forwarding = true,
                 other => {
-                    return Err(Bad::at(f.span(), format!("policy.forwarding {other:?}: expected \"local\" or \"remote\" (agent and X11 forwarding are not supported yet)")))
+                    return Err(Bad::at(f.span(), format!("policy.forwarding {other:?}: expected \"local\", \"remote\" or \"agent\" (X11 forwarding is not supported)")))
                 }
             }
         }
@@ -528,6 +529,7 @@ fn policies(c: &Config, apps: &[Application], names: &HashMap<String, u16>) -> R
             email_prefix_login: p.email_prefix_login,
             local_forwarding,
             remote_forwarding,
+            agent_forwarding,
         });
     }
     Ok(out)

@@ -116,6 +116,8 @@ pub struct Front {
     local_forwarding: bool,
     /// … and remote ports (`ssh -R`).
     remote_forwarding: bool,
+    /// … and the client's agent (`ssh -A`).
+    agent_forwarding: bool,
 }
 
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -137,6 +139,7 @@ impl Front {
             cert_serial: None,
             local_forwarding: false,
             remote_forwarding: false,
+            agent_forwarding: false,
         }
     }
 
@@ -200,6 +203,7 @@ impl Front {
         let grant = Grant {
             pty: true,
             port_forwarding: d.local_forwarding || d.remote_forwarding,
+            agent_forwarding: d.agent_forwarding,
             ..Default::default()
         };
         let principal = match ctx.ca_cfg.principal {
@@ -239,6 +243,7 @@ impl Front {
                 self.authorized = Some(login.to_string());
                 self.local_forwarding = d.local_forwarding;
                 self.remote_forwarding = d.remote_forwarding;
+                self.agent_forwarding = d.agent_forwarding;
                 let mut s = self.event("session.start");
                 s.login = Some(login.to_string());
                 s.decision = Some("allow");
@@ -732,9 +737,30 @@ impl server::Handler for Front {
     }
 
     // Forwarding is off unless a policy allows it (none can yet): refused and audited.
-    async fn agent_request(&mut self, _id: ChannelId, _s: &mut Session) -> Result<bool, Self::Error> {
-        self.channel_event("agent_forwarding_refused", None);
-        Ok(false)
+    async fn agent_request(&mut self, id: ChannelId, _s: &mut Session) -> Result<bool, Self::Error> {
+        if !self.agent_forwarding || self.refused.contains(&id) {
+            self.channel_event("agent_forwarding_refused", None);
+            return Ok(false);
+        }
+        // Forwarded upstream; russh answers the client with what the target answered.
+        let Some(w) = self.up(id) else { return Ok(false) };
+        w.agent_forward(true).await?;
+        let ok = match self.chans.get_mut(&id) {
+            Some(c) => matches!(
+                tokio::time::timeout(REPLY_TIMEOUT, c.replies.recv()).await,
+                Ok(Some(true))
+            ),
+            None => false,
+        };
+        self.channel_event(
+            if ok {
+                "agent_forwarding"
+            } else {
+                "agent_forwarding_failed"
+            },
+            None,
+        );
+        Ok(ok)
     }
 
     async fn tcpip_forward(

@@ -43,6 +43,30 @@ impl client::Handler for Up {
         Ok(true)
     }
 
+    /// The target wants the client's agent (only after a forwarded `ssh -A`, which the
+    /// policy must allow): open an agent channel to the client and join them.
+    async fn server_channel_open_agent_forward(
+        &mut self,
+        channel: russh::Channel<client::Msg>,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        let Some(front) = self.front.get() else {
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        match front.channel_open_agent().await {
+            Ok(down) => {
+                reply.accept().await;
+                super::tunnel::join(down, channel);
+            }
+            Err(_) => reply.reject(russh::ChannelOpenFailure::ConnectFailed).await,
+        }
+        Ok(())
+    }
+
     /// The target accepted a connection on a port forwarded with `ssh -R` (only requested
     /// when the policy allows it): open the matching channel to the client and join them.
     async fn server_channel_open_forwarded_tcpip(
