@@ -368,11 +368,11 @@ email_prefix_login = true
 
         let t = BASE.replace(
             "email_prefix_login = true",
-            "email_prefix_login = true\nforwarding = [\"local\", \"agent\"]",
+            "email_prefix_login = true\nforwarding = [\"local\", \"x11\"]",
         );
         let e = err(&t);
         assert!(
-            e.contains("policy.forwarding \"agent\"") && e.contains("not supported yet"),
+            e.contains("policy.forwarding \"x11\"") && e.contains("not supported"),
             "{e}"
         );
     }
