@@ -118,6 +118,24 @@ fn ca_init_then_check_then_pubkey() {
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), line);
 }
 
+/// `portcullis policy explain` in vnet corp as `who` (`--source ADDR` or `--email E`).
+fn explain(cfg: &Path, who: [&str; 2], target: &str, login: &str) -> Output {
+    run(&[
+        "policy",
+        "explain",
+        "--config",
+        c(cfg),
+        who[0],
+        who[1],
+        "--vnet",
+        "corp",
+        "--target",
+        target,
+        "--login",
+        login,
+    ])
+}
+
 #[test]
 fn policy_explain_says_who_decided() {
     let d = Dir::new("explain");
@@ -128,20 +146,8 @@ fn policy_explain_says_who_decided() {
             "",
         ),
     );
-    let o = run(&[
-        "policy",
-        "explain",
-        "--config",
-        c(&cfg),
-        "--source",
-        "198.18.1.7",
-        "--vnet",
-        "corp",
-        "--target",
-        "198.18.10.10",
-        "--login",
-        "root",
-    ]);
+    let jdoe = ["--source", "198.18.1.7"];
+    let o = explain(&cfg, jdoe, "198.18.10.10", "root");
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(
         text(&o).contains("allow: policy \"ops\", include group=ops"),
@@ -154,53 +160,14 @@ fn policy_explain_says_who_decided() {
         text(&o)
     );
 
-    let o = run(&[
-        "policy",
-        "explain",
-        "--config",
-        c(&cfg),
-        "--source",
-        "198.18.1.7",
-        "--vnet",
-        "corp",
-        "--target",
-        "web-01",
-        "--login",
-        "jdoe",
-    ]);
+    let o = explain(&cfg, jdoe, "web-01", "jdoe");
     assert_eq!(o.status.code(), Some(0), "email prefix login: {}", text(&o));
 
-    let o = run(&[
-        "policy",
-        "explain",
-        "--config",
-        c(&cfg),
-        "--source",
-        "198.18.1.7",
-        "--vnet",
-        "corp",
-        "--target",
-        "web-01",
-        "--login",
-        "admin",
-    ]);
+    let o = explain(&cfg, jdoe, "web-01", "admin");
     assert_eq!(o.status.code(), Some(3));
     assert!(text(&o).contains("deny (login_not_allowed)"), "{}", text(&o));
 
-    let o = run(&[
-        "policy",
-        "explain",
-        "--config",
-        c(&cfg),
-        "--email",
-        "eve@contractor.example",
-        "--vnet",
-        "corp",
-        "--target",
-        "web-01",
-        "--login",
-        "root",
-    ]);
+    let o = explain(&cfg, ["--email", "eve@contractor.example"], "web-01", "root");
     assert_eq!(o.status.code(), Some(3));
     assert!(
         text(&o).contains("deny (blocked_by_policy): policy \"contractors-out\""),
@@ -208,20 +175,7 @@ fn policy_explain_says_who_decided() {
         text(&o)
     );
 
-    let o = run(&[
-        "policy",
-        "explain",
-        "--config",
-        c(&cfg),
-        "--source",
-        "198.18.9.9",
-        "--vnet",
-        "corp",
-        "--target",
-        "web-01",
-        "--login",
-        "root",
-    ]);
+    let o = explain(&cfg, ["--source", "198.18.9.9"], "web-01", "root");
     assert_eq!(o.status.code(), Some(3));
     assert!(text(&o).contains("no_identity"), "{}", text(&o));
 }

@@ -51,19 +51,11 @@ impl client::Handler for Up {
         reply: client::ChannelOpenHandle,
         _session: &mut client::Session,
     ) -> Result<(), Self::Error> {
-        let Some(front) = self.front.get() else {
-            reply
-                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
-            return Ok(());
+        let down = match self.front.get() {
+            Some(front) => Some(front.channel_open_agent().await),
+            None => None,
         };
-        match front.channel_open_agent().await {
-            Ok(down) => {
-                reply.accept().await;
-                super::tunnel::join(down, channel);
-            }
-            Err(_) => reply.reject(russh::ChannelOpenFailure::ConnectFailed).await,
-        }
+        bridge(down, channel, reply).await;
         Ok(())
     }
 
@@ -79,28 +71,42 @@ impl client::Handler for Up {
         reply: client::ChannelOpenHandle,
         _session: &mut client::Session,
     ) -> Result<(), Self::Error> {
-        let Some(front) = self.front.get() else {
+        let down = match self.front.get() {
+            Some(front) => Some(
+                front
+                    .channel_open_forwarded_tcpip(
+                        connected_address,
+                        connected_port,
+                        originator_address,
+                        originator_port,
+                    )
+                    .await,
+            ),
+            None => None,
+        };
+        bridge(down, channel, reply).await;
+        Ok(())
+    }
+}
+
+/// Answers a channel the target opened: joined to the client's side if that opened
+/// (`down`), refused otherwise (no client session yet, or the client said no).
+async fn bridge(
+    down: Option<Result<russh::Channel<russh::server::Msg>, russh::Error>>,
+    up: russh::Channel<client::Msg>,
+    reply: client::ChannelOpenHandle,
+) {
+    match down {
+        Some(Ok(down)) => {
+            reply.accept().await;
+            super::tunnel::join(down, up);
+        }
+        Some(Err(_)) => reply.reject(russh::ChannelOpenFailure::ConnectFailed).await,
+        None => {
             reply
                 .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
-            return Ok(());
-        };
-        match front
-            .channel_open_forwarded_tcpip(
-                connected_address,
-                connected_port,
-                originator_address,
-                originator_port,
-            )
-            .await
-        {
-            Ok(down) => {
-                reply.accept().await;
-                super::tunnel::join(down, channel);
-            }
-            Err(_) => reply.reject(russh::ChannelOpenFailure::ConnectFailed).await,
+                .await
         }
-        Ok(())
     }
 }
 
