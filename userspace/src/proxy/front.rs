@@ -64,6 +64,9 @@ type UpWrite = Arc<ChannelWriteHalf<client::Msg>>;
 struct Chan {
     up: UpWrite,
     replies: mpsc::Receiver<bool>,
+    /// Replies still owed by the target for requests we stopped waiting for: the next
+    /// ones to arrive belong to those, not to the request being answered now.
+    stale: usize,
     /// Set when the channel's shell/exec/subsystem starts, if sessions are recorded.
     rec: Arc<OnceLock<Recorder>>,
     pty: Option<PtyInfo>,
@@ -81,9 +84,12 @@ async fn recorded(
     fail_closed: bool,
 ) -> bool {
     match rec.get() {
+        // Once failed, the recording is not retried (and not logged again) per packet.
+        Some(r) if r.failed() => !fail_closed,
         Some(r) => match r.record(source, code, data.clone()).await {
             Ok(()) => true,
             Err(e) => {
+                r.mark_failed();
                 tracing::error!(error = %e, recording = %r.path.display(), "recording failed");
                 !fail_closed
             }
@@ -358,14 +364,29 @@ impl Front {
         }
     }
 
-    async fn reply(&mut self, id: ChannelId, s: &mut Session) -> Result<(), russh::Error> {
-        let ok = match self.chans.get_mut(&id) {
-            Some(c) => matches!(
-                tokio::time::timeout(REPLY_TIMEOUT, c.replies.recv()).await,
-                Ok(Some(true))
-            ),
-            None => false,
+    /// Waits for the target's answer to the request just forwarded on channel `id`.
+    async fn await_reply(&mut self, id: ChannelId) -> bool {
+        let Some(c) = self.chans.get_mut(&id) else {
+            return false;
         };
+        while c.stale > 0 {
+            match tokio::time::timeout(REPLY_TIMEOUT, c.replies.recv()).await {
+                Ok(Some(_)) => c.stale -= 1,
+                _ => return false,
+            }
+        }
+        match tokio::time::timeout(REPLY_TIMEOUT, c.replies.recv()).await {
+            Ok(Some(ok)) => ok,
+            Ok(None) => false,
+            Err(_) => {
+                c.stale += 1;
+                false
+            }
+        }
+    }
+
+    async fn reply(&mut self, id: ChannelId, s: &mut Session) -> Result<(), russh::Error> {
+        let ok = self.await_reply(id).await;
         if ok {
             s.channel_success(id)
         } else {
@@ -423,7 +444,11 @@ impl server::Handler for Front {
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
-        self.info.authenticated.store(true, Ordering::Relaxed);
+        // A refused session is only accepted to explain itself: the authentication watchdog
+        // still ends it.
+        if self.refusal.is_none() {
+            self.info.authenticated.store(true, Ordering::Relaxed);
+        }
         let _ = self.info.front_handle.set(session.handle());
         Ok(())
     }
@@ -481,6 +506,7 @@ impl server::Handler for Front {
             Chan {
                 up: uw.clone(),
                 replies: rrx,
+                stale: 0,
                 rec: rec.clone(),
                 pty: None,
                 sftp: sftp.clone(),
@@ -506,6 +532,7 @@ impl server::Handler for Front {
                             let msg = b"\r\nportcullis: the session recording failed; ending the session\r\n";
                             let _ = dw.extended_data_bytes(1, &msg[..]).await;
                             let _ = dw.close().await;
+                            closed = true;
                             break;
                         }
                         dw.data_bytes(data).await
@@ -514,6 +541,7 @@ impl server::Handler for Front {
                         totals.from_target.fetch_add(data.len() as u64, Ordering::Relaxed);
                         if !recorded(&rec, SOURCE_TARGET, CODE_EXTENDED, &data, fail_closed).await {
                             let _ = dw.close().await;
+                            closed = true;
                             break;
                         }
                         dw.extended_data_bytes(ext, data).await
@@ -736,7 +764,22 @@ impl server::Handler for Front {
         Ok(())
     }
 
-    // Forwarding is off unless a policy allows it (none can yet): refused and audited.
+    /// X11 forwarding is never relayed: refused (with a reply, so the client's queue of
+    /// expected replies stays in step) and audited.
+    async fn x11_request(
+        &mut self,
+        id: ChannelId,
+        _single: bool,
+        _protocol: &str,
+        _cookie: &str,
+        _screen: u32,
+        s: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.channel_event("x11_forwarding_refused", None);
+        s.channel_failure(id)
+    }
+
+    // Other forwarding is refused unless the allowing policy grants it; audited either way.
     async fn agent_request(&mut self, id: ChannelId, _s: &mut Session) -> Result<bool, Self::Error> {
         if !self.agent_forwarding || self.refused.contains(&id) {
             self.channel_event("agent_forwarding_refused", None);

@@ -145,14 +145,6 @@ pub async fn serve(inc: Incoming, snap: Arc<Snapshot>, ctx: Option<Arc<Context>>
         None => crate::audit::Audit::stdout_only().emit(e),
     };
     emit(&ev);
-    let deny = |reason: &str, ev: &Event| {
-        let mut d = ev.clone();
-        d.time = audit::now_rfc3339();
-        d.event = "deny";
-        d.decision = Some("deny");
-        d.reason = Some(reason.to_string());
-        d
-    };
     // Pre-check before the target is touched.
     let pre = match (inc.vnet, target, identity) {
         (None, _, _) => Err("not_steered"),
@@ -177,7 +169,7 @@ pub async fn serve(inc: Incoming, snap: Arc<Snapshot>, ctx: Option<Arc<Context>>
         }
     };
     if let Err(reason) = pre {
-        emit(&deny(reason, &ev));
+        emit(&deny_event(&ev, reason));
         refuse(
             inc.stream,
             &format!(
@@ -205,7 +197,7 @@ pub async fn serve(inc: Incoming, snap: Arc<Snapshot>, ctx: Option<Arc<Context>>
     {
         Ok(up) => up,
         Err(e) => {
-            let mut d = deny("upstream_failed", &ev);
+            let mut d = deny_event(&ev, "upstream_failed");
             d.rule = Some(e.to_string());
             ctx.audit.emit(&d);
             refuse(

@@ -78,17 +78,21 @@ impl Watcher {
                     | FXP_SYMLINK
                     | FXP_EXTENDED
             );
-            if !interesting || len > MAX_PARSED || len == 0 {
+            if !interesting || len == 0 {
                 self.skip = len.saturating_sub(1);
                 self.buf.clear();
                 continue;
             }
-            let want = 4 + len - self.buf.len();
+            // The names come first: an audited packet padded past MAX_PARSED is parsed from
+            // its prefix, and the rest skipped, so padding cannot hide an operation.
+            let keep = 4 + len.min(MAX_PARSED);
+            let want = keep - self.buf.len();
             let n = want.min(data.len());
             self.buf.extend_from_slice(&data[..n]);
             data = &data[n..];
-            if self.buf.len() == 4 + len {
+            if self.buf.len() == keep {
                 let packet = std::mem::take(&mut self.buf);
+                self.skip = 4 + len - keep;
                 self.report(kind, &packet[5..]);
             }
         }
@@ -196,6 +200,11 @@ mod tests {
         ));
         stream.extend(packet(FXP_RENAME, &[&s("/tmp/a"), &s("/tmp/b")]));
         stream.extend(packet(FXP_REMOVE, &[&s("/tmp/b")]));
+        // Padding an audited packet past the parse limit does not hide it.
+        stream.extend(packet(
+            FXP_REMOVE,
+            &[&s("/tmp/hidden"), &vec![0u8; MAX_PARSED * 2]],
+        ));
         for chunk in stream.chunks(7) {
             w.feed(chunk);
         }
@@ -215,7 +224,8 @@ mod tests {
             vec![
                 ("open-write".into(), "/etc/passwd".into()),
                 ("rename".into(), "/tmp/a -> /tmp/b".into()),
-                ("remove".into(), "/tmp/b".into())
+                ("remove".into(), "/tmp/b".into()),
+                ("remove".into(), "/tmp/hidden".into())
             ]
         );
         assert!(w.buf.capacity() < MAX_PARSED, "file data is not buffered");

@@ -71,9 +71,59 @@ pub enum FormatError {
     BadRecord(usize, String),
 }
 
+fn cut(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push_str("…[truncated]");
+    }
+}
+
+/// Shrinks what the client or target controls (command, terminal, modes, error message)
+/// until the header fits its reserved room: a long command must not stop a recording.
+fn fit(h: &Header) -> Vec<u8> {
+    let json = serde_json::to_vec(h).expect("header serializes");
+    if json.len() <= HEADER_JSON {
+        return json;
+    }
+    let mut h = h.clone();
+    if let Some(r) = h.request.as_mut() {
+        cut(r, 512);
+    }
+    if let Some(p) = h.pty.as_mut() {
+        if let Some(t) = p.term.as_mut() {
+            cut(t, 64);
+        }
+        p.modes.truncate(64);
+        for (name, _) in &mut p.modes {
+            cut(name, 16);
+        }
+    }
+    if let Some(e) = h.exit_data.as_mut().and_then(|e| e.error_msg.as_mut()) {
+        cut(e, 256);
+    }
+    let json = serde_json::to_vec(&h).expect("header serializes");
+    if json.len() <= HEADER_JSON {
+        return json;
+    }
+    // Control characters escape to six bytes each: drop the free text altogether.
+    h.request = Some("[too long for the header]".into());
+    if let Some(e) = h.exit_data.as_mut() {
+        e.error_msg = None;
+    }
+    if let Some(p) = h.pty.as_mut() {
+        p.modes.clear();
+        p.term = None;
+    }
+    serde_json::to_vec(&h).expect("header serializes")
+}
+
 /// The header as it sits in the file: length prefix and padded base64 JSON.
 pub fn encode_header(h: &Header) -> Result<Vec<u8>, FormatError> {
-    let mut json = serde_json::to_vec(h).expect("header serializes");
+    let mut json = fit(h);
     if json.len() > HEADER_JSON {
         return Err(FormatError::HeaderTooLarge(json.len()));
     }
@@ -183,6 +233,29 @@ mod tests {
         let b = encode_header(&h).unwrap();
         assert_eq!(a.len(), b.len(), "the header can be rewritten in place");
         assert_eq!(decode_header(&b).unwrap(), (h, b.len()));
+    }
+
+    #[test]
+    fn oversized_client_text_is_cut_not_fatal() {
+        let h = Header {
+            encapsulated_key: "ab".repeat(32),
+            request: Some(format!("exec {}", "\u{1}".repeat(5000))),
+            pty: Some(PtyInfo {
+                term: Some("x".repeat(5000)),
+                width: 80,
+                height: 24,
+                modes: vec![],
+            }),
+            exit_data: Some(ExitData {
+                error_msg: Some("e".repeat(9000)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let enc = encode_header(&h).unwrap();
+        let (back, _) = decode_header(&enc).unwrap();
+        assert_eq!(back.encapsulated_key, h.encapsulated_key);
+        assert!(back.request.unwrap().len() < 600);
     }
 
     #[test]

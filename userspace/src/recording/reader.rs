@@ -41,10 +41,20 @@ pub fn decrypt(path: &Path, key: &PrivateKey) -> Result<Decrypted, DecryptError>
         source,
     })?;
     let (header, mut off) = format::decode_header(&file)?;
-    let enc_raw: Vec<u8> = (0..header.encapsulated_key.len() / 2)
-        .map(|i| u8::from_str_radix(&header.encapsulated_key[2 * i..2 * i + 2], 16))
-        .collect::<Result<_, _>>()
-        .map_err(|_| format::FormatError::BadHeader("encapsulated_key is not hex".into()))?;
+    let not_hex = || format::FormatError::BadHeader("encapsulated_key is not hex".into());
+    let hex = header.encapsulated_key.as_bytes();
+    if hex.len() % 2 != 0 {
+        return Err(not_hex().into());
+    }
+    let enc_raw: Vec<u8> = hex
+        .chunks_exact(2)
+        .map(|p| {
+            std::str::from_utf8(p)
+                .ok()
+                .and_then(|p| u8::from_str_radix(p, 16).ok())
+        })
+        .collect::<Option<_>>()
+        .ok_or_else(not_hex)?;
     let enc = <X25519HkdfSha256 as hpke::Kem>::EncappedKey::from_bytes(&enc_raw)
         .map_err(|_| format::FormatError::BadHeader("encapsulated_key is not an X25519 key".into()))?;
     let mut ctx = hpke::setup_receiver::<ChaCha20Poly1305, HkdfSha256, X25519HkdfSha256>(

@@ -60,6 +60,7 @@ enum Item {
 pub struct Recorder {
     tx: mpsc::Sender<Item>,
     pub path: PathBuf,
+    failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What a finished recording wrote.
@@ -128,7 +129,14 @@ impl Recorder {
         })?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let task = tokio::task::spawn_blocking(move || w.run(rx));
-        Ok((Self { tx, path }, task))
+        Ok((
+            Self {
+                tx,
+                path,
+                failed: Default::default(),
+            },
+            task,
+        ))
     }
 
     /// Records bytes that crossed the relay; waits when the writer is behind.
@@ -142,6 +150,15 @@ impl Recorder {
             })
             .await
             .map_err(|_| RecordingError::Stopped("writer gone".into()))
+    }
+
+    /// Whether a write already failed (the relay stops offering records).
+    pub fn failed(&self) -> bool {
+        self.failed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn mark_failed(&self) {
+        self.failed.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub async fn exit(&self, e: ExitData) {
