@@ -32,6 +32,17 @@ fn until_closed(mut s: TcpStream) -> Duration {
     t.elapsed()
 }
 
+/// The daemon still serves sessions.
+fn still_serving(g: &Gateway) {
+    let o = g.run(&[], &["root@127.0.0.1", "echo alive"]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "alive\n",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 fn wait_for(g: &Gateway, reason: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !g
@@ -57,14 +68,7 @@ fn garbage_instead_of_a_banner_is_dropped_and_audited() {
     let took = until_closed(s);
     assert!(took < Duration::from_secs(12), "closed after {took:?}");
     wait_for(&g, "bad_handshake");
-    // The daemon is still serving.
-    let o = g.run(&[], &["root@127.0.0.1", "echo alive"]);
-    assert_eq!(
-        String::from_utf8_lossy(&o.stdout),
-        "alive\n",
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    still_serving(&g);
 }
 
 #[test]
@@ -181,12 +185,5 @@ fn a_target_dying_mid_session_ends_the_client_session_cleanly() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("started"));
     wait("session.end", || session_ends(&g) == 1);
-    // The daemon still serves.
-    let o = g.run(&[], &["root@127.0.0.1", "echo alive"]);
-    assert_eq!(
-        String::from_utf8_lossy(&o.stdout),
-        "alive\n",
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    still_serving(&g);
 }

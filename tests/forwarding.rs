@@ -15,6 +15,17 @@ use portcullis_testbed::{free_port, Gateway, GatewayOptions};
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
+/// A gateway whose policy grants every supported forwarding.
+fn granting() -> Gateway {
+    Gateway::start(
+        Path::new(BIN),
+        &GatewayOptions {
+            extra: FORWARDING.into(),
+            ..Default::default()
+        },
+    )
+}
+
 const FORWARDING: &str = r#"
 [[policy]]
 name = "ops-forward"
@@ -114,13 +125,7 @@ fn local_forwarding_works_only_when_the_policy_allows_it() {
     drop(g);
 
     // A policy that grants it: the bytes go through the target.
-    let g = Gateway::start(
-        Path::new(BIN),
-        &GatewayOptions {
-            extra: FORWARDING.into(),
-            ..Default::default()
-        },
-    );
+    let g = granting();
     let (_t, local) = tunnel(&g, echo);
     assert_eq!(roundtrip(local).unwrap(), b"ping through the gateway");
     let audit = g.audit();
@@ -168,13 +173,7 @@ fn remote_forwarding_works_only_when_the_policy_allows_it() {
     drop(g);
 
     // Granted: the target listens on `remote`; connections come back to the client's side.
-    let g = Gateway::start(
-        Path::new(BIN),
-        &GatewayOptions {
-            extra: FORWARDING.into(),
-            ..Default::default()
-        },
-    );
+    let g = granting();
     let child = g
         .ssh(
             &["-N", "-o", "ExitOnForwardFailure=yes", "-R", &spec],
@@ -318,13 +317,7 @@ fn agent_forwarding_works_only_when_the_policy_allows_it() {
     drop(g);
 
     // Granted: the target lists the client's key through the forwarded agent.
-    let g = Gateway::start(
-        Path::new(BIN),
-        &GatewayOptions {
-            extra: FORWARDING.into(),
-            ..Default::default()
-        },
-    );
+    let g = granting();
     let agent = Agent::start(&g.dir);
     let o = with_agent(&g, &agent);
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
