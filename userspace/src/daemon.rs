@@ -120,8 +120,7 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
             loop {
                 match sock.accept().await {
                     Ok((stream, peer)) => {
-                        let peer =
-                            std::net::SocketAddr::new(crate::targets::canonical(peer.ip()), peer.port());
+                        let peer = steer::canonical(peer);
                         if tx
                             .send(Incoming {
                                 stream,

@@ -58,14 +58,7 @@ enum Command {
         output: PathBuf,
     },
     /// Decrypt a session log into ssh-log-cli's ZIP layout.
-    Decrypt {
-        #[arg(long, short)]
-        key: PathBuf,
-        #[arg(long, short)]
-        input: PathBuf,
-        #[arg(long, short)]
-        output: PathBuf,
-    },
+    Decrypt(LogFiles),
     /// Export a session log.
     #[command(subcommand)]
     Export(ExportCommand),
@@ -122,14 +115,18 @@ enum PolicyCommand {
 #[derive(Subcommand)]
 enum ExportCommand {
     /// asciicast v2, for `asciinema play`.
-    Asciicast {
-        #[arg(long, short)]
-        key: PathBuf,
-        #[arg(long, short)]
-        input: PathBuf,
-        #[arg(long, short)]
-        output: PathBuf,
-    },
+    Asciicast(LogFiles),
+}
+
+/// A session log, its private key, and where to write what comes out.
+#[derive(clap::Args)]
+struct LogFiles {
+    #[arg(long, short)]
+    key: PathBuf,
+    #[arg(long, short)]
+    input: PathBuf,
+    #[arg(long, short)]
+    output: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -163,10 +160,8 @@ fn main() -> ExitCode {
         Command::Stats { config, json } => stats(&config, json),
         Command::Reload { config } => reload(&config),
         Command::Keygen { output } => keygen(&output),
-        Command::Decrypt { key, input, output } => decrypt(&key, &input, &output),
-        Command::Export(ExportCommand::Asciicast { key, input, output }) => {
-            export_cast(&key, &input, &output)
-        }
+        Command::Decrypt(f) => decrypt(&f.key, &f.input, &f.output),
+        Command::Export(ExportCommand::Asciicast(f)) => export_cast(&f.key, &f.input, &f.output),
         Command::Replay {
             input,
             key,

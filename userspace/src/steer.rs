@@ -39,22 +39,11 @@ fn transparent_listener(addr: SocketAddr) -> io::Result<TcpListener> {
         SocketAddr::V4(_) => (TcpSocket::new_v4()?, libc::SOL_IP, libc::IP_TRANSPARENT),
         SocketAddr::V6(_) => (TcpSocket::new_v6()?, libc::SOL_IPV6, libc::IPV6_TRANSPARENT),
     };
-    let one: libc::c_int = 1;
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            level,
-            opt,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::other(format!(
-            "set IP_TRANSPARENT on the proxy listener (needs CAP_NET_ADMIN): {}",
-            io::Error::last_os_error()
-        )));
-    }
+    set_sockopt(&sock, level, opt, 1).map_err(|e| {
+        io::Error::other(format!(
+            "set IP_TRANSPARENT on the proxy listener (needs CAP_NET_ADMIN): {e}"
+        ))
+    })?;
     sock.bind(addr)?;
     sock.listen(4096)
 }
@@ -82,8 +71,31 @@ pub fn inspect(stream: TcpStream, peer: SocketAddr) -> io::Result<Steered> {
     })
 }
 
-fn canonical(a: SocketAddr) -> SocketAddr {
+/// IPv4-mapped IPv6 socket addresses as IPv4 ones.
+pub fn canonical(a: SocketAddr) -> SocketAddr {
     SocketAddr::new(crate::targets::canonical(a.ip()), a.port())
+}
+
+/// `setsockopt` of a 32-bit option (IP_TRANSPARENT, SO_MARK, …).
+pub(crate) fn set_sockopt(
+    s: &impl AsRawFd,
+    level: libc::c_int,
+    opt: libc::c_int,
+    value: u32,
+) -> io::Result<()> {
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            level,
+            opt,
+            (&value as *const u32).cast(),
+            std::mem::size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn so_mark(s: &impl AsRawFd) -> io::Result<u32> {

@@ -125,19 +125,16 @@ pub async fn sync_upstream(cfg: &DataplaneConfig, set: &TargetSet) -> Result<(),
             {
                 continue;
             }
-            let mut req = handle
-                .rule()
-                .add()
-                .fw_mark(*mark)
-                .table_id(*table)
-                .priority(cfg.rule_priority + 2)
-                .action(RuleAction::ToTable);
-            req.message_mut().attributes.push(RuleAttribute::FwMask(u32::MAX));
-            let res = match v {
-                IpVersion::V4 => req.v4().execute().await,
-                IpVersion::V6 => req.v6().execute().await,
-            };
-            res.map_err(nl("add upstream rule"))?;
+            add_rule(
+                &handle,
+                &v,
+                (*mark, u32::MAX),
+                *table,
+                cfg.rule_priority + 2,
+                false,
+            )
+            .await
+            .map_err(nl("add upstream rule"))?;
         }
         for r in existing {
             if let Some(m) = upstream_mark(&r, cfg) {
@@ -158,6 +155,32 @@ pub async fn sync_upstream(cfg: &DataplaneConfig, set: &TargetSet) -> Result<(),
     Ok(())
 }
 
+/// `ip [-6] rule add fwmark MARK/MASK [iif lo] lookup TABLE pref PRIORITY`.
+async fn add_rule(
+    handle: &Handle,
+    v: &IpVersion,
+    (mark, mask): (u32, u32),
+    table: u32,
+    priority: u32,
+    local_only: bool,
+) -> Result<(), rtnetlink::Error> {
+    let mut req = handle
+        .rule()
+        .add()
+        .fw_mark(mark)
+        .table_id(table)
+        .priority(priority)
+        .action(RuleAction::ToTable);
+    if local_only {
+        req = req.input_interface("lo".into());
+    }
+    req.message_mut().attributes.push(RuleAttribute::FwMask(mask));
+    match v {
+        IpVersion::V4 => req.v4().execute().await,
+        IpVersion::V6 => req.v6().execute().await,
+    }
+}
+
 pub async fn install(cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
     let handle = connect()?;
     let lo = ifindex("lo").ok_or_else(|| DataplaneError::NoInterface {
@@ -170,24 +193,16 @@ pub async fn install(cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
             if existing.iter().any(|r| matches(r, &spec)) {
                 continue;
             }
-            let mut req = handle
-                .rule()
-                .add()
-                .fw_mark(MARK_STEER)
-                .table_id(spec.table)
-                .priority(spec.priority)
-                .action(RuleAction::ToTable);
-            if spec.local_only {
-                req = req.input_interface("lo".into());
-            }
-            req.message_mut()
-                .attributes
-                .push(RuleAttribute::FwMask(MARK_STEER));
-            let res = match v {
-                IpVersion::V4 => req.v4().execute().await,
-                IpVersion::V6 => req.v6().execute().await,
-            };
-            res.map_err(nl("add fwmark rule"))?;
+            add_rule(
+                &handle,
+                &v,
+                (MARK_STEER, MARK_STEER),
+                spec.table,
+                spec.priority,
+                spec.local_only,
+            )
+            .await
+            .map_err(nl("add fwmark rule"))?;
         }
     }
     let v4 = RouteMessageBuilder::<Ipv4Addr>::new()

@@ -4,7 +4,6 @@
 
 use std::{
     net::SocketAddr,
-    os::fd::AsRawFd,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -117,22 +116,6 @@ pub struct Connected {
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn set_mark(s: &TcpSocket, mark: u32) -> std::io::Result<()> {
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_MARK,
-            (&mark as *const u32).cast(),
-            std::mem::size_of::<u32>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 pub async fn connect(
     addr: SocketAddr,
     vnet: u16,
@@ -145,7 +128,13 @@ pub async fn connect(
         TcpSocket::new_v6()
     }
     .map_err(UpstreamError::Connect)?;
-    set_mark(&sock, MARK_UPSTREAM | vnet as u32).map_err(UpstreamError::Connect)?;
+    crate::steer::set_sockopt(
+        &sock,
+        libc::SOL_SOCKET,
+        libc::SO_MARK,
+        MARK_UPSTREAM | vnet as u32,
+    )
+    .map_err(UpstreamError::Connect)?;
     sock.set_nodelay(true).map_err(UpstreamError::Connect)?;
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, sock.connect(addr))
         .await
