@@ -81,7 +81,10 @@ struct Bed {
     bastion_port: u16,
     proxy_port: u16,
     rec_port: u16,
+    mixed_port: u16,
+    mixed_proxy_port: u16,
     target: Option<Proc>,
+    mixed_target: Option<Proc>,
     bastion: Option<Proc>,
     proxy: Option<Proc>,
     rec_proxy: Option<Proc>,
@@ -105,6 +108,7 @@ impl Bed {
         std::fs::copy(dir.join("client_ed25519.pub"), dir.join("authorized_keys"))?;
         let (target_port, bastion_port, proxy_port, rec_port) =
             (free_port(), free_port(), free_port(), free_port());
+        let (mixed_port, mixed_proxy_port) = (free_port(), free_port());
         let config = format!(
             r#"[account]
 secret = "keys/secret"
@@ -119,7 +123,7 @@ hostname = "bench-target"
 ipv4 = "127.0.0.1"
 [[application]]
 name = "ssh"
-target = [{{ hostname = "bench-target", ports = [{target_port}] }}]
+target = [{{ hostname = "bench-target", ports = [{target_port}, {mixed_port}] }}]
 [[identity]]
 email = "bench@example.com"
 sources = ["127.0.0.1"]
@@ -134,6 +138,10 @@ logins = ["root"]
 listen = "127.0.0.1:{proxy_port}"
 target = "bench-target"
 port = {target_port}
+[[listener]]
+listen = "127.0.0.1:{mixed_proxy_port}"
+target = "bench-target"
+port = {mixed_port}
 "#,
             pid = std::process::id(),
             dir = dir.display()
@@ -155,6 +163,10 @@ port = {target_port}
             .replace(
                 &format!("listen = \"127.0.0.1:{proxy_port}\""),
                 &format!("listen = \"127.0.0.1:{rec_port}\""),
+            )
+            .replace(
+                &format!("listen = \"127.0.0.1:{mixed_proxy_port}\""),
+                &format!("listen = \"127.0.0.1:{}\"", free_port()),
             )
             + &format!("[recording]\ndir = \"{}/rec\"\n", dir.display());
         std::fs::write(dir.join("portcullis-rec.toml"), rec)?;
@@ -178,7 +190,10 @@ port = {target_port}
             bastion_port,
             proxy_port,
             rec_port,
+            mixed_port,
+            mixed_proxy_port,
             target: None,
+            mixed_target: None,
             bastion: None,
             proxy: None,
             rec_proxy: None,
@@ -214,6 +229,12 @@ port = {target_port}
         self.bastion = None;
         self.target = Some(self.sshd(self.target_port, cipher)?);
         self.bastion = Some(self.sshd(self.bastion_port, cipher)?);
+        if self.mixed_target.is_none() {
+            // A target with OpenSSH's usual choice of ciphers: the client picks its own hop's
+            // cipher and the proxy picks the upstream one.
+            let all = CIPHERS.map(|(_, c)| c).join(",");
+            self.mixed_target = Some(self.sshd(self.mixed_port, &all)?);
+        }
         if self.proxy.is_none() {
             let child = Command::new(&self.portcullis)
                 .args(["run", "--config"])
@@ -266,6 +287,7 @@ port = {target_port}
         match variant {
             "direct" => a.extend(["-i".into(), key, "-p".into(), self.target_port.to_string()]),
             "proxied" => a.extend(["-p".into(), self.proxy_port.to_string()]),
+            "mixed" => a.extend(["-p".into(), self.mixed_proxy_port.to_string()]),
             "recorded" => a.extend(["-p".into(), self.rec_port.to_string()]),
             _ => {
                 let hop = format!(
@@ -318,6 +340,7 @@ impl Drop for Bed {
         self.proxy = None;
         self.rec_proxy = None;
         self.target = None;
+        self.mixed_target = None;
         self.bastion = None;
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -331,35 +354,50 @@ pub fn run_group(quick: bool, portcullis: &Path) -> Result<Map<String, Value>> {
     let mut bed = Bed::new(portcullis)?;
     let bytes: u64 = if quick { 256 << 20 } else { 1 << 30 };
     let rounds = if quick { 1 } else { 3 };
-    let variants = ["direct", "proxied", "proxyjump", "recorded"];
     let mut m = Map::new();
     let mut connect: std::collections::HashMap<&str, Vec<f64>> = Default::default();
     for (cname, cipher) in CIPHERS {
         bed.start(cipher)?;
+        // "mixed": a target offering both ciphers, so the upstream hop is the proxy's own
+        // choice (AES-GCM with hardware AES) while the client's hop stays `cipher`.
+        let variants: &[&str] = if cname == "chacha" {
+            &["direct", "proxied", "proxyjump", "recorded", "mixed"]
+        } else {
+            &["direct", "proxied", "proxyjump", "recorded"]
+        };
         for dir in ["down", "up"] {
             let mut tput: std::collections::HashMap<&str, Vec<f64>> = Default::default();
-            let (mut proxy_cpu, mut sshd_cpu, mut proxied_bytes) = (0.0, 0.0, 0u64);
+            let mut cpu: std::collections::HashMap<&str, (f64, f64)> = Default::default();
+            let mut proxied_bytes = 0u64;
             for _ in 0..rounds {
-                for v in variants {
+                for &v in variants {
                     let pp = bed.proxy.as_ref().unwrap().0.id();
-                    let tp = bed.target.as_ref().unwrap().0.id();
+                    let target = match v {
+                        "mixed" => &bed.mixed_target,
+                        _ => &bed.target,
+                    };
+                    let tp = target.as_ref().unwrap().0.id();
                     let (p0, s0) = (cpu_secs(pp, false), cpu_secs(tp, true));
                     let secs = bed.transfer(v, cipher, dir == "down", bytes)?;
-                    if v == "proxied" {
+                    if v == "proxied" || v == "mixed" {
                         // The connection's sshd child is reaped by the listener when it ends.
                         std::thread::sleep(Duration::from_millis(100));
-                        proxy_cpu += cpu_secs(pp, false) - p0;
-                        sshd_cpu += cpu_secs(tp, true) - s0;
-                        proxied_bytes += bytes;
+                        let c = cpu.entry(v).or_default();
+                        c.0 += cpu_secs(pp, false) - p0;
+                        c.1 += cpu_secs(tp, true) - s0;
+                        if v == "proxied" {
+                            proxied_bytes += bytes;
+                        }
                     }
                     tput.entry(v)
                         .or_default()
                         .push(bytes as f64 / (1 << 20) as f64 / secs);
                 }
             }
-            for v in variants {
+            for &v in variants {
                 let name = match v {
                     "recorded" => format!("ssh.throughput_mibs.recording_on.{cname}.{dir}"),
+                    "mixed" => format!("ssh.throughput_mibs.proxied_upstream_aes.{cname}.{dir}"),
                     _ => format!("ssh.throughput_mibs.{v}.{cname}.{dir}"),
                 };
                 m.insert(name, median(tput[v].clone()).into());
@@ -372,14 +410,18 @@ pub fn run_group(quick: bool, portcullis: &Path) -> Result<Map<String, Value>> {
             // Recordings of 1 GiB transfers are not kept.
             let _ = std::fs::remove_dir_all(bed.dir.join("rec"));
             let gib = proxied_bytes as f64 / (1u64 << 30) as f64;
-            m.insert(
-                format!("ssh.cpu_s_per_gib.proxy.{cname}.{dir}"),
-                (proxy_cpu / gib).into(),
-            );
-            m.insert(
-                format!("ssh.cpu_s_per_gib.sshd.{cname}.{dir}"),
-                (sshd_cpu / gib).into(),
-            );
+            for (v, suffix) in [("proxied", ""), ("mixed", "_upstream_aes")] {
+                if let Some((proxy_cpu, sshd_cpu)) = cpu.get(v) {
+                    m.insert(
+                        format!("ssh.cpu_s_per_gib.proxy{suffix}.{cname}.{dir}"),
+                        (proxy_cpu / gib).into(),
+                    );
+                    m.insert(
+                        format!("ssh.cpu_s_per_gib.sshd{suffix}.{cname}.{dir}"),
+                        (sshd_cpu / gib).into(),
+                    );
+                }
+            }
         }
         if cname == "chacha" {
             for _ in 0..(if quick { 5 } else { 15 }) {

@@ -145,10 +145,13 @@ pub async fn connect(
         key: key.clone(),
         front,
     };
-    let handle = tokio::time::timeout(CONNECT_TIMEOUT, client::connect_stream(config, stream, up))
-        .await
-        .map_err(|_| UpstreamError::Timeout(CONNECT_TIMEOUT))?
-        .map_err(UpstreamError::Ssh)?;
+    let handle = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        client::connect_stream(config, crate::proxy::buffered(stream), up),
+    )
+    .await
+    .map_err(|_| UpstreamError::Timeout(CONNECT_TIMEOUT))?
+    .map_err(UpstreamError::Ssh)?;
     let host_key = key
         .lock()
         .unwrap_or_else(|e| e.into_inner())

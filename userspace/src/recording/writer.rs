@@ -14,15 +14,13 @@ use std::{
 };
 
 use bytes::Bytes;
-use hpke::{aead::ChaCha20Poly1305, kdf::HkdfSha256, kem::X25519HkdfSha256, OpModeS, Serializable};
 use tokio::sync::mpsc;
 
 use super::{
     format::{self, ExitData, Header, PtyInfo},
     keys::PublicKey,
+    seal::{SealError, Sealer},
 };
-
-type SenderCtx = hpke::aead::AeadCtxS<ChaCha20Poly1305, HkdfSha256, X25519HkdfSha256>;
 
 /// A block's plaintext grows to about this much before it is sealed.
 pub const BLOCK: usize = 64 * 1024;
@@ -37,7 +35,7 @@ pub enum RecordingError {
         source: std::io::Error,
     },
     #[error("sealing the recording failed: {0}")]
-    Seal(String),
+    Seal(#[from] SealError),
     #[error(transparent)]
     Format(#[from] format::FormatError),
     #[error("the recording stopped: {0}")]
@@ -100,13 +98,11 @@ impl Recorder {
             .mode(0o600)
             .open(&path)
             .map_err(io)?;
-        let (enc, ctx) =
-            hpke::setup_sender::<ChaCha20Poly1305, HkdfSha256, X25519HkdfSha256>(&OpModeS::Base, key, &[])
-                .map_err(|e| RecordingError::Seal(format!("{e:?}")))?;
+        let (ctx, enc) = Sealer::new(key)?;
         let header = Header {
             started_at: unix_now(),
             data_size: 0,
-            encapsulated_key: enc.to_bytes().iter().map(|b| format!("{b:02x}")).collect(),
+            encapsulated_key: enc.iter().map(|b| format!("{b:02x}")).collect(),
             pty,
             exit_data: None,
             request,
@@ -187,7 +183,7 @@ impl Recorder {
 struct Writer {
     file: File,
     path: PathBuf,
-    ctx: SenderCtx,
+    ctx: Sealer,
     header: Header,
     start: Instant,
     plain: Vec<u8>,
@@ -260,11 +256,7 @@ impl Writer {
         if self.plain.is_empty() {
             return Ok(());
         }
-        let tag = self
-            .ctx
-            .seal_inout_detached(self.plain.as_mut_slice().into(), &[])
-            .map_err(|e| RecordingError::Seal(format!("{e:?}")))?;
-        let tag = tag.to_bytes();
+        let tag = self.ctx.seal_in_place(&mut self.plain)?;
         let len = ((self.plain.len() + tag.len()) as u32).to_be_bytes();
         // One writev per block, straight from the sealed buffer: a crash leaves whole
         // blocks or a cut last one, never an interleaving.
