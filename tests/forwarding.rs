@@ -1,5 +1,6 @@
-//! Port forwarding through the proxy: refused (and audited) unless the allowing policy
-//! grants it; then `ssh -L` works end to end. Needs root (sshd).
+//! Forwarding through the proxy — ports (`-L`, `-R`), the agent (`-A`) and X11 (`-Y`):
+//! refused (and audited) unless the allowing policy grants it; then it works end to end.
+//! Needs root (sshd).
 
 mod support;
 
@@ -34,7 +35,7 @@ action = "allow"
 precedence = 0
 include = [{ group = "ops" }]
 logins = ["root"]
-forwarding = ["local", "remote", "agent"]
+forwarding = ["local", "remote", "agent", "x11"]
 "#;
 
 /// A one-shot echo server on loopback.
@@ -327,4 +328,131 @@ fn agent_forwarding_works_only_when_the_policy_allows_it() {
         String::from_utf8_lossy(&o.stdout)
     );
     assert!(g.audit().iter().any(|e| e["reason"] == "agent_forwarding"));
+}
+
+/// A stand-in X server on the client's side: accepts one connection, reads the X11
+/// connection setup, and answers with a marker. Returns the display number and a receiver
+/// for the authorisation protocol name it was shown.
+fn fake_x_server() -> (u16, std::sync::mpsc::Receiver<String>) {
+    let (l, display) = (100u16..400)
+        .find_map(|n| TcpListener::bind(("127.0.0.1", 6000 + n)).ok().map(|l| (l, n)))
+        .expect("a free X display port");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let Ok((mut c, _)) = l.accept() else { return };
+        let mut head = [0u8; 12];
+        if c.read_exact(&mut head).is_err() {
+            return;
+        }
+        let name_len = u16::from_le_bytes([head[6], head[7]]) as usize;
+        let data_len = u16::from_le_bytes([head[8], head[9]]) as usize;
+        let padded = |n: usize| n.div_ceil(4) * 4;
+        let mut rest = vec![0u8; padded(name_len) + padded(data_len)];
+        if c.read_exact(&mut rest).is_err() {
+            return;
+        }
+        let _ = tx.send(String::from_utf8_lossy(&rest[..name_len]).into_owned());
+        let _ = c.write_all(b"XOK-FAKE");
+    });
+    (display, rx)
+}
+
+/// Plays an X client on the target: connects to the forwarded display with the cookie the
+/// target's xauth holds (sshd's X listener is on the target's loopback, which is ours).
+fn x_client(display: &str, xauth_line: &str) -> String {
+    let n: u16 = display
+        .rsplit_once(':')
+        .and_then(|(_, d)| d.split('.').next())
+        .and_then(|d| d.parse().ok())
+        .unwrap_or_else(|| panic!("DISPLAY {display:?}"));
+    let mut f = xauth_line.split_whitespace().skip(1);
+    let (proto, cookie) = (f.next().unwrap(), f.next().unwrap());
+    let cookie: Vec<u8> = (0..cookie.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&cookie[i..i + 2], 16).unwrap())
+        .collect();
+    let pad = |b: &[u8]| {
+        let mut v = b.to_vec();
+        v.resize(b.len().div_ceil(4) * 4, 0);
+        v
+    };
+    let mut req = vec![b'l', 0, 11, 0, 0, 0];
+    req.extend((proto.len() as u16).to_le_bytes());
+    req.extend((cookie.len() as u16).to_le_bytes());
+    req.extend([0, 0]);
+    req.extend(pad(proto.as_bytes()));
+    req.extend(pad(&cookie));
+    let mut s = TcpStream::connect(("127.0.0.1", 6000 + n)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(&req).unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// `ssh -Y` with DISPLAY pointing at the fake server; the remote side prints its DISPLAY
+/// and xauth entry, then waits for the test to play the X client.
+fn with_x11(g: &Gateway, display: u16) -> (Child, std::io::BufReader<std::process::ChildStdout>) {
+    let mut c = g
+        .ssh(
+            &["-Y", "-o", "ForwardX11Trusted=yes"],
+            &[
+                "root@127.0.0.1",
+                "echo \"display=$DISPLAY\"; xauth list; sleep 20",
+            ],
+        )
+        .env("DISPLAY", format!("127.0.0.1:{display}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = std::io::BufReader::new(c.stdout.take().unwrap());
+    (c, out)
+}
+
+#[test]
+fn x11_forwarding_works_only_when_the_policy_allows_it() {
+    use std::io::BufRead;
+    if !support::privileged() {
+        return;
+    }
+    // Refused by default: the target gets no DISPLAY.
+    let g = Gateway::start(Path::new(BIN), &GatewayOptions::default());
+    let (display, _) = fake_x_server();
+    let (mut c, mut out) = with_x11(&g, display);
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let _ = c.kill();
+    let _ = c.wait();
+    assert_eq!(line.trim(), "display=", "{line}");
+    assert!(
+        g.audit().iter().any(|e| e["reason"] == "x11_forwarding_refused"),
+        "{:?}",
+        g.audit()
+    );
+    drop(g);
+
+    // Granted: an X client on the target reaches the client's display, and the client swaps
+    // the target's cookie for its own on the way.
+    let g = granting();
+    let (display, seen) = fake_x_server();
+    let (mut c, mut out) = with_x11(&g, display);
+    let (mut d, mut x) = (String::new(), String::new());
+    out.read_line(&mut d).unwrap();
+    out.read_line(&mut x).unwrap();
+    let d = d.trim().strip_prefix("display=").unwrap_or_default().to_string();
+    assert!(!d.is_empty() && x.contains("MIT-MAGIC-COOKIE-1"), "{d:?} {x:?}");
+    let answer = x_client(&d, &x);
+    let _ = c.kill();
+    let _ = c.wait();
+    assert_eq!(answer, "XOK-FAKE");
+    assert_eq!(
+        seen.recv_timeout(Duration::from_secs(5)).unwrap(),
+        "MIT-MAGIC-COOKIE-1"
+    );
+    let reasons: Vec<String> = g.audit().iter().map(|e| e["reason"].to_string()).collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("\"x11_forwarding\"")),
+        "{reasons:?}"
+    );
 }

@@ -47,6 +47,8 @@ pub struct Policy {
     pub remote_forwarding: bool,
     /// Allow agent forwarding (`ssh -A`) to the target.
     pub agent_forwarding: bool,
+    /// Allow X11 forwarding (`ssh -X` / `-Y`): the target's X clients reach the client's display.
+    pub x11_forwarding: bool,
 }
 
 /// Which targets an application covers: a hostname (lowercase) or every target (`*`),
@@ -107,6 +109,7 @@ pub struct Decision {
     pub local_forwarding: bool,
     pub remote_forwarding: bool,
     pub agent_forwarding: bool,
+    pub x11_forwarding: bool,
 }
 
 /// The policies that apply to one port of a hostname, in precedence order.
@@ -234,6 +237,7 @@ impl Engine {
                         local_forwarding: false,
                         remote_forwarding: false,
                         agent_forwarding: false,
+                        x11_forwarding: false,
                     };
                 }
                 Action::Allow if login_allowed(p, r) => {
@@ -246,6 +250,7 @@ impl Engine {
                         local_forwarding: p.local_forwarding,
                         remote_forwarding: p.remote_forwarding,
                         agent_forwarding: p.agent_forwarding,
+                        x11_forwarding: p.x11_forwarding,
                     };
                 }
                 Action::Allow => {
@@ -272,6 +277,7 @@ impl Engine {
                     local_forwarding: false,
                     remote_forwarding: false,
                     agent_forwarding: false,
+                    x11_forwarding: false,
                 }
             }
             None => {
@@ -286,6 +292,7 @@ impl Engine {
                     local_forwarding: false,
                     remote_forwarding: false,
                     agent_forwarding: false,
+                    x11_forwarding: false,
                 }
             }
         }
@@ -389,6 +396,7 @@ mod tests {
             local_forwarding: false,
             remote_forwarding: false,
             agent_forwarding: false,
+            x11_forwarding: false,
         }
     }
 
@@ -560,6 +568,7 @@ mod tests {
                     local_forwarding: false,
                     remote_forwarding: false,
                     agent_forwarding: false,
+                    x11_forwarding: false,
                 },
             )
     }

@@ -22,6 +22,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("/usr/sbin/nft", "nftables"),
     ("/usr/bin/nsenter", "util-linux"),
     ("/usr/bin/tmux", "tmux"),
+    // sshd offers X11 forwarding only with xauth installed.
+    ("/usr/bin/xauth", "xauth"),
 ];
 
 const BPF_LINKER: &str = "0.13.0";

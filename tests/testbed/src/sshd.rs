@@ -47,8 +47,11 @@ impl Sshd {
         let mut cfg = format!(
             "ListenAddress {addr}\nHostKey {}\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n\
              KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile none\nLogLevel VERBOSE\n\
-             Subsystem sftp internal-sftp\nAcceptEnv LANG PORTCULLIS_*\nAllowTcpForwarding yes\nX11Forwarding no\n",
-            key.display()
+             Subsystem sftp internal-sftp\nAcceptEnv LANG PORTCULLIS_*\nAllowTcpForwarding yes\nX11Forwarding yes\n\
+             SetEnv XAUTHORITY={}\n",
+            key.display(),
+            // sshd's xauth writes the forwarded display's cookie here, not in root's home.
+            dir.join("xauthority").display()
         );
         if let Some(ca) = &opts.trusted_ca {
             std::fs::write(dir.join("ca.pub"), ca).unwrap();

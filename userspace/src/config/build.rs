@@ -503,15 +503,20 @@ fn policies(c: &Config, apps: &[Application], names: &HashMap<String, u16>) -> R
                 format!("policy {name:?}: an allow policy needs `logins` or `email_prefix_login = true`"),
             ));
         }
-        let (mut local_forwarding, mut remote_forwarding, mut agent_forwarding) = (false, false, false);
+        let (mut local_forwarding, mut remote_forwarding, mut agent_forwarding, mut x11_forwarding) =
+            (false, false, false, false);
         for f in &p.forwarding {
             match f.get_ref().as_str() {
                 "local" => local_forwarding = true,
                 "remote" => remote_forwarding = true,
                 "agent" => agent_forwarding = true,
-                other => {
-                    return Err(Bad::at(f.span(), format!("policy.forwarding {other:?}: expected \"local\", \"remote\" or \"agent\" (X11 forwarding is not supported)")))
-                }
+                "x11" => x11_forwarding = true,
+                other => return Err(Bad::at(
+                    f.span(),
+                    format!(
+                        "policy.forwarding {other:?}: expected \"local\", \"remote\", \"agent\" or \"x11\""
+                    ),
+                )),
             }
         }
         let sel = |v: &Vec<toml::Spanned<SelectorConfig>>| {
@@ -530,6 +535,7 @@ fn policies(c: &Config, apps: &[Application], names: &HashMap<String, u16>) -> R
             local_forwarding,
             remote_forwarding,
             agent_forwarding,
+            x11_forwarding,
         });
     }
     Ok(out)

@@ -368,11 +368,11 @@ email_prefix_login = true
 
         let t = BASE.replace(
             "email_prefix_login = true",
-            "email_prefix_login = true\nforwarding = [\"local\", \"x11\"]",
+            "email_prefix_login = true\nforwarding = [\"local\", \"tun\"]",
         );
         let e = err(&t);
         assert!(
-            e.contains("policy.forwarding \"x11\"") && e.contains("not supported"),
+            e.contains("policy.forwarding \"tun\"") && e.contains("\"x11\""),
             "{e}"
         );
     }

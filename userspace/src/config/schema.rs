@@ -280,7 +280,8 @@ pub struct PolicyConfig {
     #[serde(default)]
     pub email_prefix_login: bool,
     /// What an allowed session may do beyond a shell, command or subsystem: `"local"`
-    /// (`ssh -L`), `"remote"` (`ssh -R`), `"agent"` (`ssh -A`). Everything else stays refused.
+    /// (`ssh -L`), `"remote"` (`ssh -R`), `"agent"` (`ssh -A`), `"x11"` (`ssh -X`/`-Y`).
+    /// Everything else stays refused.
     #[serde(default)]
     pub forwarding: Vec<Spanned<String>>,
 }

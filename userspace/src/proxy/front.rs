@@ -124,6 +124,8 @@ pub struct Front {
     remote_forwarding: bool,
     /// … and the client's agent (`ssh -A`).
     agent_forwarding: bool,
+    /// … and X11 (`ssh -X`/`-Y`).
+    x11_forwarding: bool,
 }
 
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -146,6 +148,7 @@ impl Front {
             local_forwarding: false,
             remote_forwarding: false,
             agent_forwarding: false,
+            x11_forwarding: false,
         }
     }
 
@@ -210,6 +213,7 @@ impl Front {
             pty: true,
             port_forwarding: d.local_forwarding || d.remote_forwarding,
             agent_forwarding: d.agent_forwarding,
+            x11_forwarding: d.x11_forwarding,
             ..Default::default()
         };
         let principal = match ctx.ca_cfg.principal {
@@ -250,6 +254,7 @@ impl Front {
                 self.local_forwarding = d.local_forwarding;
                 self.remote_forwarding = d.remote_forwarding;
                 self.agent_forwarding = d.agent_forwarding;
+                self.x11_forwarding = d.x11_forwarding;
                 let mut s = self.event("session.start");
                 s.login = Some(login.to_string());
                 s.decision = Some("allow");
@@ -764,19 +769,42 @@ impl server::Handler for Front {
         Ok(())
     }
 
-    /// X11 forwarding is never relayed: refused (with a reply, so the client's queue of
-    /// expected replies stays in step) and audited.
+    /// X11 forwarding, when the allowing policy grants it: the request (with the client's
+    /// fake cookie — the client swaps in the real one when a connection comes back) goes
+    /// upstream, the target's answer comes back, and the target's X connections return
+    /// through `Up`. Refused otherwise; always answered, so the client's queue of expected
+    /// replies stays in step, and audited either way.
     async fn x11_request(
         &mut self,
         id: ChannelId,
-        _single: bool,
-        _protocol: &str,
-        _cookie: &str,
-        _screen: u32,
+        single: bool,
+        protocol: &str,
+        cookie: &str,
+        screen: u32,
         s: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.channel_event("x11_forwarding_refused", None);
-        s.channel_failure(id)
+        let up = self
+            .up(id)
+            .filter(|_| self.x11_forwarding && !self.refused.contains(&id));
+        let Some(w) = up else {
+            self.channel_event("x11_forwarding_refused", None);
+            return s.channel_failure(id);
+        };
+        w.request_x11(true, single, protocol, cookie, screen).await?;
+        let ok = self.await_reply(id).await;
+        self.channel_event(
+            if ok {
+                "x11_forwarding"
+            } else {
+                "x11_forwarding_failed"
+            },
+            Some(format!("screen {screen}")),
+        );
+        if ok {
+            s.channel_success(id)
+        } else {
+            s.channel_failure(id)
+        }
     }
 
     // Other forwarding is refused unless the allowing policy grants it; audited either way.
@@ -788,13 +816,7 @@ impl server::Handler for Front {
         // Forwarded upstream; russh answers the client with what the target answered.
         let Some(w) = self.up(id) else { return Ok(false) };
         w.agent_forward(true).await?;
-        let ok = match self.chans.get_mut(&id) {
-            Some(c) => matches!(
-                tokio::time::timeout(REPLY_TIMEOUT, c.replies.recv()).await,
-                Ok(Some(true))
-            ),
-            None => false,
-        };
+        let ok = self.await_reply(id).await;
         self.channel_event(
             if ok {
                 "agent_forwarding"

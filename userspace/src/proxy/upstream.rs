@@ -58,6 +58,24 @@ impl client::Handler for Up {
         Ok(())
     }
 
+    /// An X client on the target connected to the forwarded display (only after a forwarded
+    /// `ssh -X`, which the policy must allow): open an X11 channel to the client and join them.
+    async fn server_channel_open_x11(
+        &mut self,
+        channel: russh::Channel<client::Msg>,
+        originator_address: &str,
+        originator_port: u32,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        let down = match self.front.get() {
+            Some(front) => Some(front.channel_open_x11(originator_address, originator_port).await),
+            None => None,
+        };
+        bridge(down, channel, reply).await;
+        Ok(())
+    }
+
     /// The target accepted a connection on a port forwarded with `ssh -R` (only requested
     /// when the policy allows it): open the matching channel to the client and join them.
     async fn server_channel_open_forwarded_tcpip(
