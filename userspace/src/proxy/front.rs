@@ -214,7 +214,6 @@ impl Front {
             port_forwarding: d.local_forwarding || d.remote_forwarding,
             agent_forwarding: d.agent_forwarding,
             x11_forwarding: d.x11_forwarding,
-            ..Default::default()
         };
         let principal = match ctx.ca_cfg.principal {
             PrincipalConfig::Login => login,
