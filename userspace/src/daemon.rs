@@ -178,7 +178,19 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
         sig(SignalKind::terminate())?,
         sig(SignalKind::interrupt())?,
     );
-    let path: PathBuf = config_path.to_owned();
+    // Reloads run beside the accept loop: parsing a large configuration and syncing the maps
+    // take a second or more, and connections keep being served meanwhile. One pending
+    // request is enough — a reload always reads the file as it is then.
+    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let reloader = {
+        let (state, path): (_, PathBuf) = (state.clone(), config_path.to_owned());
+        tokio::spawn(async move {
+            while reload_rx.recv().await.is_some() {
+                reload(&path, dp.as_mut(), &state).await;
+            }
+            dp
+        })
+    };
     loop {
         let accepted = tokio::select! {
             r = listeners.v4.accept() => r,
@@ -192,7 +204,7 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
                 if let Err(e) = audit.reopen() {
                     tracing::error!(error = %e, "reopening the audit file failed; still writing to the old one");
                 }
-                reload(&path, dp.as_mut(), &state).await;
+                let _ = reload_tx.try_send(());
                 continue;
             }
             _ = term.recv() => break,
@@ -217,6 +229,9 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
             }
         }
     }
+    // A reload in progress finishes before the daemon exits.
+    drop(reload_tx);
+    let _dp = reloader.await;
     tracing::info!("stopping; the dataplane stays installed and refuses protected flows until the next start (`portcullis down` removes it)");
     Ok(())
 }
@@ -234,7 +249,14 @@ async fn accept_opt(
 /// swaps the snapshot. Anything invalid is rejected and the old configuration keeps serving;
 /// connections in flight keep the snapshot they started with.
 async fn reload(path: &Path, dp: Option<&mut Dataplane>, state: &ArcSwap<Snapshot>) {
-    let loaded = config::load(path);
+    let p = path.to_owned();
+    let loaded = match tokio::task::spawn_blocking(move || config::load(&p)).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "reload failed; the previous configuration keeps serving");
+            return;
+        }
+    };
     let applied = match (&loaded, dp) {
         (Ok(new), Some(dp)) => dp.apply(&new.targets).await,
         _ => Ok(()),

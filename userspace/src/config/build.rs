@@ -511,12 +511,14 @@ fn policies(c: &Config, apps: &[Application], names: &HashMap<String, u16>) -> R
                 "remote" => remote_forwarding = true,
                 "agent" => agent_forwarding = true,
                 "x11" => x11_forwarding = true,
-                other => return Err(Bad::at(
-                    f.span(),
-                    format!(
+                other => {
+                    return Err(Bad::at(
+                        f.span(),
+                        format!(
                         "policy.forwarding {other:?}: expected \"local\", \"remote\", \"agent\" or \"x11\""
                     ),
-                )),
+                    ))
+                }
             }
         }
         let sel = |v: &Vec<toml::Spanned<SelectorConfig>>| {
