@@ -1027,3 +1027,24 @@ fn exit_status_survives_client_closing_first() {
     );
     proxied.exit();
 }
+
+/// Keepalives from both ends are answered: the client's (`ServerAliveInterval`, a global
+/// request to the proxy) and the target's (`ClientAliveInterval`, a channel request to the
+/// proxy's upstream connection). Either side hangs up after two unanswered ones, so an idle
+/// five-second command would be cut off.
+#[test]
+fn keepalives_from_either_end_are_answered() {
+    let Some(bed) = Bed::new(GatewayOptions {
+        sshd_extra: vec!["ClientAliveInterval 1".into(), "ClientAliveCountMax 2".into()],
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let o = bed.exec_with(
+        &["ServerAliveInterval=1", "ServerAliveCountMax=2"],
+        "sleep 5; echo alive",
+        0,
+        "an idle session with keepalives both ways",
+    );
+    assert_eq!(stdout(&o), "alive\n", "{}", bed.diag(Some(&o)));
+}

@@ -115,6 +115,8 @@ fn crypto(quick: bool) -> Result<Map<String, Value>> {
         &[
             "seal/block_64k",
             "seal/block_64k_hpke_crate",
+            "ssh_cipher/chacha20_poly1305_relay_32k",
+            "ssh_cipher/aes128_gcm_relay_32k",
             "cert_mint",
             "hostkey_derive",
         ],
@@ -130,6 +132,16 @@ fn crypto(quick: bool) -> Result<Map<String, Value>> {
         "seal.mib_s.hpke_crate".into(),
         (65536.0 / ns("seal/block_64k_hpke_crate") * 1e9 / 1048576.0).into(),
     );
+    // Cipher work alone per GiB relayed (one open and one seal per 32 KiB packet).
+    for (c, id) in [
+        ("chacha", "ssh_cipher/chacha20_poly1305_relay_32k"),
+        ("aes", "ssh_cipher/aes128_gcm_relay_32k"),
+    ] {
+        out.insert(
+            format!("crypto.relay_cipher_s_per_gib.{c}"),
+            (ns(id) * 32768.0 / 1e9).into(),
+        );
+    }
     out.insert("cert.mint_per_s".into(), (1e9 / ns("cert_mint")).into());
     out.insert("hostkey.derive_per_s".into(), (1e9 / ns("hostkey_derive")).into());
     Ok(out)

@@ -121,7 +121,12 @@ impl Sshd {
         }
         let mut pids = Vec::new();
         descendants(self.pid(), &mut pids);
-        for p in pids {
+        // Freeze the whole tree first: killed one by one, a session's shell could see its
+        // command die and sshd report a clean exit before sshd itself is killed.
+        for &p in &pids {
+            unsafe { libc::kill(p as i32, libc::SIGSTOP) };
+        }
+        for &p in &pids {
             unsafe { libc::kill(p as i32, libc::SIGKILL) };
         }
     }
