@@ -1048,3 +1048,145 @@ fn keepalives_from_either_end_are_answered() {
     );
     assert_eq!(stdout(&o), "alive\n", "{}", bed.diag(Some(&o)));
 }
+
+/// `ssh-keygen` in `dir`: a new Ed25519 key `name` (and `name.pub`); returns the public line.
+fn keygen(dir: &Path, name: &str) -> String {
+    let k = dir.join(name);
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&k)
+        .status()
+        .unwrap();
+    assert!(st.success(), "ssh-keygen {name}");
+    std::fs::read_to_string(k.with_extension("pub"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+fn fingerprint(pub_file: &Path) -> String {
+    let o = Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(pub_file)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("portcullis-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A target's host key can be pinned (`host_keys`: key lines or SHA256 fingerprints): the
+/// pinned key logs in; any other is refused before the client is answered, and audited.
+#[test]
+fn pinned_host_keys_are_enforced() {
+    if !root() {
+        return;
+    }
+    let keys = scratch("pins");
+    let host_line = keygen(&keys, "host");
+    let other_line = keygen(&keys, "other");
+    let fp = fingerprint(&keys.join("host.pub"));
+    for pins in [format!("{host_line:?}"), format!("{fp:?}, {other_line:?}")] {
+        let bed = Bed::new(GatewayOptions {
+            sshd_host_key: Some(keys.join("host")),
+            target_extra: format!("host_keys = [{pins}]"),
+            ..Default::default()
+        })
+        .unwrap();
+        let o = bed.exec("echo pinned", 0, "the pinned key");
+        assert_eq!(stdout(&o), "pinned\n", "{}", bed.diag(Some(&o)));
+    }
+    let bed = Bed::new(GatewayOptions {
+        sshd_host_key: Some(keys.join("host")),
+        target_extra: format!("host_keys = [{other_line:?}]"),
+        ..Default::default()
+    })
+    .unwrap();
+    bed.exec("id", 255, "a key that is not pinned");
+    let d = bed.expect_deny(json!({ "reason": "hostkey_rejected" }));
+    let why = d["rule"].as_str().unwrap_or_default();
+    assert!(
+        why.contains(&fp) && why.contains("not pinned"),
+        "{}",
+        bed.diag_event(&d)
+    );
+    assert!(bed.events("session.start").is_empty(), "{}", bed.diag(None));
+    let _ = std::fs::remove_dir_all(&keys);
+}
+
+/// With `[upstream] host_ca_keys` a target must show a host certificate from one of those
+/// CAs that names it (hostname or address): such a target logs in; a plain key, another
+/// CA's certificate or one for another host is refused and audited.
+#[test]
+fn host_certificates_are_checked_against_the_host_ca() {
+    if !root() {
+        return;
+    }
+    let keys = scratch("hostca");
+    let ca_line = keygen(&keys, "hostca");
+    keygen(&keys, "rogueca");
+    keygen(&keys, "host");
+    let sign = |ca: &str, principals: &str, out: &str| {
+        std::fs::copy(keys.join("host.pub"), keys.join(format!("{out}.pub"))).unwrap();
+        let st = Command::new("ssh-keygen")
+            .args(["-q", "-h", "-I", "web-01", "-n", principals, "-s"])
+            .arg(keys.join(ca))
+            .arg(keys.join(format!("{out}.pub")))
+            .status()
+            .unwrap();
+        assert!(st.success(), "sign {out}");
+        keys.join(format!("{out}-cert.pub"))
+    };
+    let cases = [
+        (
+            Some(sign("hostca", "web-01", "good")),
+            true,
+            "a certificate naming the target",
+        ),
+        (
+            Some(sign("hostca", "127.0.0.1", "byaddr")),
+            true,
+            "one naming its address",
+        ),
+        (None, false, "a plain host key"),
+        (
+            Some(sign("rogueca", "web-01", "rogue")),
+            false,
+            "another CA's certificate",
+        ),
+        (
+            Some(sign("hostca", "db-01", "elsewhere")),
+            false,
+            "a certificate for another host",
+        ),
+    ];
+    for (cert, ok, what) in cases {
+        let bed = Bed::new(GatewayOptions {
+            sshd_host_key: Some(keys.join("host")),
+            sshd_extra: cert
+                .iter()
+                .map(|c| format!("HostCertificate {}", c.display()))
+                .collect(),
+            extra: format!("\n[upstream]\nhost_ca_keys = [{ca_line:?}]\n"),
+            ..Default::default()
+        })
+        .unwrap();
+        if ok {
+            let o = bed.exec("echo certified", 0, what);
+            assert_eq!(stdout(&o), "certified\n", "{what}{}", bed.diag(Some(&o)));
+        } else {
+            bed.exec("id", 255, what);
+            bed.expect_deny(json!({ "reason": "hostkey_rejected" }));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&keys);
+}

@@ -82,6 +82,7 @@ fn context(l: &config::Loaded, audit: &Arc<Audit>) -> Result<Option<Arc<Context>
 /// one consistent configuration.
 pub struct Snapshot {
     pub targets: TargetSet,
+    pub host_keys: crate::hostcheck::Rules,
     pub identities: Registry,
     pub policies: Engine,
 }
@@ -90,6 +91,7 @@ impl Snapshot {
     fn from(l: config::Loaded) -> Self {
         Self {
             targets: l.targets,
+            host_keys: l.host_keys,
             identities: l.identities,
             policies: l.policies,
         }

@@ -7,6 +7,7 @@
 //! - [`dataplane`]: the eBPF programs, pinned maps and links, policy routing, sysctls.
 //! - [`steer`]: the proxy's listeners and what an accepted connection tells us.
 //! - [`split_tunnel`]: CIDR arithmetic for WARP-style split-tunnel lists.
+//! - [`hostcheck`]: which host keys a target may present (pins, host CAs).
 //! - [`audit`]: JSON-lines audit events.
 //! - [`daemon`]: ties them together for `portcullis run`.
 
@@ -16,6 +17,7 @@ pub mod cert;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod hostcheck;
 pub mod hostkey;
 pub mod identity;
 pub mod policy;

@@ -42,6 +42,10 @@ pub struct GatewayOptions {
     pub sshd_extra: Vec<String>,
     /// Nothing listens on the target's address: the sshd is started on another port.
     pub target_down: bool,
+    /// Extra lines of the `[[target]]` (e.g. `host_keys = […]`).
+    pub target_extra: String,
+    /// The target sshd's host key (default: a new one).
+    pub sshd_host_key: Option<PathBuf>,
 }
 
 impl Gateway {
@@ -75,6 +79,7 @@ impl Gateway {
             None => "\"ops\"".to_string(),
         };
         let policy_extra = &opts.policy_extra;
+        let target_extra = &opts.target_extra;
         let config = dir.join("portcullis.toml");
         std::fs::write(
             &config,
@@ -91,6 +96,7 @@ state_dir = "{state}"
 [[target]]
 hostname = "web-01"
 ipv4 = "127.0.0.1"
+{target_extra}
 
 [[application]]
 name = "ssh"
@@ -145,7 +151,7 @@ port = {target_port}
                 .iter()
                 .map(|l| l.replace("{dir}", &dir.display().to_string()))
                 .collect(),
-            ..Default::default()
+            host_key: opts.sshd_host_key.clone(),
         };
         let target: SocketAddr = format!("127.0.0.1:{target_port}").parse().unwrap();
         let sshd_addr = if opts.target_down {

@@ -38,6 +38,7 @@ pub struct Listener {
 
 pub(super) struct Built {
     pub targets: TargetSet,
+    pub host_keys: crate::hostcheck::Rules,
     pub identities: Registry,
     pub policies: Engine,
     pub account: Option<Account>,
@@ -56,6 +57,7 @@ pub(super) fn build(
     let (vnets, names) = vnets(c)?;
     let apps = applications(c)?;
     let targets = targets(c, &names, &vnets, &apps)?;
+    let host_keys = host_keys(c, &names)?;
     let mut identities = Registry::default();
     for (source, list) in [
         (Source::Main, c.identity.as_slice()),
@@ -100,6 +102,7 @@ pub(super) fn build(
     let listeners = listeners(c, &names, &targets)?;
     Ok(Built {
         targets,
+        host_keys,
         identities,
         policies: Engine::new(&apps, policies),
         account,
@@ -378,6 +381,56 @@ fn targets(c: &Config, names: &HashMap<String, u16>, vnets: &[Vnet], apps: &[App
         vnets: vnets.to_vec(),
         addrs,
     })
+}
+
+/// Pinned host keys per (vnet, address) and the host CAs; see `hostcheck`.
+fn host_keys(c: &Config, names: &HashMap<String, u16>) -> R<crate::hostcheck::Rules> {
+    use russh::keys::{ssh_key::Fingerprint, PublicKey};
+    let key_line = |s: &toml::Spanned<String>, what: &str| {
+        PublicKey::from_openssh(s.get_ref().trim()).map_err(|e| {
+            Bad::at(
+                s.span(),
+                format!(
+                    "{what} {:?}: expected an OpenSSH public key line ({e})",
+                    s.get_ref()
+                ),
+            )
+        })
+    };
+    let mut rules = crate::hostcheck::Rules::default();
+    for t in &c.targets {
+        if t.host_keys.is_empty() {
+            continue;
+        }
+        let mut pins = Vec::new();
+        for k in &t.host_keys {
+            let text = k.get_ref().trim();
+            let fp = if text.starts_with("SHA256:") {
+                text.parse::<Fingerprint>().map_err(|e| {
+                    Bad::at(
+                        k.span(),
+                        format!("target.host_keys {text:?}: not a SHA256 fingerprint ({e})"),
+                    )
+                })?
+            } else {
+                key_line(k, "target.host_keys")?.fingerprint(russh::keys::HashAlg::Sha256)
+            };
+            pins.push(fp);
+        }
+        // `targets` has checked the vnet name and that some address is given.
+        let vnet = names.get(t.vnet.get_ref()).copied().unwrap_or_default();
+        let ips = [
+            t.ipv4.as_ref().map(|s| IpAddr::V4(*s.get_ref())),
+            t.ipv6.as_ref().map(|s| IpAddr::V6(*s.get_ref())),
+        ];
+        for ip in ips.into_iter().flatten() {
+            rules.pins.insert((vnet, ip), pins.clone());
+        }
+    }
+    for k in &c.upstream.host_ca_keys {
+        rules.cas.push(key_line(k, "upstream.host_ca_keys")?);
+    }
+    Ok(rules)
 }
 
 fn identity(reg: &mut Registry, i: &IdentityConfig, names: &HashMap<String, u16>) -> R<()> {

@@ -39,6 +39,8 @@ pub struct Loaded {
     pub path: PathBuf,
     pub config: Config,
     pub targets: TargetSet,
+    /// Which host keys targets may present.
+    pub host_keys: crate::hostcheck::Rules,
     pub identities: Registry,
     pub policies: Engine,
     pub account: Option<Account>,
@@ -105,6 +107,7 @@ fn parse_inner(path: &Path, text: &str, check_secrets: bool) -> Result<Loaded, C
         path: path.to_owned(),
         config,
         targets: built.targets,
+        host_keys: built.host_keys,
         identities: built.identities,
         policies: built.policies,
         account: built.account,
@@ -316,6 +319,35 @@ email_prefix_login = true
     fn line_of(text: &str, e: &str) -> String {
         let n: usize = e.split(':').nth(1).unwrap().parse().unwrap();
         text.lines().nth(n - 1).unwrap().to_string()
+    }
+
+    #[test]
+    fn host_key_pins_and_host_cas_are_parsed_or_named_when_bad() {
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK42LAYW0KMgWPoPEixWS+QziGH07AgkaH5dZUPINh8Z ca";
+        let fp = "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU";
+        let pinned = BASE.replace(
+            "vnet = \"corp\"\n\n[[application]]",
+            &format!("vnet = \"corp\"\nhost_keys = [\"{key}\", \"{fp}\"]\n\n[[application]]"),
+        );
+        let l = p(&format!("{pinned}\n[upstream]\nhost_ca_keys = [\"{key}\"]\n")).unwrap();
+        let ip: IpAddr = "198.18.10.10".parse().unwrap();
+        assert_eq!(l.host_keys.pins[&(1, ip)].len(), 2);
+        assert_eq!(l.host_keys.cas.len(), 1);
+
+        for (bad, what) in [
+            ("SHA256:short", "target.host_keys \"SHA256:short\""),
+            ("ssh-ed25519 garbage", "target.host_keys \"ssh-ed25519 garbage\""),
+        ] {
+            let t = BASE.replace(
+                "vnet = \"corp\"\n\n[[application]]",
+                &format!("vnet = \"corp\"\nhost_keys = [\"{bad}\"]\n\n[[application]]"),
+            );
+            let e = err(&t);
+            assert!(e.contains(what), "{e}");
+            assert!(line_of(&t, &e).starts_with("host_keys"), "{e}");
+        }
+        let e = err(&format!("{BASE}\n[upstream]\nhost_ca_keys = [\"nope\"]\n"));
+        assert!(e.contains("upstream.host_ca_keys \"nope\""), "{e}");
     }
 
     #[test]

@@ -34,6 +34,18 @@ pub struct Config {
     pub policies: Vec<PolicyConfig>,
     #[serde(default, rename = "listener")]
     pub listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+}
+
+/// The proxy's connections to targets.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Host CAs (OpenSSH public key lines): a target without `host_keys` must then show a
+    /// host certificate from one of them that names it (hostname or address).
+    #[serde(default)]
+    pub host_ca_keys: Vec<Spanned<String>>,
 }
 
 /// How the kernel dataplane is installed.
@@ -226,6 +238,11 @@ pub struct TargetConfig {
     pub ipv6: Option<Spanned<Ipv6Addr>>,
     #[serde(default = "default_vnet")]
     pub vnet: Spanned<String>,
+    /// Host keys the target may present (OpenSSH public key lines or `SHA256:` fingerprints);
+    /// empty: any (trust on first use, changes audited), or a certificate when
+    /// `[upstream] host_ca_keys` is set.
+    #[serde(default)]
+    pub host_keys: Vec<Spanned<String>>,
 }
 
 pub fn default_vnet() -> Spanned<String> {

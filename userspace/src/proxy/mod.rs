@@ -53,6 +53,8 @@ pub struct Context {
     /// The host key each target last presented, per (vnet, address).
     pub seen: Mutex<HashMap<(u16, SocketAddr), PublicKey>>,
     pub client_config: Arc<client::Config>,
+    /// The same, also asking targets for host certificates (`[upstream] host_ca_keys`).
+    pub client_config_certs: Arc<client::Config>,
     /// Session recording, when the account has a recording public key.
     pub recording: Option<RecordingSetup>,
 }
@@ -124,19 +126,30 @@ impl Context {
         audit: Arc<Audit>,
         recording: Option<RecordingSetup>,
     ) -> Self {
-        let client_config = Arc::new(client::Config {
-            preferred: preferred_upstream(),
+        let client_config = |preferred| client::Config {
+            preferred,
             nodelay: true,
             keepalive_interval: Some(Duration::from_secs(30)),
             ..Default::default()
-        });
+        };
+        let mut with_certs = preferred_upstream();
+        with_certs.host_key_certificates = Cow::Owned(
+            with_certs
+                .key
+                .iter()
+                // SHA-1 RSA certificates are not asked for.
+                .filter(|a| !matches!(a, russh::keys::Algorithm::Rsa { hash: None }))
+                .cloned()
+                .collect(),
+        );
         Self {
             secret,
             ca,
             ca_cfg,
             audit,
             seen: Mutex::new(HashMap::new()),
-            client_config,
+            client_config: Arc::new(client_config(preferred_upstream())),
+            client_config_certs: Arc::new(client_config(with_certs)),
             recording,
         }
     }
@@ -225,17 +238,19 @@ pub async fn serve(inc: Incoming, snap: Arc<Snapshot>, ctx: Option<Arc<Context>>
 
     // Upstream first: its host key decides ours.
     let front_handle: Arc<std::sync::OnceLock<server::Handle>> = Arc::default();
-    let up = match upstream::connect(
-        inc.target_addr,
-        vnet_id,
-        ctx.client_config.clone(),
-        front_handle.clone(),
-    )
-    .await
-    {
+    let check = snap.host_keys.for_target(vnet_id, target.addr, &target.target);
+    let config = match check.wants_certificate() {
+        true => ctx.client_config_certs.clone(),
+        false => ctx.client_config.clone(),
+    };
+    let up = match upstream::connect(inc.target_addr, vnet_id, config, check, front_handle.clone()).await {
         Ok(up) => up,
         Err(e) => {
-            let mut d = deny_event(&ev, "upstream_failed");
+            let reason = match e {
+                upstream::UpstreamError::HostKey(_) => "hostkey_rejected",
+                _ => "upstream_failed",
+            };
+            let mut d = deny_event(&ev, reason);
             d.rule = Some(e.to_string());
             ctx.audit.emit(&d);
             refuse(

@@ -24,10 +24,15 @@ pub enum UpstreamError {
     Timeout(Duration),
     #[error("SSH handshake failed: {0}")]
     Ssh(#[source] russh::Error),
+    #[error("{0}")]
+    HostKey(String),
 }
 
 pub struct Up {
     key: Arc<Mutex<Option<PublicKey>>>,
+    check: crate::hostcheck::Check,
+    /// Why `check` refused the target's key, for the user and the audit.
+    rejected: Arc<Mutex<Option<String>>>,
     /// The client's session, once it exists: where `ssh -R` connections are sent.
     front: Arc<std::sync::OnceLock<russh::server::Handle>>,
 }
@@ -36,8 +41,17 @@ impl client::Handler for Up {
     type Error = russh::Error;
 
     async fn check_server_key(&mut self, k: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
-        // Trust on first use is the client's decision: it sees the derived key. We record the
-        // target's key so the derivation (and the hostkey.changed audit) can use it.
+        // Pins and host CAs are checked here; without them trust on first use is the
+        // client's decision (it sees the derived key). The target's key is recorded for the
+        // derivation and the hostkey.changed audit.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        if let Err(why) = self.check.verify(k, now) {
+            *self.rejected.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+            return Ok(false);
+        }
         *self.key.lock().unwrap_or_else(|e| e.into_inner()) = Some(k.public_key().clone());
         Ok(true)
     }
@@ -138,6 +152,7 @@ pub async fn connect(
     addr: SocketAddr,
     vnet: u16,
     config: Arc<client::Config>,
+    check: crate::hostcheck::Check,
     front: Arc<std::sync::OnceLock<russh::server::Handle>>,
 ) -> Result<Connected, UpstreamError> {
     let sock = if addr.is_ipv4() {
@@ -159,8 +174,11 @@ pub async fn connect(
         .map_err(|_| UpstreamError::Timeout(CONNECT_TIMEOUT))?
         .map_err(UpstreamError::Connect)?;
     let key = Arc::new(Mutex::new(None));
+    let rejected = Arc::new(Mutex::new(None));
     let up = Up {
         key: key.clone(),
+        check,
+        rejected: rejected.clone(),
         front,
     };
     let handle = tokio::time::timeout(
@@ -169,7 +187,12 @@ pub async fn connect(
     )
     .await
     .map_err(|_| UpstreamError::Timeout(CONNECT_TIMEOUT))?
-    .map_err(UpstreamError::Ssh)?;
+    .map_err(
+        |e| match rejected.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            Some(why) => UpstreamError::HostKey(why),
+            None => UpstreamError::Ssh(e),
+        },
+    )?;
     let host_key = key
         .lock()
         .unwrap_or_else(|e| e.into_inner())
