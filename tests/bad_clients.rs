@@ -124,6 +124,17 @@ fn wait(what: &str, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn a_client_vanishing_mid_transfer_ends_the_session_cleanly() {
+    client_vanishes(false);
+}
+
+/// The same with a client that first stops reading: the proxy's relay towards it is then
+/// waiting for window space that never comes, and must still let both connections go.
+#[test]
+fn a_stalled_client_vanishing_ends_the_session_cleanly() {
+    client_vanishes(true);
+}
+
+fn client_vanishes(stall_first: bool) {
     let Some(g) = gateway() else { return };
     let pid = g.daemon_pid().unwrap();
     let before = fds(pid);
@@ -138,6 +149,11 @@ fn a_client_vanishing_mid_transfer_ends_the_session_cleanly() {
     let mut got = 0;
     while got < 20 << 20 {
         got += out.read(&mut buf).unwrap();
+    }
+    if stall_first {
+        // Stopped, the client neither reads nor grants window; the proxy fills it.
+        unsafe { libc::kill(child.id() as i32, libc::SIGSTOP) };
+        std::thread::sleep(Duration::from_millis(1500));
     }
     child.kill().unwrap();
     let _ = child.wait();

@@ -126,6 +126,8 @@ pub struct Front {
     agent_forwarding: bool,
     /// … and X11 (`ssh -X`/`-Y`).
     x11_forwarding: bool,
+    /// The tasks relaying towards the client, stopped when its connection ends.
+    tasks: Vec<tokio::task::AbortHandle>,
 }
 
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -149,6 +151,7 @@ impl Front {
             remote_forwarding: false,
             agent_forwarding: false,
             x11_forwarding: false,
+            tasks: Vec::new(),
         }
     }
 
@@ -402,6 +405,14 @@ impl Front {
         self.chans.get(&id).map(|c| c.up.clone())
     }
 
+    /// `kind` when the target agreed, `kind_failed` when it did not.
+    fn forwarding_event(&self, kind: &str, ok: bool, detail: Option<String>) {
+        match ok {
+            true => self.channel_event(kind, detail),
+            false => self.channel_event(&format!("{kind}_failed"), detail),
+        }
+    }
+
     fn channel_event(&self, kind: &str, detail: Option<String>) {
         let mut e = self.event("channel.open");
         e.reason = Some(kind.to_string());
@@ -418,7 +429,13 @@ fn reject() -> Auth {
 }
 
 impl Drop for Front {
+    /// The client's connection is over: stop what still relays towards it (a pump waiting
+    /// for a vanished client's window would keep the target's connection open), and audit
+    /// the session's end. What the client sent still drains to the target.
     fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
         if self.authorized.is_none() {
             return;
         }
@@ -521,7 +538,7 @@ impl server::Handler for Front {
         let totals = self.totals.clone();
         let rec_a = rec.clone();
         // Target → client.
-        tokio::spawn(async move {
+        let pump = tokio::spawn(async move {
             let rec = rec_a;
             // The target's EOF is held until its exit status (or close): a client that closes
             // as soon as it sees EOF (OpenSSH's multiplexing clients do) would otherwise close
@@ -618,6 +635,7 @@ impl server::Handler for Front {
                 let _ = dw.close().await;
             }
         });
+        self.tasks.push(pump.abort_handle());
         // Client → target.
         let totals = self.totals.clone();
         tokio::spawn(async move {
@@ -791,14 +809,7 @@ impl server::Handler for Front {
         };
         w.request_x11(true, single, protocol, cookie, screen).await?;
         let ok = self.await_reply(id).await;
-        self.channel_event(
-            if ok {
-                "x11_forwarding"
-            } else {
-                "x11_forwarding_failed"
-            },
-            Some(format!("screen {screen}")),
-        );
+        self.forwarding_event("x11_forwarding", ok, Some(format!("screen {screen}")));
         if ok {
             s.channel_success(id)
         } else {
@@ -816,14 +827,7 @@ impl server::Handler for Front {
         let Some(w) = self.up(id) else { return Ok(false) };
         w.agent_forward(true).await?;
         let ok = self.await_reply(id).await;
-        self.channel_event(
-            if ok {
-                "agent_forwarding"
-            } else {
-                "agent_forwarding_failed"
-            },
-            None,
-        );
+        self.forwarding_event("agent_forwarding", ok, None);
         Ok(ok)
     }
 
@@ -897,7 +901,7 @@ impl server::Handler for Front {
         };
         self.channel_event("local_forwarding", Some(dest));
         reply.accept().await;
-        super::tunnel::join(ch, up);
+        self.tasks.push(super::tunnel::join(ch, up));
         Ok(())
     }
 }

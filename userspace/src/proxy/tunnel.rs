@@ -3,11 +3,12 @@
 
 use russh::{client, server, Channel, ChannelMsg};
 
-/// Relays `down` (the client's channel) and `up` (the target's) until either side closes.
-pub fn join(down: Channel<server::Msg>, up: Channel<client::Msg>) {
+/// Relays `down` (the client's channel) and `up` (the target's) until either side closes;
+/// returns the abort handle of the task relaying towards the client.
+pub fn join(down: Channel<server::Msg>, up: Channel<client::Msg>) -> tokio::task::AbortHandle {
     let (mut dr, dw) = down.split();
     let (mut ur, uw) = up.split();
-    tokio::spawn(async move {
+    let to_client = tokio::spawn(async move {
         while let Some(m) = ur.wait().await {
             let r = match m {
                 ChannelMsg::Data { data } => dw.data_bytes(data).await,
@@ -35,4 +36,5 @@ pub fn join(down: Channel<server::Msg>, up: Channel<client::Msg>) {
         }
         let _ = uw.close().await;
     });
+    to_client.abort_handle()
 }

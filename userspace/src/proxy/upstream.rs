@@ -9,6 +9,7 @@ use std::{
 };
 
 use portcullis_common::MARK_UPSTREAM;
+use russh::server::Handle;
 use russh::{
     client,
     keys::{PublicKey, PublicKeyOrCertificate},
@@ -64,11 +65,8 @@ impl client::Handler for Up {
         reply: client::ChannelOpenHandle,
         _session: &mut client::Session,
     ) -> Result<(), Self::Error> {
-        let down = match self.front.get() {
-            Some(front) => Some(front.channel_open_agent().await),
-            None => None,
-        };
-        bridge(down, channel, reply).await;
+        let open = |f: Handle| async move { f.channel_open_agent().await };
+        bridge(self.front.get().cloned(), open, channel, reply).await;
         Ok(())
     }
 
@@ -82,11 +80,9 @@ impl client::Handler for Up {
         reply: client::ChannelOpenHandle,
         _session: &mut client::Session,
     ) -> Result<(), Self::Error> {
-        let down = match self.front.get() {
-            Some(front) => Some(front.channel_open_x11(originator_address, originator_port).await),
-            None => None,
-        };
-        bridge(down, channel, reply).await;
+        let from = originator_address.to_owned();
+        let open = |f: Handle| async move { f.channel_open_x11(from, originator_port).await };
+        bridge(self.front.get().cloned(), open, channel, reply).await;
         Ok(())
     }
 
@@ -102,42 +98,38 @@ impl client::Handler for Up {
         reply: client::ChannelOpenHandle,
         _session: &mut client::Session,
     ) -> Result<(), Self::Error> {
-        let down = match self.front.get() {
-            Some(front) => Some(
-                front
-                    .channel_open_forwarded_tcpip(
-                        connected_address,
-                        connected_port,
-                        originator_address,
-                        originator_port,
-                    )
-                    .await,
-            ),
-            None => None,
+        let (to, from) = (connected_address.to_owned(), originator_address.to_owned());
+        let open = |f: Handle| async move {
+            f.channel_open_forwarded_tcpip(to, connected_port, from, originator_port)
+                .await
         };
-        bridge(down, channel, reply).await;
+        bridge(self.front.get().cloned(), open, channel, reply).await;
         Ok(())
     }
 }
 
-/// Answers a channel the target opened: joined to the client's side if that opened
-/// (`down`), refused otherwise (no client session yet, or the client said no).
-async fn bridge(
-    down: Option<Result<russh::Channel<russh::server::Msg>, russh::Error>>,
+/// Answers a channel the target opened: `open`s its twin on the client's session and joins
+/// the two; refused when there is no client session yet, or the client said no.
+async fn bridge<F, Fut>(
+    front: Option<Handle>,
+    open: F,
     up: russh::Channel<client::Msg>,
     reply: client::ChannelOpenHandle,
-) {
-    match down {
-        Some(Ok(down)) => {
+) where
+    F: FnOnce(Handle) -> Fut,
+    Fut: std::future::Future<Output = Result<russh::Channel<russh::server::Msg>, russh::Error>>,
+{
+    let Some(front) = front else {
+        return reply
+            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+    };
+    match open(front).await {
+        Ok(down) => {
             reply.accept().await;
             super::tunnel::join(down, up);
         }
-        Some(Err(_)) => reply.reject(russh::ChannelOpenFailure::ConnectFailed).await,
-        None => {
-            reply
-                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
-                .await
-        }
+        Err(_) => reply.reject(russh::ChannelOpenFailure::ConnectFailed).await,
     }
 }
 
