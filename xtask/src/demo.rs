@@ -1,6 +1,6 @@
 //! `cargo xtask demo`: the topology of DESIGN §8 with the real daemon and its eBPF dataplane;
 //! flows from two clients in two vnets, the gateway's own traffic, a killed daemon, the
-//! counters and the audit trail. Everything is removed at the end, also on failure.
+//! counters, a decrypted session recording and the audit trail. Everything is removed at the end, also on failure.
 
 use std::{net::SocketAddr, process::Command, time::Instant};
 
@@ -89,10 +89,19 @@ pub fn run() -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("portcullis.toml");
     let instance = portcullis_testbed::unique("demo");
+    // The operator's recording key pair: the gateway gets only the public half.
+    util::output(
+        Command::new(std::fs::canonicalize(BIN)?)
+            .args(["keygen", "--output"])
+            .arg(dir.join("reckeys")),
+    )?;
     let mut text = topo.config(&dir.join("state"), &instance);
     text.push_str(&format!(
-        "\n[account]\nsecret = \"keys/account.secret\"\nca_key = \"keys/ca\"\n\n[audit]\nfile = \"{}\"\nstdout = true\n",
-        dir.join("audit.jsonl").display()
+        "\n[account]\nsecret = \"keys/account.secret\"\nca_key = \"keys/ca\"\n\
+         recording_public_key = \"reckeys/sshkey.pub\"\n\n[audit]\nfile = \"{}\"\nstdout = true\n\n\
+         [recording]\ndir = \"{}\"\n",
+        dir.join("audit.jsonl").display(),
+        dir.join("rec").display()
     ));
     std::fs::write(&config, text)?;
     let demo = Demo { topo, dir, config };
@@ -172,6 +181,20 @@ pub fn run() -> Result<()> {
         "alice (corp): ssh root@2001:db8:10::10 'echo hello over IPv6'",
         &o,
     );
+    let typed = "the launch code is 0000";
+    let o = ssh_input(
+        &t.client,
+        &kh,
+        "root@198.18.10.10",
+        "read line; echo \"target read: $line\"",
+        &format!("{typed}\n"),
+    )?;
+    show_ssh(
+        &format!("alice (corp): echo '{typed}' | ssh root@198.18.10.10 'read line; echo …'"),
+        &o,
+    );
+    expect(o.status.success(), "the session with input")?;
+    let recorded = newest_log(&demo.dir.join("rec"))?;
     let o = ssh(&t.client, "admin@198.18.10.10", "true")?;
     show_ssh(
         "alice (corp): ssh admin@198.18.10.10 true   # a login her policy does not allow",
@@ -256,7 +279,13 @@ pub fn run() -> Result<()> {
     step(6, "Counters from the pinned maps (`portcullis stats`)");
     println!("{}", indent(&demo.cli(&["stats"])?));
 
-    step(7, "Audit trail (JSON lines)");
+    step(
+        7,
+        "Sealed session recording: only the operator's private key opens it",
+    );
+    show_recording(&demo.dir, &recorded, typed)?;
+
+    step(8, "Audit trail (JSON lines)");
     d.stop();
     events.extend(d.stdout());
     for l in events {
@@ -296,6 +325,88 @@ fn show_ssh(label: &str, o: &std::process::Output) {
 }
 
 /// The first line a server sends (an SSH banner).
+/// `ssh` with `input` on its standard input.
+fn ssh_input(
+    ns: &Netns,
+    kh: &std::path::Path,
+    dest: &str,
+    cmd: &str,
+    input: &str,
+) -> Result<std::process::Output> {
+    use std::io::Write;
+    let mut c = ns
+        .command("ssh")
+        .args(ssh_opts(kh))
+        .args(["-o", "ConnectTimeout=3"])
+        .arg(dest)
+        .arg(cmd)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    c.stdin.take().context("ssh stdin")?.write_all(input.as_bytes())?;
+    Ok(c.wait_with_output()?)
+}
+
+/// The most recently written session log in `dir`.
+fn newest_log(dir: &std::path::Path) -> Result<std::path::PathBuf> {
+    let mut logs: Vec<(std::time::SystemTime, std::path::PathBuf)> = std::fs::read_dir(dir)
+        .with_context(|| format!("read {}", dir.display()))?
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    logs.sort();
+    logs.pop().map(|(_, p)| p).context("no session log was written")
+}
+
+/// Decrypts a log with `portcullis decrypt` (ssh-log-cli's ZIP) and exports it as asciicast,
+/// showing what the gateway stored and what the key recovers.
+fn show_recording(dir: &std::path::Path, log: &std::path::Path, typed: &str) -> Result<()> {
+    let bin = std::fs::canonicalize(BIN)?;
+    let key = dir.join("reckeys/sshkey");
+    let raw = std::fs::read(log)?;
+    println!(
+        "   {} ({} bytes, 0600): a JSON header with the HPKE encapsulated key, then sealed blocks",
+        log.display(),
+        raw.len()
+    );
+    let zip = dir.join("session.zip");
+    let cast = dir.join("session.cast");
+    for (args, out) in [
+        (["decrypt"].as_slice(), &zip),
+        (["export", "asciicast"].as_slice(), &cast),
+    ] {
+        util::output(
+            Command::new(&bin)
+                .args(args)
+                .arg("--key")
+                .arg(&key)
+                .arg("--input")
+                .arg(log)
+                .arg("--output")
+                .arg(out),
+        )?;
+        println!(
+            "   portcullis {} --key reckeys/sshkey --input … --output {}",
+            args.join(" "),
+            out.file_name().unwrap_or_default().to_string_lossy()
+        );
+    }
+    let cast_text = std::fs::read_to_string(&cast)?;
+    println!("   the session as asciicast v2 (header, then [seconds, \"i\" typed / \"o\" printed, data]):");
+    println!("{}", indent(cast_text.trim_end()));
+    expect(
+        cast_text.contains(typed) && cast_text.contains("target read"),
+        "the recording holds what was typed and what was printed",
+    )?;
+    expect(
+        !raw.windows(typed.len()).any(|w| w == typed.as_bytes()),
+        "the stored log does not contain the plaintext",
+    )?;
+    Ok(())
+}
+
 fn fetch_line(ns: &Netns, addr: SocketAddr) -> std::io::Result<String> {
     ns.run(move || {
         use std::io::BufRead;
