@@ -1,5 +1,6 @@
-//! Clients that misbehave: garbage instead of an SSH banner, a stalled handshake, a login
-//! name no unix system accepts. Bounded time, a clear end, an audit event, no panic.
+//! Clients that misbehave: garbage instead of an SSH banner, a stalled handshake, an
+//! oversized packet, a password, a login name no unix system accepts, a flood of channel
+//! opens, vanishing mid-transfer. Bounded time, a clear end, an audit event, no panic.
 //! Needs root (sshd).
 
 mod support;
@@ -201,5 +202,121 @@ fn a_target_dying_mid_session_ends_the_client_session_cleanly() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("started"));
     wait("session.end", || session_ends(&g) == 1);
+    still_serving(&g);
+}
+
+/// A packet length far past SSH's limits right after the banner: refused at once (before
+/// any buffer of that size exists) and audited; the daemon goes on serving.
+#[test]
+fn an_oversized_packet_is_refused() {
+    let Some(g) = gateway() else { return };
+    let mut s = TcpStream::connect(("127.0.0.1", g.proxy_port)).unwrap();
+    s.write_all(b"SSH-2.0-OpenSSH_9.2\r\n").unwrap();
+    // packet_length = 256 MiB, padding_length, then a little of the "payload".
+    s.write_all(&(256u32 << 20).to_be_bytes()).unwrap();
+    s.write_all(&[4u8; 64]).unwrap();
+    let took = until_closed(s);
+    assert!(took < Duration::from_secs(12), "closed after {took:?}");
+    wait_for(&g, "bad_handshake");
+    still_serving(&g);
+}
+
+/// A scripted SSH client (russh) for what OpenSSH's client will not do.
+struct Raw;
+
+impl russh::client::Handler for Raw {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        _key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn daemon_rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// `password` is not offered: a client that sends one anyway is refused, and the secret
+/// appears nowhere — not in the audit trail, not in the daemon's log.
+#[test]
+fn a_password_attempt_is_refused_and_never_logged() {
+    let Some(g) = gateway() else { return };
+    const SECRET: &str = "correct-horse-battery-staple-7731";
+    runtime().block_on(async {
+        let cfg = std::sync::Arc::new(russh::client::Config::default());
+        let mut h = russh::client::connect(cfg, ("127.0.0.1", g.proxy_port), Raw)
+            .await
+            .unwrap();
+        let r = h.authenticate_password("root", SECRET).await.unwrap();
+        assert!(!r.success(), "a password was accepted");
+        // The connection is still usable the way the gateway intends.
+        assert!(h.authenticate_none("root").await.unwrap().success());
+    });
+    let audit = std::fs::read_to_string(g.path("audit.jsonl")).unwrap_or_default();
+    assert!(!audit.contains(SECRET), "the password is in the audit trail");
+    assert!(
+        !g.daemon_log().contains(SECRET),
+        "the password is in the daemon's log"
+    );
+}
+
+/// Hundreds of channel opens on one connection: the target's own limit (sshd's
+/// MaxSessions, 10) is passed on, every open is answered promptly, memory stays bounded, a
+/// channel that did open still works, and the daemon goes on serving.
+#[test]
+fn a_flood_of_channel_opens_is_answered_and_bounded() {
+    let Some(g) = gateway() else { return };
+    let pid = g.daemon_pid().unwrap();
+    let rss_before = daemon_rss_kb(pid);
+    let (opened, refused, echoed) = runtime().block_on(async {
+        let cfg = std::sync::Arc::new(russh::client::Config::default());
+        let mut h = russh::client::connect(cfg, ("127.0.0.1", g.proxy_port), Raw)
+            .await
+            .unwrap();
+        assert!(h.authenticate_none("root").await.unwrap().success());
+        let (mut open, mut refused) = (Vec::new(), 0);
+        for _ in 0..300 {
+            match tokio::time::timeout(Duration::from_secs(10), h.channel_open_session()).await {
+                Ok(Ok(ch)) => open.push(ch),
+                Ok(Err(_)) => refused += 1,
+                Err(_) => panic!("a channel open went unanswered"),
+            }
+        }
+        let mut first = open.remove(0);
+        first.exec(true, "echo still-here").await.unwrap();
+        let mut out = Vec::new();
+        while let Some(m) = first.wait().await {
+            if let russh::ChannelMsg::Data { data } = m {
+                out.extend_from_slice(&data);
+            }
+        }
+        (
+            open.len() + 1,
+            refused,
+            String::from_utf8_lossy(&out).into_owned(),
+        )
+    });
+    assert!(
+        opened <= 10 && opened + refused == 300,
+        "{opened} opened, {refused} refused"
+    );
+    assert_eq!(echoed, "still-here\n");
+    let grown = daemon_rss_kb(pid).saturating_sub(rss_before);
+    assert!(grown < 64 * 1024, "the daemon grew by {grown} kB");
     still_serving(&g);
 }

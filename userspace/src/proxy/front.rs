@@ -46,6 +46,8 @@ use crate::{
 pub struct SessionInfo {
     /// Set once the client is through authentication (for the daemon's auth timeout).
     pub authenticated: Arc<std::sync::atomic::AtomicBool>,
+    /// Set at the first authentication attempt: the handshake got that far.
+    pub tried_auth: Arc<std::sync::atomic::AtomicBool>,
     /// This session's handle, for the upstream side's `ssh -R` connections.
     pub front_handle: Arc<OnceLock<server::Handle>>,
     pub session: String,
@@ -166,6 +168,7 @@ impl Front {
     /// Decides `login` once: policy, then certificate login upstream. Denials are audited
     /// and turned into a message on the user's first channel.
     async fn authorize(&mut self, login: &str) -> Auth {
+        self.info.tried_auth.store(true, Ordering::Relaxed);
         if let Some(l) = &self.authorized {
             return if l == login { Auth::Accept } else { reject() };
         }

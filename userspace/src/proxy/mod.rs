@@ -285,9 +285,11 @@ pub async fn serve(inc: Incoming, snap: Arc<Snapshot>, ctx: Option<Arc<Context>>
         }
     };
     let authenticated = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tried_auth = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let base_deny = ev.clone();
     let front = front::Front::new(front::SessionInfo {
         authenticated: authenticated.clone(),
+        tried_auth: tried_auth.clone(),
         front_handle,
         session: session.clone(),
         identity: identity.clone(),
@@ -323,10 +325,20 @@ pub async fn serve(inc: Incoming, snap: Arc<Snapshot>, ctx: Option<Arc<Context>>
                         .await;
                 }
             });
-            if let Err(e) = running.await {
-                tracing::debug!(session, error = %e, "client session ended with an error");
-            }
+            let ended = running.await;
+            let timed_out = watchdog.is_finished();
             watchdog.abort();
+            if let Err(e) = ended {
+                tracing::debug!(session, error = %e, "client session ended with an error");
+                // A protocol error before any authentication attempt (an oversized or
+                // undecodable packet, a failed key exchange) is a bad handshake; later ones
+                // end a session that is audited already, and a timeout audited itself.
+                if !timed_out && !tried_auth.load(std::sync::atomic::Ordering::Relaxed) {
+                    let mut d = deny_event(&base_deny, "bad_handshake");
+                    d.rule = Some(e.to_string());
+                    ctx.audit.emit(&d);
+                }
+            }
         }
         Ok(Err(e)) => {
             tracing::debug!(session, error = %e, "client handshake failed");
