@@ -83,6 +83,7 @@ fn context(l: &config::Loaded, audit: &Arc<Audit>) -> Result<Option<Arc<Context>
 pub struct Snapshot {
     pub targets: TargetSet,
     pub host_keys: crate::hostcheck::Rules,
+    pub auth: crate::proxy::AuthMethods,
     pub identities: Registry,
     pub policies: Engine,
 }
@@ -92,6 +93,7 @@ impl Snapshot {
         Self {
             targets: l.targets,
             host_keys: l.host_keys,
+            auth: l.auth,
             identities: l.identities,
             policies: l.policies,
         }

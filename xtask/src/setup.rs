@@ -24,6 +24,9 @@ const TOOLS: &[(&str, &str)] = &[
     ("/usr/bin/tmux", "tmux"),
     // sshd offers X11 forwarding only with xauth installed.
     ("/usr/bin/xauth", "xauth"),
+    // Other SSH clients than OpenSSH's, for the interoperability tests.
+    ("/usr/bin/plink", "putty-tools"),
+    ("/usr/bin/dbclient", "dropbear-bin"),
 ];
 
 const BPF_LINKER: &str = "0.13.0";

@@ -38,6 +38,7 @@ pub struct Listener {
 
 pub(super) struct Built {
     pub targets: TargetSet,
+    pub auth: crate::proxy::AuthMethods,
     pub host_keys: crate::hostcheck::Rules,
     pub identities: Registry,
     pub policies: Engine,
@@ -58,6 +59,7 @@ pub(super) fn build(
     let apps = applications(c)?;
     let targets = targets(c, &names, &vnets, &apps)?;
     let host_keys = host_keys(c, &names)?;
+    let auth = auth_methods(c)?;
     let mut identities = Registry::default();
     for (source, list) in [
         (Source::Main, c.identity.as_slice()),
@@ -102,6 +104,7 @@ pub(super) fn build(
     let listeners = listeners(c, &names, &targets)?;
     Ok(Built {
         targets,
+        auth,
         host_keys,
         identities,
         policies: Engine::new(&apps, policies),
@@ -381,6 +384,40 @@ fn targets(c: &Config, names: &HashMap<String, u16>, vnets: &[Vnet], apps: &[App
         vnets: vnets.to_vec(),
         addrs,
     })
+}
+
+fn auth_methods(c: &Config) -> R<crate::proxy::AuthMethods> {
+    let mut m = crate::proxy::AuthMethods {
+        none: false,
+        publickey: false,
+        keyboard_interactive: false,
+    };
+    for s in c.auth.methods.get_ref() {
+        match s.get_ref().as_str() {
+            "none" => m.none = true,
+            "publickey" => m.publickey = true,
+            "keyboard-interactive" => m.keyboard_interactive = true,
+            "password" => {
+                return Err(Bad::at(
+                    s.span(),
+                    "auth.methods \"password\": not supported (the gateway must not collect the users' secrets; identity comes from the source address)".to_string(),
+                ))
+            }
+            other => {
+                return Err(Bad::at(
+                    s.span(),
+                    format!("auth.methods {other:?}: expected \"none\", \"publickey\" or \"keyboard-interactive\""),
+                ))
+            }
+        }
+    }
+    if !(m.none || m.publickey || m.keyboard_interactive) {
+        return Err(Bad::at(
+            c.auth.methods.span(),
+            "auth.methods: at least one method is needed".to_string(),
+        ));
+    }
+    Ok(m)
 }
 
 /// Pinned host keys per (vnet, address) and the host CAs; see `hostcheck`.

@@ -41,6 +41,8 @@ pub struct Loaded {
     pub targets: TargetSet,
     /// Which host keys targets may present.
     pub host_keys: crate::hostcheck::Rules,
+    /// How clients may authenticate.
+    pub auth: crate::proxy::AuthMethods,
     pub identities: Registry,
     pub policies: Engine,
     pub account: Option<Account>,
@@ -108,6 +110,7 @@ fn parse_inner(path: &Path, text: &str, check_secrets: bool) -> Result<Loaded, C
         config,
         targets: built.targets,
         host_keys: built.host_keys,
+        auth: built.auth,
         identities: built.identities,
         policies: built.policies,
         account: built.account,
@@ -319,6 +322,24 @@ email_prefix_login = true
     fn line_of(text: &str, e: &str) -> String {
         let n: usize = e.split(':').nth(1).unwrap().parse().unwrap();
         text.lines().nth(n - 1).unwrap().to_string()
+    }
+
+    #[test]
+    fn auth_methods_default_to_all_three_and_never_password() {
+        assert_eq!(p(BASE).unwrap().auth, crate::proxy::AuthMethods::default());
+        let l = p(&format!("{BASE}\n[auth]\nmethods = [\"publickey\"]\n")).unwrap();
+        assert!(l.auth.publickey && !l.auth.none && !l.auth.keyboard_interactive);
+        for (methods, says) in [
+            (
+                "[\"none\", \"password\"]",
+                "auth.methods \"password\": not supported",
+            ),
+            ("[\"gssapi\"]", "auth.methods \"gssapi\": expected"),
+            ("[]", "at least one method"),
+        ] {
+            let e = err(&format!("{BASE}\n[auth]\nmethods = {methods}\n"));
+            assert!(e.contains(says), "{e}");
+        }
     }
 
     #[test]

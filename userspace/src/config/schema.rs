@@ -36,6 +36,34 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     #[serde(default)]
     pub upstream: UpstreamConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+/// How clients may authenticate to the gateway. None of it is identity (that comes from
+/// the source address); it is about which clients can connect at all.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Out of `"none"`, `"publickey"` (any key whose signature verifies) and
+    /// `"keyboard-interactive"` (no prompts). Without `"none"`, clients hardened against
+    /// trivial authentication (PuTTY `-no-trivial-auth`, dbclient `DisableTrivialAuth`)
+    /// connect with any key of theirs.
+    #[serde(default = "default_auth_methods")]
+    pub methods: Spanned<Vec<Spanned<String>>>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            methods: default_auth_methods(),
+        }
+    }
+}
+
+fn default_auth_methods() -> Spanned<Vec<Spanned<String>>> {
+    let m = |s: &str| Spanned::new(0..0, s.to_string());
+    Spanned::new(0..0, vec![m("none"), m("publickey"), m("keyboard-interactive")])
 }
 
 /// The proxy's connections to targets.

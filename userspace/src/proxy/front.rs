@@ -32,7 +32,7 @@ use crate::recording::{
 };
 use std::sync::OnceLock;
 
-use super::Context;
+use super::{AuthMethods, Context};
 use crate::{
     audit::{self, Event},
     cert::{self, Grant},
@@ -464,6 +464,14 @@ impl server::Handler for Front {
     type Error = russh::Error;
 
     async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
+        let auth = self.info.snap.auth;
+        if !auth.none {
+            // The methods that are offered, so the client goes on to one of them.
+            return Ok(Auth::Reject {
+                proceed_with_methods: Some(AuthMethods { none: false, ..auth }.method_set()),
+                partial_success: false,
+            });
+        }
         Ok(self.authorize(user).await)
     }
 

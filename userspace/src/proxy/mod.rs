@@ -118,6 +118,38 @@ fn hardware_aes() -> bool {
     }
 }
 
+/// The client authentication methods the gateway offers (`[auth] methods`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuthMethods {
+    pub none: bool,
+    pub publickey: bool,
+    pub keyboard_interactive: bool,
+}
+
+impl Default for AuthMethods {
+    fn default() -> Self {
+        Self {
+            none: true,
+            publickey: true,
+            keyboard_interactive: true,
+        }
+    }
+}
+
+impl AuthMethods {
+    pub fn method_set(&self) -> MethodSet {
+        let kinds: Vec<MethodKind> = [
+            (self.none, MethodKind::None),
+            (self.publickey, MethodKind::PublicKey),
+            (self.keyboard_interactive, MethodKind::KeyboardInteractive),
+        ]
+        .into_iter()
+        .filter_map(|(on, k)| on.then_some(k))
+        .collect();
+        MethodSet::from(&kinds[..])
+    }
+}
+
 impl Context {
     pub fn new(
         secret: Vec<u8>,
@@ -154,16 +186,10 @@ impl Context {
         }
     }
 
-    fn server_config(&self, key: PrivateKey) -> Arc<server::Config> {
+    fn server_config(&self, key: PrivateKey, auth: AuthMethods) -> Arc<server::Config> {
         Arc::new(server::Config {
             keys: vec![key],
-            methods: MethodSet::from(
-                &[
-                    MethodKind::None,
-                    MethodKind::PublicKey,
-                    MethodKind::KeyboardInteractive,
-                ][..],
-            ),
+            methods: auth.method_set(),
             auth_rejection_time: Duration::from_millis(300),
             auth_rejection_time_initial: Some(Duration::ZERO),
             inactivity_timeout: None,
@@ -300,7 +326,7 @@ pub async fn serve(inc: Incoming, snap: Arc<Snapshot>, ctx: Option<Arc<Context>>
         ctx: ctx.clone(),
         up: Arc::new(up.handle),
     });
-    let cfg = ctx.server_config(key);
+    let cfg = ctx.server_config(key, snap.auth);
     // A client must say hello within HANDSHAKE and be through authentication within
     // AUTH: a stalled or garbage handshake never holds the upstream connection for long.
     match tokio::time::timeout(
