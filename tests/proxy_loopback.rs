@@ -684,8 +684,11 @@ fn host_key_is_derived_stable_and_follows_the_target() {
         bed.diag(Some(&o))
     );
 
-    // The target gets a new host key: so does the proxy, and the client notices.
+    // The target gets a new host key: so does the proxy, and the client notices. The daemon
+    // restarts as well: the key the target showed before is remembered across restarts.
     bed.restart_sshd();
+    bed.kill_daemon();
+    bed.start_daemon();
     assert_ne!(
         target_key(&bed),
         old_target_key,
@@ -705,6 +708,11 @@ fn host_key_is_derived_stable_and_follows_the_target() {
     );
     let ev = bed.wait_event("hostkey.changed", |_| true);
     bed.expect_fields(&ev, json!({ "target": "web-01" }));
+    assert!(
+        ev["reason"].as_str().unwrap_or_default().contains("SHA256:"),
+        "old → new fingerprints{}",
+        bed.diag_event(&ev)
+    );
 }
 
 #[test]

@@ -75,6 +75,13 @@ fn context(l: &config::Loaded, audit: &Arc<Audit>) -> Result<Option<Arc<Context>
         l.config.ca.clone(),
         audit.clone(),
         recording,
+        Some(
+            l.config
+                .dataplane
+                .state_dir
+                .join(&l.config.dataplane.instance)
+                .join("target-keys"),
+        ),
     ))))
 }
 

@@ -7,7 +7,15 @@
 //! the derivation is the target's key itself (a certificate's subject key), so renewing a
 //! host certificate does not change the key users see.
 
-use std::{collections::HashMap, net::IpAddr};
+use std::{
+    collections::HashMap,
+    fs::{File, OpenOptions},
+    io::Write,
+    net::{IpAddr, SocketAddr},
+    os::unix::fs::OpenOptionsExt,
+    path::PathBuf,
+    sync::Mutex,
+};
 
 use russh::keys::{
     ssh_key::{certificate::CertType, Fingerprint, HashAlg},
@@ -90,6 +98,79 @@ impl Check {
     }
 }
 
+/// The last host key each target presented, per (vnet, address, port), in an append-only
+/// file (`<state_dir>/<instance>/target-keys`, a line per first sighting or change), so
+/// that a restart does not forget it. Fingerprints only: nothing secret.
+pub struct KeyMemory {
+    seen: Mutex<HashMap<(u16, SocketAddr), String>>,
+    file: Option<(PathBuf, Mutex<File>)>,
+}
+
+impl KeyMemory {
+    /// Loads `path` if it exists (later lines win; unreadable lines are skipped with a
+    /// warning) and appends to it from then on. `None`: kept in memory only.
+    pub fn open(path: Option<PathBuf>) -> Self {
+        let mut seen = HashMap::new();
+        let file = path.and_then(|p| {
+            if let Ok(text) = std::fs::read_to_string(&p) {
+                for (n, line) in text.lines().enumerate() {
+                    let f: Vec<&str> = line.split_whitespace().collect();
+                    let parsed = match f[..] {
+                        [v, a, fp] => v.parse::<u16>().ok().zip(a.parse::<SocketAddr>().ok()).map(|k| (k, fp)),
+                        _ => None,
+                    };
+                    match parsed {
+                        Some((k, fp)) => {
+                            seen.insert(k, fp.to_string());
+                        }
+                        None => tracing::warn!(file = %p.display(), line = n + 1, "skipping an unreadable line"),
+                    }
+                }
+            }
+            let opened = p
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|_| {
+                    OpenOptions::new()
+                        .append(true)
+                        .create(true)
+                        .mode(0o600)
+                        .open(&p)
+                });
+            match opened {
+                Ok(f) => Some((p, Mutex::new(f))),
+                Err(e) => {
+                    tracing::warn!(file = %p.display(), error = %e, "target host keys are remembered until the daemon stops only");
+                    None
+                }
+            }
+        });
+        Self {
+            seen: Mutex::new(seen),
+            file,
+        }
+    }
+
+    /// Records the key `target` presented; returns the fingerprint it replaced, if it
+    /// differs from the one remembered.
+    pub fn remember(&self, vnet: u16, target: SocketAddr, key: &PublicKey) -> Option<String> {
+        let fp = key.fingerprint(HashAlg::Sha256).to_string();
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let old = seen.insert((vnet, target), fp.clone());
+        if old.as_deref() == Some(fp.as_str()) {
+            return None;
+        }
+        if let Some((path, f)) = &self.file {
+            let line = format!("{vnet} {target} {fp}\n");
+            let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = f.write_all(line.as_bytes()) {
+                tracing::warn!(file = %path.display(), error = %e, "could not record a target's host key");
+            }
+        }
+        old
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use russh::keys::{
@@ -126,6 +207,30 @@ mod tests {
             key: k.public_key().clone(),
             hash_alg: None,
         }
+    }
+
+    #[test]
+    fn key_memory_survives_a_restart_and_reports_changes() {
+        let dir = std::env::temp_dir().join(format!("portcullis-keymem-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("inst").join("target-keys");
+        let (a, b) = (key(), key());
+        let t: SocketAddr = "198.18.10.10:22".parse().unwrap();
+        let m = KeyMemory::open(Some(path.clone()));
+        assert_eq!(m.remember(1, t, a.public_key()), None);
+        assert_eq!(m.remember(1, t, a.public_key()), None);
+        assert_eq!(
+            m.remember(2, t, b.public_key()),
+            None,
+            "another vnet, another target"
+        );
+        drop(m);
+        std::fs::write(&path, std::fs::read_to_string(&path).unwrap() + "garbage line\n").unwrap();
+        let m = KeyMemory::open(Some(path.clone()));
+        let old = m.remember(1, t, b.public_key());
+        assert_eq!(old, Some(a.public_key().fingerprint(HashAlg::Sha256).to_string()));
+        assert_eq!(m.remember(1, t, b.public_key()), None);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -11,19 +11,9 @@ pub mod sftp;
 pub mod tunnel;
 pub mod upstream;
 
-use std::{
-    borrow::Cow,
-    collections::HashMap,
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{borrow::Cow, net::SocketAddr, sync::Arc, time::Duration};
 
-use russh::{
-    cipher, client,
-    keys::{PrivateKey, PublicKey},
-    server, MethodKind, MethodSet, Preferred,
-};
+use russh::{cipher, client, keys::PrivateKey, server, MethodKind, MethodSet, Preferred};
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 
 use crate::{
@@ -51,7 +41,7 @@ pub struct Context {
     pub ca_cfg: CaConfig,
     pub audit: Arc<Audit>,
     /// The host key each target last presented, per (vnet, address).
-    pub seen: Mutex<HashMap<(u16, SocketAddr), PublicKey>>,
+    pub seen: crate::hostcheck::KeyMemory,
     pub client_config: Arc<client::Config>,
     /// The same, also asking targets for host certificates (`[upstream] host_ca_keys`).
     pub client_config_certs: Arc<client::Config>,
@@ -157,6 +147,7 @@ impl Context {
         ca_cfg: CaConfig,
         audit: Arc<Audit>,
         recording: Option<RecordingSetup>,
+        key_memory: Option<std::path::PathBuf>,
     ) -> Self {
         let client_config = |preferred| client::Config {
             preferred,
@@ -179,7 +170,7 @@ impl Context {
             ca,
             ca_cfg,
             audit,
-            seen: Mutex::new(HashMap::new()),
+            seen: crate::hostcheck::KeyMemory::open(key_memory),
             client_config: Arc::new(client_config(preferred_upstream())),
             client_config_certs: Arc::new(client_config(with_certs)),
             recording,
@@ -287,21 +278,12 @@ pub async fn serve(inc: Incoming, snap: Arc<Snapshot>, ctx: Option<Arc<Context>>
             return;
         }
     };
-    {
-        let mut seen = ctx.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(old) = seen.insert((vnet_id, inc.target_addr), up.host_key.clone()) {
-            if old != up.host_key {
-                let mut e = ev.clone();
-                e.time = audit::now_rfc3339();
-                e.event = "hostkey.changed";
-                e.reason = Some(format!(
-                    "{} → {}",
-                    old.fingerprint(Default::default()),
-                    up.host_key.fingerprint(Default::default())
-                ));
-                ctx.audit.emit(&e);
-            }
-        }
+    if let Some(old) = ctx.seen.remember(vnet_id, inc.target_addr, &up.host_key) {
+        let mut e = ev.clone();
+        e.time = audit::now_rfc3339();
+        e.event = "hostkey.changed";
+        e.reason = Some(format!("{old} → {}", up.host_key.fingerprint(Default::default())));
+        ctx.audit.emit(&e);
     }
     let key = match hostkey::derive(&ctx.secret, &up.host_key) {
         Ok(k) => k,
