@@ -160,3 +160,52 @@ fn clients_hardened_against_trivial_auth_connect_when_none_is_off() {
     );
     let _ = std::fs::remove_dir_all(&keys);
 }
+
+/// A scripted client (russh) for trying each method in turn.
+struct Raw;
+
+impl russh::client::Handler for Raw {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        _key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+/// `[auth] methods` is enforced, not only advertised: a method left out fails even when a
+/// client tries it; one that is listed succeeds.
+#[test]
+fn methods_left_out_are_refused_even_when_tried() {
+    use russh::keys::{Algorithm, PrivateKey, PrivateKeyWithHashAlg};
+    let Some(g) = gateway("\n[auth]\nmethods = [\"publickey\"]\n") else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let cfg = std::sync::Arc::new(russh::client::Config::default());
+        let mut h = russh::client::connect(cfg, ("127.0.0.1", g.proxy_port), Raw)
+            .await
+            .unwrap();
+        assert!(!h.authenticate_none("root").await.unwrap().success(), "none");
+        let kbd = h
+            .authenticate_keyboard_interactive_start("root", None)
+            .await
+            .unwrap();
+        assert!(
+            !matches!(kbd, russh::client::KeyboardInteractiveAuthResponse::Success),
+            "keyboard-interactive"
+        );
+        let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
+        let key = PrivateKeyWithHashAlg::new(std::sync::Arc::new(key), None);
+        assert!(
+            h.authenticate_publickey("root", key).await.unwrap().success(),
+            "publickey"
+        );
+    });
+}

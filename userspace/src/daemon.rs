@@ -215,7 +215,9 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
                 if let Err(e) = audit.reopen() {
                     tracing::error!(error = %e, "reopening the audit file failed; still writing to the old one");
                 }
-                let _ = reload_tx.try_send(());
+                if let Err(tokio::sync::mpsc::error::TrySendError::Closed(())) = reload_tx.try_send(()) {
+                    tracing::error!("the reloader has stopped; restart the daemon to apply configuration changes");
+                }
                 continue;
             }
             _ = term.recv() => break,
@@ -242,7 +244,12 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
     }
     // A reload in progress finishes before the daemon exits.
     drop(reload_tx);
-    let _dp = reloader.await;
+    if tokio::time::timeout(std::time::Duration::from_secs(30), reloader)
+        .await
+        .is_err()
+    {
+        tracing::warn!("a reload still running after 30 s was abandoned");
+    }
     tracing::info!("stopping; the dataplane stays installed and refuses protected flows until the next start (`portcullis down` removes it)");
     Ok(())
 }

@@ -76,6 +76,10 @@ impl Check {
         if cert.cert_type() != CertType::Host {
             return Err(format!("the certificate for {fp} is not a host certificate"));
         }
+        // As OpenSSH: no critical option is defined for host certificates, so any is unknown.
+        if !cert.critical_options().is_empty() {
+            return Err(format!("the host certificate for {fp} carries critical options"));
+        }
         cert.validate_at(unix_now, &self.cas).map_err(|e| {
             format!(
                 "host certificate for {fp} (signed by {}): {e}",
@@ -136,6 +140,14 @@ impl KeyMemory {
                         .create(true)
                         .mode(0o600)
                         .open(&p)
+                })
+                .and_then(|mut f| {
+                    // A line cut short by a crash must not swallow the next one.
+                    let torn = std::fs::read(&p).is_ok_and(|b| b.last().is_some_and(|&c| c != b'\n'));
+                    if torn {
+                        f.write_all(b"\n")?;
+                    }
+                    Ok(f)
                 });
             match opened {
                 Ok(f) => Some((p, Mutex::new(f))),
@@ -225,11 +237,15 @@ mod tests {
             "another vnet, another target"
         );
         drop(m);
-        std::fs::write(&path, std::fs::read_to_string(&path).unwrap() + "garbage line\n").unwrap();
+        // A line cut short by a crash: skipped, and the next one still lands on its own.
+        std::fs::write(&path, std::fs::read_to_string(&path).unwrap() + "1 198.18").unwrap();
         let m = KeyMemory::open(Some(path.clone()));
         let old = m.remember(1, t, b.public_key());
         assert_eq!(old, Some(a.public_key().fingerprint(HashAlg::Sha256).to_string()));
         assert_eq!(m.remember(1, t, b.public_key()), None);
+        drop(m);
+        let m = KeyMemory::open(Some(path.clone()));
+        assert_eq!(m.remember(1, t, b.public_key()), None, "the change was recorded");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -284,7 +300,14 @@ mod tests {
             Ok(())
         );
         assert_eq!(ok(cert(&ca, &host, CertType::Host, &[]), 2_000), Ok(()));
+        let mut b =
+            Builder::new_with_random_nonce(&mut rand::rng(), host.public_key(), 1_000, 3_000).unwrap();
+        b.cert_type(CertType::Host).unwrap();
+        b.valid_principal("web-01").unwrap();
+        b.critical_option("force-command", "true").unwrap();
+        let optioned = PublicKeyOrCertificate::Certificate(b.sign(&ca).unwrap());
         for (shown, now, why) in [
+            (optioned, 2_000, "critical options"),
             (plain(&host), 2_000, "without a certificate"),
             (
                 cert(&rogue, &host, CertType::Host, &["web-01"]),

@@ -32,7 +32,7 @@ use crate::recording::{
 };
 use std::sync::OnceLock;
 
-use super::{AuthMethods, Context};
+use super::Context;
 use crate::{
     audit::{self, Event},
     cert::{self, Grant},
@@ -49,7 +49,7 @@ pub struct SessionInfo {
     /// Set at the first authentication attempt: the handshake got that far.
     pub tried_auth: Arc<std::sync::atomic::AtomicBool>,
     /// This session's handle, for the upstream side's `ssh -R` connections.
-    pub front_handle: Arc<OnceLock<server::Handle>>,
+    pub link: Arc<super::link::Link>,
     pub session: String,
     pub identity: Identity,
     pub vnet: String,
@@ -128,8 +128,6 @@ pub struct Front {
     agent_forwarding: bool,
     /// … and X11 (`ssh -X`/`-Y`).
     x11_forwarding: bool,
-    /// The tasks relaying towards the client, stopped when its connection ends.
-    tasks: Vec<tokio::task::AbortHandle>,
 }
 
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -153,7 +151,6 @@ impl Front {
             remote_forwarding: false,
             agent_forwarding: false,
             x11_forwarding: false,
-            tasks: Vec::new(),
         }
     }
 
@@ -167,6 +164,16 @@ impl Front {
 
     /// Decides `login` once: policy, then certificate login upstream. Denials are audited
     /// and turned into a message on the user's first channel.
+    /// A refusal, naming the methods that are offered, when `[auth] methods` leaves this
+    /// one out (russh asks the handler whatever it advertised).
+    fn unless_offered(&self, offered: bool) -> Option<Auth> {
+        self.info.tried_auth.store(true, Ordering::Relaxed);
+        (!offered).then(|| Auth::Reject {
+            proceed_with_methods: Some(self.info.snap.auth.method_set()),
+            partial_success: false,
+        })
+    }
+
     async fn authorize(&mut self, login: &str) -> Auth {
         self.info.tried_auth.store(true, Ordering::Relaxed);
         if let Some(l) = &self.authorized {
@@ -436,9 +443,7 @@ impl Drop for Front {
     /// for a vanished client's window would keep the target's connection open), and audit
     /// the session's end. What the client sent still drains to the target.
     fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
+        self.info.link.stop();
         if self.authorized.is_none() {
             return;
         }
@@ -464,15 +469,20 @@ impl server::Handler for Front {
     type Error = russh::Error;
 
     async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
-        let auth = self.info.snap.auth;
-        if !auth.none {
-            // The methods that are offered, so the client goes on to one of them.
-            return Ok(Auth::Reject {
-                proceed_with_methods: Some(AuthMethods { none: false, ..auth }.method_set()),
-                partial_success: false,
-            });
+        if let Some(no) = self.unless_offered(self.info.snap.auth.none) {
+            return Ok(no);
         }
         Ok(self.authorize(user).await)
+    }
+
+    async fn auth_publickey_offered(
+        &mut self,
+        _user: &str,
+        _offer: russh::server::PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(self
+            .unless_offered(self.info.snap.auth.publickey)
+            .unwrap_or(Auth::Accept))
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
@@ -481,7 +491,7 @@ impl server::Handler for Front {
         if self.refusal.is_none() {
             self.info.authenticated.store(true, Ordering::Relaxed);
         }
-        let _ = self.info.front_handle.set(session.handle());
+        let _ = self.info.link.front.set(session.handle());
         Ok(())
     }
 
@@ -490,6 +500,9 @@ impl server::Handler for Front {
         user: &str,
         _key: russh::server::VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
+        if let Some(no) = self.unless_offered(self.info.snap.auth.publickey) {
+            return Ok(no);
+        }
         Ok(self.authorize(user).await)
     }
 
@@ -499,6 +512,9 @@ impl server::Handler for Front {
         _submethods: &str,
         _response: Option<russh::server::Response<'a>>,
     ) -> Result<Auth, Self::Error> {
+        if let Some(no) = self.unless_offered(self.info.snap.auth.keyboard_interactive) {
+            return Ok(no);
+        }
         Ok(self.authorize(user).await)
     }
 
@@ -646,7 +662,7 @@ impl server::Handler for Front {
                 let _ = dw.close().await;
             }
         });
-        self.tasks.push(pump.abort_handle());
+        self.info.link.track(pump.abort_handle());
         // Client → target.
         let totals = self.totals.clone();
         tokio::spawn(async move {
@@ -820,6 +836,9 @@ impl server::Handler for Front {
         };
         w.request_x11(true, single, protocol, cookie, screen).await?;
         let ok = self.await_reply(id).await;
+        if ok {
+            self.info.link.x11.store(true, Ordering::Relaxed);
+        }
         self.forwarding_event("x11_forwarding", ok, Some(format!("screen {screen}")));
         if ok {
             s.channel_success(id)
@@ -838,6 +857,9 @@ impl server::Handler for Front {
         let Some(w) = self.up(id) else { return Ok(false) };
         w.agent_forward(true).await?;
         let ok = self.await_reply(id).await;
+        if ok {
+            self.info.link.agent.store(true, Ordering::Relaxed);
+        }
         self.forwarding_event("agent_forwarding", ok, None);
         Ok(ok)
     }
@@ -912,7 +934,7 @@ impl server::Handler for Front {
         };
         self.channel_event("local_forwarding", Some(dest));
         reply.accept().await;
-        self.tasks.push(super::tunnel::join(ch, up));
+        self.info.link.track(super::tunnel::join(ch, up));
         Ok(())
     }
 }

@@ -7,6 +7,7 @@
 //!   upstream) and the relay of session channels.
 
 pub mod front;
+pub mod link;
 pub mod sftp;
 pub mod tunnel;
 pub mod upstream;
@@ -254,13 +255,13 @@ pub async fn serve(inc: Incoming, snap: Arc<Snapshot>, ctx: Option<Arc<Context>>
     };
 
     // Upstream first: its host key decides ours.
-    let front_handle: Arc<std::sync::OnceLock<server::Handle>> = Arc::default();
+    let link: Arc<link::Link> = Arc::default();
     let check = snap.host_keys.for_target(vnet_id, target.addr, &target.target);
     let config = match check.wants_certificate() {
         true => ctx.client_config_certs.clone(),
         false => ctx.client_config.clone(),
     };
-    let up = match upstream::connect(inc.target_addr, vnet_id, config, check, front_handle.clone()).await {
+    let up = match upstream::connect(inc.target_addr, vnet_id, config, check, link.clone()).await {
         Ok(up) => up,
         Err(e) => {
             let reason = match e {
@@ -298,7 +299,7 @@ pub async fn serve(inc: Incoming, snap: Arc<Snapshot>, ctx: Option<Arc<Context>>
     let front = front::Front::new(front::SessionInfo {
         authenticated: authenticated.clone(),
         tried_auth: tried_auth.clone(),
-        front_handle,
+        link,
         session: session.clone(),
         identity: identity.clone(),
         vnet: vnet.map(|v| v.name.clone()).unwrap_or_default(),

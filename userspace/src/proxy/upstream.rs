@@ -10,6 +10,8 @@ use std::{
 
 use portcullis_common::MARK_UPSTREAM;
 use russh::server::Handle;
+
+use super::link::Link;
 use russh::{
     client,
     keys::{PublicKey, PublicKeyOrCertificate},
@@ -34,8 +36,8 @@ pub struct Up {
     check: crate::hostcheck::Check,
     /// Why `check` refused the target's key, for the user and the audit.
     rejected: Arc<Mutex<Option<String>>>,
-    /// The client's session, once it exists: where `ssh -R` connections are sent.
-    front: Arc<std::sync::OnceLock<russh::server::Handle>>,
+    /// Shared with the client's side: its session, what it was granted, its relays.
+    link: Arc<super::link::Link>,
 }
 
 impl client::Handler for Up {
@@ -66,7 +68,8 @@ impl client::Handler for Up {
         _session: &mut client::Session,
     ) -> Result<(), Self::Error> {
         let open = |f: Handle| async move { f.channel_open_agent().await };
-        bridge(self.front.get().cloned(), open, channel, reply).await;
+        let granted = Link::granted(&self.link.agent);
+        bridge(&self.link, granted, open, channel, reply).await;
         Ok(())
     }
 
@@ -82,7 +85,8 @@ impl client::Handler for Up {
     ) -> Result<(), Self::Error> {
         let from = originator_address.to_owned();
         let open = |f: Handle| async move { f.channel_open_x11(from, originator_port).await };
-        bridge(self.front.get().cloned(), open, channel, reply).await;
+        let granted = Link::granted(&self.link.x11);
+        bridge(&self.link, granted, open, channel, reply).await;
         Ok(())
     }
 
@@ -103,15 +107,19 @@ impl client::Handler for Up {
             f.channel_open_forwarded_tcpip(to, connected_port, from, originator_port)
                 .await
         };
-        bridge(self.front.get().cloned(), open, channel, reply).await;
+        // sshd reports connections only on ports the proxy asked it to forward, which it
+        // does only when the policy grants remote forwarding.
+        bridge(&self.link, true, open, channel, reply).await;
         Ok(())
     }
 }
 
 /// Answers a channel the target opened: `open`s its twin on the client's session and joins
-/// the two; refused when there is no client session yet, or the client said no.
+/// the two; refused when the forwarding was not `granted`, there is no client session yet,
+/// or the client said no.
 async fn bridge<F, Fut>(
-    front: Option<Handle>,
+    link: &Link,
+    granted: bool,
     open: F,
     up: russh::Channel<client::Msg>,
     reply: client::ChannelOpenHandle,
@@ -119,7 +127,9 @@ async fn bridge<F, Fut>(
     F: FnOnce(Handle) -> Fut,
     Fut: std::future::Future<Output = Result<russh::Channel<russh::server::Msg>, russh::Error>>,
 {
+    let front = link.front.get().cloned().filter(|_| granted);
     let Some(front) = front else {
+        tracing::debug!(granted, "refused a channel the target opened");
         return reply
             .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
             .await;
@@ -127,7 +137,7 @@ async fn bridge<F, Fut>(
     match open(front).await {
         Ok(down) => {
             reply.accept().await;
-            super::tunnel::join(down, up);
+            link.track(super::tunnel::join(down, up));
         }
         Err(_) => reply.reject(russh::ChannelOpenFailure::ConnectFailed).await,
     }
@@ -145,7 +155,7 @@ pub async fn connect(
     vnet: u16,
     config: Arc<client::Config>,
     check: crate::hostcheck::Check,
-    front: Arc<std::sync::OnceLock<russh::server::Handle>>,
+    link: Arc<super::link::Link>,
 ) -> Result<Connected, UpstreamError> {
     let sock = if addr.is_ipv4() {
         TcpSocket::new_v4()
@@ -171,7 +181,7 @@ pub async fn connect(
         key: key.clone(),
         check,
         rejected: rejected.clone(),
-        front,
+        link,
     };
     let handle = tokio::time::timeout(
         CONNECT_TIMEOUT,

@@ -1,0 +1,44 @@
+//! What the client's side (`front.rs`) and the target's side (`upstream.rs`) of one proxied
+//! connection share.
+
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Mutex, OnceLock,
+};
+
+use russh::server;
+use tokio::task::AbortHandle;
+
+#[derive(Default)]
+pub struct Link {
+    /// The client's session, once it exists: where channels the target opens are joined.
+    pub front: OnceLock<server::Handle>,
+    /// The client asked for agent forwarding (`ssh -A`), the policy granted it and the
+    /// target agreed: only then may the target open agent channels towards the client.
+    pub agent: AtomicBool,
+    /// The same for X11 (`ssh -X`/`-Y`).
+    pub x11: AtomicBool,
+    /// Tasks relaying towards the client, stopped when its connection ends: one waiting for
+    /// a vanished client's window would otherwise keep the target's connection open.
+    towards_client: Mutex<Vec<AbortHandle>>,
+}
+
+impl Link {
+    pub fn track(&self, task: AbortHandle) {
+        let mut v = self.towards_client.lock().unwrap_or_else(|e| e.into_inner());
+        // Finished relays are forgotten, so a long session with many channels stays small.
+        v.retain(|t| !t.is_finished());
+        v.push(task);
+    }
+
+    pub fn stop(&self) {
+        let mut v = self.towards_client.lock().unwrap_or_else(|e| e.into_inner());
+        for t in v.drain(..) {
+            t.abort();
+        }
+    }
+
+    pub fn granted(flag: &AtomicBool) -> bool {
+        flag.load(Ordering::Relaxed)
+    }
+}
