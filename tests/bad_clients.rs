@@ -221,27 +221,6 @@ fn an_oversized_packet_is_refused() {
     still_serving(&g);
 }
 
-/// A scripted SSH client (russh) for what OpenSSH's client will not do.
-struct Raw;
-
-impl russh::client::Handler for Raw {
-    type Error = russh::Error;
-
-    async fn check_server_key(
-        &mut self,
-        _key: &russh::keys::PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        Ok(true)
-    }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn daemon_rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -257,9 +236,9 @@ fn daemon_rss_kb(pid: u32) -> u64 {
 fn a_password_attempt_is_refused_and_never_logged() {
     let Some(g) = gateway() else { return };
     const SECRET: &str = "correct-horse-battery-staple-7731";
-    runtime().block_on(async {
+    support::runtime().block_on(async {
         let cfg = std::sync::Arc::new(russh::client::Config::default());
-        let mut h = russh::client::connect(cfg, ("127.0.0.1", g.proxy_port), Raw)
+        let mut h = russh::client::connect(cfg, ("127.0.0.1", g.proxy_port), support::RawClient)
             .await
             .unwrap();
         let r = h.authenticate_password("root", SECRET).await.unwrap();
@@ -283,9 +262,9 @@ fn a_flood_of_channel_opens_is_answered_and_bounded() {
     let Some(g) = gateway() else { return };
     let pid = g.daemon_pid().unwrap();
     let rss_before = daemon_rss_kb(pid);
-    let (opened, refused, echoed) = runtime().block_on(async {
+    let (opened, refused, echoed) = support::runtime().block_on(async {
         let cfg = std::sync::Arc::new(russh::client::Config::default());
-        let mut h = russh::client::connect(cfg, ("127.0.0.1", g.proxy_port), Raw)
+        let mut h = russh::client::connect(cfg, ("127.0.0.1", g.proxy_port), support::RawClient)
             .await
             .unwrap();
         assert!(h.authenticate_none("root").await.unwrap().success());

@@ -161,20 +161,6 @@ fn clients_hardened_against_trivial_auth_connect_when_none_is_off() {
     let _ = std::fs::remove_dir_all(&keys);
 }
 
-/// A scripted client (russh) for trying each method in turn.
-struct Raw;
-
-impl russh::client::Handler for Raw {
-    type Error = russh::Error;
-
-    async fn check_server_key(
-        &mut self,
-        _key: &russh::keys::PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        Ok(true)
-    }
-}
-
 /// `[auth] methods` is enforced, not only advertised: a method left out fails even when a
 /// client tries it; one that is listed succeeds.
 #[test]
@@ -183,13 +169,9 @@ fn methods_left_out_are_refused_even_when_tried() {
     let Some(g) = gateway("\n[auth]\nmethods = [\"publickey\"]\n") else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    support::runtime().block_on(async {
         let cfg = std::sync::Arc::new(russh::client::Config::default());
-        let mut h = russh::client::connect(cfg, ("127.0.0.1", g.proxy_port), Raw)
+        let mut h = russh::client::connect(cfg, ("127.0.0.1", g.proxy_port), support::RawClient)
             .await
             .unwrap();
         assert!(!h.authenticate_none("root").await.unwrap().success(), "none");
