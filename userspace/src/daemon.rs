@@ -89,6 +89,9 @@ fn context(l: &config::Loaded, audit: &Arc<Audit>) -> Result<Option<Arc<Context>
 /// one consistent configuration.
 pub struct Snapshot {
     pub targets: TargetSet,
+    /// (vnet, address) → index into `targets.addrs`: a connection's target in one lookup,
+    /// however many targets there are.
+    target_index: std::collections::HashMap<(u16, std::net::IpAddr), usize>,
     pub host_keys: crate::hostcheck::Rules,
     pub auth: crate::proxy::AuthMethods,
     pub identities: Registry,
@@ -97,13 +100,27 @@ pub struct Snapshot {
 
 impl Snapshot {
     fn from(l: config::Loaded) -> Self {
+        let target_index = l
+            .targets
+            .addrs
+            .iter()
+            .enumerate()
+            .map(|(i, t)| ((t.vnet, crate::targets::canonical(t.addr)), i))
+            .collect();
         Self {
+            target_index,
             targets: l.targets,
             host_keys: l.host_keys,
             auth: l.auth,
             identities: l.identities,
             policies: l.policies,
         }
+    }
+
+    /// The target that owns `addr` in vnet `vnet`, if any.
+    pub fn target(&self, vnet: u16, addr: std::net::IpAddr) -> Option<&crate::targets::TargetAddr> {
+        let i = self.target_index.get(&(vnet, crate::targets::canonical(addr)))?;
+        self.targets.addrs.get(*i)
     }
 }
 
@@ -295,5 +312,41 @@ async fn reload(path: &Path, dp: Option<&mut Dataplane>, state: &ArcSwap<Snapsho
             }
         },
         Err(e) => tracing::error!(error = %e, "reload rejected; the previous configuration keeps serving"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_are_found_per_vnet_by_address() {
+        let text = r#"
+[[vnet]]
+name = "corp"
+id = 1
+ingress = ["veth0"]
+[[vnet]]
+name = "lab"
+id = 2
+ingress = ["veth1"]
+[[target]]
+hostname = "web-01"
+ipv4 = "198.18.10.10"
+vnet = "corp"
+[[target]]
+hostname = "lab-01"
+ipv4 = "198.18.10.10"
+ipv6 = "2001:db8::10"
+vnet = "lab"
+"#;
+        let snap = Snapshot::from(config::parse(Path::new("t.toml"), text).unwrap());
+        let name = |v, a: &str| snap.target(v, a.parse().unwrap()).map(|t| t.target.as_str());
+        assert_eq!(name(1, "198.18.10.10"), Some("web-01"));
+        assert_eq!(name(2, "198.18.10.10"), Some("lab-01"));
+        assert_eq!(name(2, "::ffff:198.18.10.10"), Some("lab-01"), "IPv4-mapped");
+        assert_eq!(name(2, "2001:db8::10"), Some("lab-01"));
+        assert_eq!(name(1, "2001:db8::10"), None);
+        assert_eq!(name(3, "198.18.10.10"), None);
     }
 }

@@ -197,9 +197,7 @@ impl Context {
 pub async fn serve(inc: Incoming, snap: Arc<Snapshot>, ctx: Option<Arc<Context>>) {
     let session = audit::session_id();
     let vnet = inc.vnet.and_then(|id| snap.targets.vnet_by_id(id));
-    let target = inc
-        .vnet
-        .and_then(|id| snap.targets.lookup(id, inc.target_addr.ip()));
+    let target = inc.vnet.and_then(|id| snap.target(id, inc.target_addr.ip()));
     let identity = inc.vnet.and_then(|id| snap.identities.lookup(id, inc.peer.ip()));
     let mut ev = Event::new("connect", &session);
     ev.identity = identity.map(|i| i.email.clone());
