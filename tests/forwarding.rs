@@ -196,6 +196,12 @@ fn remote_forwarding_works_only_when_the_policy_allows_it() {
         "{:?}",
         g.audit()
     );
+    // Each connection the target forwarded back is audited too.
+    assert!(
+        g.audit().iter().any(|e| e["reason"] == "forwarded_tcpip"),
+        "{:?}",
+        g.audit()
+    );
 }
 
 /// An ssh-agent holding one fresh key, stopped on drop.
@@ -328,6 +334,11 @@ fn agent_forwarding_works_only_when_the_policy_allows_it() {
         String::from_utf8_lossy(&o.stdout)
     );
     assert!(g.audit().iter().any(|e| e["reason"] == "agent_forwarding"));
+    assert!(
+        g.audit().iter().any(|e| e["reason"] == "agent_channel"),
+        "the target's use of the agent is audited: {:?}",
+        g.audit()
+    );
 }
 
 /// A stand-in X server on the client's side: accepts one connection, reads the X11
@@ -454,5 +465,9 @@ fn x11_forwarding_works_only_when_the_policy_allows_it() {
     assert!(
         reasons.iter().any(|r| r.contains("\"x11_forwarding\"")),
         "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("\"x11_channel\"")),
+        "the X connection is audited: {reasons:?}"
     );
 }

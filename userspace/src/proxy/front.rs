@@ -162,8 +162,6 @@ impl Front {
         e
     }
 
-    /// Decides `login` once: policy, then certificate login upstream. Denials are audited
-    /// and turned into a message on the user's first channel.
     /// A refusal, naming the methods that are offered, when `[auth] methods` leaves this
     /// one out (russh asks the handler whatever it advertised).
     fn unless_offered(&self, offered: bool) -> Option<Auth> {
@@ -174,6 +172,8 @@ impl Front {
         })
     }
 
+    /// Decides `login` once: policy, then certificate login upstream. Denials are audited
+    /// and turned into a message on the user's first channel.
     async fn authorize(&mut self, login: &str) -> Auth {
         self.info.tried_auth.store(true, Ordering::Relaxed);
         if let Some(l) = &self.authorized {
@@ -492,6 +492,11 @@ impl server::Handler for Front {
             self.info.authenticated.store(true, Ordering::Relaxed);
         }
         let _ = self.info.link.front.set(session.handle());
+        let _ = self
+            .info
+            .link
+            .audit
+            .set((self.info.ctx.audit.clone(), self.event("channel.open")));
         Ok(())
     }
 

@@ -9,6 +9,8 @@ use std::sync::{
 use russh::server;
 use tokio::task::AbortHandle;
 
+use crate::audit::{self, Audit, Event};
+
 #[derive(Default)]
 pub struct Link {
     /// The client's session, once it exists: where channels the target opens are joined.
@@ -18,6 +20,9 @@ pub struct Link {
     pub agent: AtomicBool,
     /// The same for X11 (`ssh -X`/`-Y`).
     pub x11: AtomicBool,
+    /// Where channel events of this session go, once it is authenticated: the audit trail
+    /// and the session's own event (identity, target, login, certificate).
+    pub audit: OnceLock<(std::sync::Arc<Audit>, Event)>,
     /// Tasks relaying towards the client, stopped when its connection ends: one waiting for
     /// a vanished client's window would otherwise keep the target's connection open.
     towards_client: Mutex<Vec<AbortHandle>>,
@@ -40,5 +45,17 @@ impl Link {
 
     pub fn granted(flag: &AtomicBool) -> bool {
         flag.load(Ordering::Relaxed)
+    }
+
+    /// Audits a channel the target opened (`channel.open`, reason `kind`).
+    pub fn channel_event(&self, kind: &str, detail: Option<String>) {
+        if let Some((a, base)) = self.audit.get() {
+            let mut e = base.clone();
+            e.time = audit::now_rfc3339();
+            e.event = "channel.open";
+            e.reason = Some(kind.to_string());
+            e.rule = detail;
+            a.emit(&e);
+        }
     }
 }

@@ -69,7 +69,7 @@ impl client::Handler for Up {
     ) -> Result<(), Self::Error> {
         let open = |f: Handle| async move { f.channel_open_agent().await };
         let granted = Link::granted(&self.link.agent);
-        bridge(&self.link, granted, open, channel, reply).await;
+        bridge(&self.link, "agent_channel", None, granted, open, channel, reply).await;
         Ok(())
     }
 
@@ -84,9 +84,10 @@ impl client::Handler for Up {
         _session: &mut client::Session,
     ) -> Result<(), Self::Error> {
         let from = originator_address.to_owned();
+        let what = Some(format!("{from}:{originator_port}"));
         let open = |f: Handle| async move { f.channel_open_x11(from, originator_port).await };
         let granted = Link::granted(&self.link.x11);
-        bridge(&self.link, granted, open, channel, reply).await;
+        bridge(&self.link, "x11_channel", what, granted, open, channel, reply).await;
         Ok(())
     }
 
@@ -103,13 +104,14 @@ impl client::Handler for Up {
         _session: &mut client::Session,
     ) -> Result<(), Self::Error> {
         let (to, from) = (connected_address.to_owned(), originator_address.to_owned());
+        let what = Some(format!("{to}:{connected_port} from {from}:{originator_port}"));
         let open = |f: Handle| async move {
             f.channel_open_forwarded_tcpip(to, connected_port, from, originator_port)
                 .await
         };
         // sshd reports connections only on ports the proxy asked it to forward, which it
         // does only when the policy grants remote forwarding.
-        bridge(&self.link, true, open, channel, reply).await;
+        bridge(&self.link, "forwarded_tcpip", what, true, open, channel, reply).await;
         Ok(())
     }
 }
@@ -119,6 +121,8 @@ impl client::Handler for Up {
 /// or the client said no.
 async fn bridge<F, Fut>(
     link: &Link,
+    kind: &str,
+    detail: Option<String>,
     granted: bool,
     open: F,
     up: russh::Channel<client::Msg>,
@@ -129,17 +133,21 @@ async fn bridge<F, Fut>(
 {
     let front = link.front.get().cloned().filter(|_| granted);
     let Some(front) = front else {
-        tracing::debug!(granted, "refused a channel the target opened");
+        link.channel_event(&format!("{kind}_refused"), detail);
         return reply
             .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
             .await;
     };
     match open(front).await {
         Ok(down) => {
+            link.channel_event(kind, detail);
             reply.accept().await;
             link.track(super::tunnel::join(down, up));
         }
-        Err(_) => reply.reject(russh::ChannelOpenFailure::ConnectFailed).await,
+        Err(e) => {
+            link.channel_event(&format!("{kind}_failed"), Some(e.to_string()));
+            reply.reject(russh::ChannelOpenFailure::ConnectFailed).await
+        }
     }
 }
 
