@@ -221,15 +221,6 @@ fn an_oversized_packet_is_refused() {
     still_serving(&g);
 }
 
-fn daemon_rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// `password` is not offered: a client that sends one anyway is refused, and the secret
 /// appears nowhere — not in the audit trail, not in the daemon's log.
 #[test]
@@ -260,8 +251,7 @@ fn a_password_attempt_is_refused_and_never_logged() {
 #[test]
 fn a_flood_of_channel_opens_is_answered_and_bounded() {
     let Some(g) = gateway() else { return };
-    let pid = g.daemon_pid().unwrap();
-    let rss_before = daemon_rss_kb(pid);
+    let rss_before = g.daemon_rss_kb().unwrap();
     let (opened, refused, echoed) = support::runtime().block_on(async {
         let cfg = std::sync::Arc::new(russh::client::Config::default());
         let mut h = russh::client::connect(cfg, ("127.0.0.1", g.proxy_port), support::RawClient)
@@ -295,7 +285,7 @@ fn a_flood_of_channel_opens_is_answered_and_bounded() {
         "{opened} opened, {refused} refused"
     );
     assert_eq!(echoed, "still-here\n");
-    let grown = daemon_rss_kb(pid).saturating_sub(rss_before);
+    let grown = g.daemon_rss_kb().unwrap().saturating_sub(rss_before);
     assert!(grown < 64 * 1024, "the daemon grew by {grown} kB");
     still_serving(&g);
 }

@@ -249,13 +249,6 @@ impl Bed {
         let f: Vec<&str> = line.split_whitespace().collect();
         (f[1].to_string(), f[2].to_string())
     }
-
-    /// The proxy's resident memory.
-    fn daemon_rss_kb(&self) -> Option<u64> {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.daemon_pid()?)).ok()?;
-        let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
-        line.split_whitespace().nth(1)?.parse().ok()
-    }
 }
 
 /// Runs `c` with `input` on stdin (written from a thread so large inputs cannot deadlock).

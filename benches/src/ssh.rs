@@ -368,7 +368,6 @@ pub fn run_group(quick: bool, portcullis: &Path) -> Result<Map<String, Value>> {
         for dir in ["down", "up"] {
             let mut tput: std::collections::HashMap<&str, Vec<f64>> = Default::default();
             let mut cpu: std::collections::HashMap<&str, (f64, f64)> = Default::default();
-            let mut proxied_bytes = 0u64;
             for _ in 0..rounds {
                 for &v in variants {
                     let pp = bed.proxy.as_ref().unwrap().0.id();
@@ -385,9 +384,6 @@ pub fn run_group(quick: bool, portcullis: &Path) -> Result<Map<String, Value>> {
                         let c = cpu.entry(v).or_default();
                         c.0 += cpu_secs(pp, false) - p0;
                         c.1 += cpu_secs(tp, true) - s0;
-                        if v == "proxied" {
-                            proxied_bytes += bytes;
-                        }
                     }
                     tput.entry(v)
                         .or_default()
@@ -409,7 +405,8 @@ pub fn run_group(quick: bool, portcullis: &Path) -> Result<Map<String, Value>> {
             );
             // Recordings of 1 GiB transfers are not kept.
             let _ = std::fs::remove_dir_all(bed.dir.join("rec"));
-            let gib = proxied_bytes as f64 / (1u64 << 30) as f64;
+            // Each measured variant moved `bytes` once per round.
+            let gib = (rounds as u64 * bytes) as f64 / (1u64 << 30) as f64;
             for (v, suffix) in [("proxied", ""), ("mixed", "_upstream_aes")] {
                 if let Some((proxy_cpu, sshd_cpu)) = cpu.get(v) {
                     m.insert(

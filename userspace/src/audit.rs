@@ -57,6 +57,14 @@ pub fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
+/// Now, in seconds since the Unix epoch (0 for a clock before it).
+pub fn unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// A session id unique across restarts: start time, pid and a counter.
 pub fn session_id() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);

@@ -3,8 +3,6 @@
 //! it is valid from `now − skew` to `now + lifetime` (3 minutes by default), names exactly
 //! the login as principal, and its key id ties it to the identity and session.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use russh::keys::{
     ssh_key::{
         self,
@@ -54,10 +52,7 @@ pub fn mint(ca: &PrivateKey, r: &Request<'_>) -> Result<Minted, ssh_key::Error> 
     } = *r;
     let mut rng = rand::rng();
     let key = PrivateKey::random(&mut rng, Algorithm::Ed25519)?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = crate::audit::unix_secs();
     let serial: u64 = rand::random();
     let mut b = Builder::new_with_random_nonce(
         &mut rng,

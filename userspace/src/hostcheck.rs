@@ -27,8 +27,8 @@ use russh::keys::{
 pub struct Rules {
     /// SHA256 fingerprints pinned per (vnet, address).
     pub pins: HashMap<(u16, IpAddr), Vec<Fingerprint>>,
-    /// Host CAs whose certificates are accepted from targets without pins.
-    pub cas: Vec<PublicKey>,
+    /// Fingerprints of the host CAs whose certificates are accepted from targets without pins.
+    pub cas: Vec<Fingerprint>,
 }
 
 /// What one upstream connection checks.
@@ -44,7 +44,7 @@ impl Rules {
     pub fn for_target(&self, vnet: u16, addr: IpAddr, hostname: &str) -> Check {
         Check {
             pins: self.pins.get(&(vnet, addr)).cloned().unwrap_or_default(),
-            cas: self.cas.iter().map(|k| k.fingerprint(HashAlg::Sha256)).collect(),
+            cas: self.cas.clone(),
             names: vec![hostname.to_ascii_lowercase(), addr.to_string()],
         }
     }
@@ -116,19 +116,18 @@ impl KeyMemory {
     pub fn open(path: Option<PathBuf>) -> Self {
         let mut seen = HashMap::new();
         let file = path.and_then(|p| {
-            if let Ok(text) = std::fs::read_to_string(&p) {
-                for (n, line) in text.lines().enumerate() {
-                    let f: Vec<&str> = line.split_whitespace().collect();
-                    let parsed = match f[..] {
-                        [v, a, fp] => v.parse::<u16>().ok().zip(a.parse::<SocketAddr>().ok()).map(|k| (k, fp)),
-                        _ => None,
-                    };
-                    match parsed {
-                        Some((k, fp)) => {
-                            seen.insert(k, fp.to_string());
-                        }
-                        None => tracing::warn!(file = %p.display(), line = n + 1, "skipping an unreadable line"),
+            let bytes = std::fs::read(&p).unwrap_or_default();
+            for (n, line) in String::from_utf8_lossy(&bytes).lines().enumerate() {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let parsed = match f[..] {
+                    [v, a, fp] => v.parse::<u16>().ok().zip(a.parse::<SocketAddr>().ok()).map(|k| (k, fp)),
+                    _ => None,
+                };
+                match parsed {
+                    Some((k, fp)) => {
+                        seen.insert(k, fp.to_string());
                     }
+                    None => tracing::warn!(file = %p.display(), line = n + 1, "skipping an unreadable line"),
                 }
             }
             let opened = p
@@ -143,8 +142,7 @@ impl KeyMemory {
                 })
                 .and_then(|mut f| {
                     // A line cut short by a crash must not swallow the next one.
-                    let torn = std::fs::read(&p).is_ok_and(|b| b.last().is_some_and(|&c| c != b'\n'));
-                    if torn {
+                    if bytes.last().is_some_and(|&c| c != b'\n') {
                         f.write_all(b"\n")?;
                     }
                     Ok(f)
@@ -262,7 +260,7 @@ mod tests {
         let (host, other, ca) = (key(), key(), key());
         let addr: IpAddr = "198.18.10.10".parse().unwrap();
         let mut rules = Rules {
-            cas: vec![ca.public_key().clone()],
+            cas: vec![ca.public_key().fingerprint(HashAlg::Sha256)],
             ..Default::default()
         };
         rules
@@ -288,7 +286,7 @@ mod tests {
         let (host, ca, rogue) = (key(), key(), key());
         let addr: IpAddr = "198.18.10.10".parse().unwrap();
         let rules = Rules {
-            cas: vec![ca.public_key().clone()],
+            cas: vec![ca.public_key().fingerprint(HashAlg::Sha256)],
             ..Default::default()
         };
         let c = rules.for_target(1, addr, "Web-01");

@@ -152,15 +152,8 @@ pub fn run() -> Result<()> {
     println!("   daemon up in {} (pid {})", t.gw.name, d.pid());
 
     let kh = demo.dir.join("known_hosts");
-    let ssh = |ns: &Netns, dest: &str, cmd: &str| -> Result<std::process::Output> {
-        Ok(ns
-            .command("ssh")
-            .args(ssh_opts(&kh))
-            .args(["-o", "ConnectTimeout=3"])
-            .arg(dest)
-            .arg(cmd)
-            .output()?)
-    };
+    // Sessions without input get an empty standard input.
+    let ssh = |ns: &Netns, dest: &str, cmd: &str| ssh_input(ns, &kh, dest, cmd, "");
 
     step(
         1,

@@ -221,6 +221,13 @@ port = {target_port}
         self.daemon.as_ref().map(|(c, _)| c.id())
     }
 
+    /// The daemon's resident memory (VmRSS), in KiB.
+    pub fn daemon_rss_kb(&self) -> Option<u64> {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.daemon_pid()?)).ok()?;
+        let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
     pub fn daemon_log(&self) -> String {
         self.daemon
             .as_ref()

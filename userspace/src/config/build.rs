@@ -465,7 +465,9 @@ fn host_keys(c: &Config, names: &HashMap<String, u16>) -> R<crate::hostcheck::Ru
         }
     }
     for k in &c.upstream.host_ca_keys {
-        rules.cas.push(key_line(k, "upstream.host_ca_keys")?);
+        rules
+            .cas
+            .push(key_line(k, "upstream.host_ca_keys")?.fingerprint(russh::keys::HashAlg::Sha256));
     }
     Ok(rules)
 }

@@ -424,10 +424,7 @@ impl Front {
     }
 
     fn channel_event(&self, kind: &str, detail: Option<String>) {
-        let mut e = self.event("channel.open");
-        e.reason = Some(kind.to_string());
-        e.rule = detail;
-        self.info.ctx.audit.emit(&e);
+        super::link::emit_channel_event(&self.info.ctx.audit, self.event("channel.open"), kind, detail);
     }
 }
 

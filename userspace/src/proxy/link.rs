@@ -1,10 +1,7 @@
 //! What the client's side (`front.rs`) and the target's side (`upstream.rs`) of one proxied
 //! connection share.
 
-use std::sync::{
-    atomic::{AtomicBool, Ordering},
-    Mutex, OnceLock,
-};
+use std::sync::{atomic::AtomicBool, Mutex, OnceLock};
 
 use russh::server;
 use tokio::task::AbortHandle;
@@ -43,19 +40,21 @@ impl Link {
         }
     }
 
-    pub fn granted(flag: &AtomicBool) -> bool {
-        flag.load(Ordering::Relaxed)
-    }
-
     /// Audits a channel the target opened (`channel.open`, reason `kind`).
     pub fn channel_event(&self, kind: &str, detail: Option<String>) {
         if let Some((a, base)) = self.audit.get() {
             let mut e = base.clone();
             e.time = audit::now_rfc3339();
-            e.event = "channel.open";
-            e.reason = Some(kind.to_string());
-            e.rule = detail;
-            a.emit(&e);
+            emit_channel_event(a, e, kind, detail);
         }
     }
+}
+
+/// `e` as a `channel.open` event with `kind` as its reason and `detail` as its rule: how the
+/// client's side and the target's side both audit channels.
+pub fn emit_channel_event(a: &Audit, mut e: Event, kind: &str, detail: Option<String>) {
+    e.event = "channel.open";
+    e.reason = Some(kind.to_string());
+    e.rule = detail;
+    a.emit(&e);
 }

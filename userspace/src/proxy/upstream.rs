@@ -4,7 +4,7 @@
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{atomic::Ordering, Arc, Mutex},
     time::Duration,
 };
 
@@ -47,11 +47,7 @@ impl client::Handler for Up {
         // Pins and host CAs are checked here; without them trust on first use is the
         // client's decision (it sees the derived key). The target's key is recorded for the
         // derivation and the hostkey.changed audit.
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        if let Err(why) = self.check.verify(k, now) {
+        if let Err(why) = self.check.verify(k, crate::audit::unix_secs()) {
             *self.rejected.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
             return Ok(false);
         }
@@ -68,7 +64,7 @@ impl client::Handler for Up {
         _session: &mut client::Session,
     ) -> Result<(), Self::Error> {
         let open = |f: Handle| async move { f.channel_open_agent().await };
-        let granted = Link::granted(&self.link.agent);
+        let granted = self.link.agent.load(Ordering::Relaxed);
         bridge(&self.link, "agent_channel", None, granted, open, channel, reply).await;
         Ok(())
     }
@@ -86,7 +82,7 @@ impl client::Handler for Up {
         let from = originator_address.to_owned();
         let what = Some(format!("{from}:{originator_port}"));
         let open = |f: Handle| async move { f.channel_open_x11(from, originator_port).await };
-        let granted = Link::granted(&self.link.x11);
+        let granted = self.link.x11.load(Ordering::Relaxed);
         bridge(&self.link, "x11_channel", what, granted, open, channel, reply).await;
         Ok(())
     }

@@ -10,7 +10,7 @@ use std::{
     io::{IoSlice, Write},
     os::unix::fs::{FileExt, OpenOptionsExt},
     path::{Path, PathBuf},
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    time::Instant,
 };
 
 use bytes::Bytes;
@@ -69,13 +69,6 @@ pub struct Summary {
     pub data_bytes: u64,
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 impl Recorder {
     /// Creates `<dir>/<name>.log` (0600) and starts its writer task. The returned handle
     /// resolves to the summary (or the error that stopped the recording).
@@ -100,7 +93,7 @@ impl Recorder {
             .map_err(io)?;
         let (ctx, enc) = Sealer::new(key)?;
         let header = Header {
-            started_at: unix_now(),
+            started_at: crate::audit::unix_secs(),
             data_size: 0,
             encapsulated_key: enc.iter().map(|b| format!("{b:02x}")).collect(),
             pty,
@@ -163,7 +156,7 @@ impl Recorder {
 
     pub fn exit_status(status: u32) -> ExitData {
         ExitData {
-            timestamp: unix_now(),
+            timestamp: crate::audit::unix_secs(),
             status: Some(status),
             ..Default::default()
         }
@@ -171,7 +164,7 @@ impl Recorder {
 
     pub fn exit_signal(signal: String, core_dumped: bool, error_msg: Option<String>) -> ExitData {
         ExitData {
-            timestamp: unix_now(),
+            timestamp: crate::audit::unix_secs(),
             signal: Some(signal),
             core_dumped,
             error_msg,
@@ -222,7 +215,7 @@ impl Writer {
         self.header.data_size = self.data_bytes;
         if self.header.exit_data.is_none() {
             self.header.exit_data = Some(ExitData {
-                timestamp: unix_now(),
+                timestamp: crate::audit::unix_secs(),
                 ..Default::default()
             });
         }
