@@ -737,11 +737,19 @@ fn identity_without_policy_is_refused_before_ssh() {
     // sshd logs one connection already: the testbed's probe that it listens.
     let connections = || bed.sshd.log().matches("Connection from").count();
     let before = connections();
-    let o = bed.exec("id", 255, "no policy: connection closed before SSH");
+    let o = bed.exec("id", 255, "no policy: disconnected before the key exchange");
     assert!(o.stdout.is_empty(), "nothing ran{}", bed.diag(Some(&o)));
+    // The reason is printed by the stock client without -v, and no host key was shown.
+    let err = stderr(&o);
     assert!(
-        stderr(&o).contains("kex_exchange_identification"),
-        "closed before the SSH exchange{}",
+        err.contains("Received disconnect")
+            && err.contains("refused (no_policy): no policy lets alice@example.com reach this target"),
+        "the refusal explained on stderr{}",
+        bed.diag(Some(&o))
+    );
+    assert!(
+        !err.to_lowercase().contains("host key"),
+        "no host key involved{}",
         bed.diag(Some(&o))
     );
     bed.expect_deny(json!({ "reason": "no_policy", "identity": "alice@example.com" }));
@@ -785,7 +793,12 @@ fn target_down_fails_and_is_audited() {
     }) else {
         return;
     };
-    bed.exec("id", 255, "target down");
+    let o = bed.exec("id", 255, "target down");
+    assert!(
+        stderr(&o).contains("portcullis: target web-01") && stderr(&o).contains("(upstream_failed)"),
+        "the user is told which target failed{}",
+        bed.diag(Some(&o))
+    );
     let d = bed.expect_deny(json!({ "reason": "upstream_failed" }));
     assert!(
         d["rule"]
@@ -1112,7 +1125,12 @@ fn pinned_host_keys_are_enforced() {
         ..Default::default()
     })
     .unwrap();
-    bed.exec("id", 255, "a key that is not pinned");
+    let o = bed.exec("id", 255, "a key that is not pinned");
+    assert!(
+        stderr(&o).contains("not pinned") && stderr(&o).contains("(hostkey_rejected)"),
+        "the user is told why{}",
+        bed.diag(Some(&o))
+    );
     let d = bed.expect_deny(json!({ "reason": "hostkey_rejected" }));
     let why = d["rule"].as_str().unwrap_or_default();
     assert!(

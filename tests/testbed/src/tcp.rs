@@ -74,8 +74,9 @@ pub fn fetch(ns: &Netns, addr: SocketAddr) -> std::io::Result<String> {
     ns.run(move || {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        Ok(out)
+        // The proxy's refusal is a binary SSH packet around its text.
+        let mut out = Vec::new();
+        s.read_to_end(&mut out)?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
     })
 }

@@ -8,6 +8,7 @@
 
 pub mod front;
 pub mod link;
+pub mod refusal;
 pub mod sftp;
 pub mod tunnel;
 pub mod upstream;
@@ -15,7 +16,7 @@ pub mod upstream;
 use std::{borrow::Cow, net::SocketAddr, sync::Arc, time::Duration};
 
 use russh::{cipher, client, keys::PrivateKey, server, MethodKind, MethodSet, Preferred};
-use tokio::{io::AsyncWriteExt, net::TcpStream};
+use tokio::net::TcpStream;
 
 use crate::{
     audit::{self, Audit, Event},
@@ -237,10 +238,21 @@ pub async fn serve(inc: Incoming, snap: Arc<Snapshot>, ctx: Option<Arc<Context>>
     };
     if let Err(reason) = pre {
         emit(&deny_event(&ev, reason));
-        refuse(
+        let why = match reason {
+            "not_steered" => "the connection did not come through the gateway's steering".into(),
+            "no_target" => "not a protected target".into(),
+            "no_identity" => format!("no identity is registered for {} in this network", inc.peer.ip()),
+            "no_policy" => format!(
+                "no policy lets {} reach this target",
+                ev.identity.as_deref().unwrap_or("-")
+            ),
+            _ => "the SSH proxy is not available".to_string(),
+        };
+        refusal::refuse(
             inc.stream,
+            refusal::Reason::NotAllowed,
             &format!(
-                "{} {} refused ({reason})",
+                "portcullis: {} {} refused ({reason}): {why} [session {session}]",
                 ev.target.as_deref().unwrap_or("-"),
                 inc.target_addr
             ),
@@ -262,16 +274,22 @@ pub async fn serve(inc: Incoming, snap: Arc<Snapshot>, ctx: Option<Arc<Context>>
     let up = match upstream::connect(inc.target_addr, vnet_id, config, check, link.clone()).await {
         Ok(up) => up,
         Err(e) => {
-            let reason = match e {
-                upstream::UpstreamError::HostKey(_) => "hostkey_rejected",
-                _ => "upstream_failed",
+            let (reason, code) = match e {
+                upstream::UpstreamError::HostKey(_) => {
+                    ("hostkey_rejected", refusal::Reason::HostKeyNotVerifiable)
+                }
+                _ => ("upstream_failed", refusal::Reason::ServiceNotAvailable),
             };
             let mut d = deny_event(&ev, reason);
             d.rule = Some(e.to_string());
             ctx.audit.emit(&d);
-            refuse(
+            refusal::refuse(
                 inc.stream,
-                &format!("target {} {}: {e}", target.target, inc.target_addr),
+                code,
+                &format!(
+                    "portcullis: target {} {}: {e} ({reason}) [session {session}]",
+                    target.target, inc.target_addr
+                ),
             )
             .await;
             return;
@@ -369,13 +387,6 @@ fn deny_event(base: &Event, reason: &str) -> Event {
     d.decision = Some("deny");
     d.reason = Some(reason.to_string());
     d
-}
-
-/// Refuses a client before any SSH exchange: a line before the banner (which OpenSSH shows
-/// with -v) and a close.
-async fn refuse(mut s: TcpStream, why: &str) {
-    let _ = s.write_all(format!("portcullis: {why}\r\n").as_bytes()).await;
-    let _ = s.shutdown().await;
 }
 
 /// russh reads each packet with two exact reads straight from the socket; a read buffer in

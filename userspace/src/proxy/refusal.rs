@@ -1,0 +1,130 @@
+//! Refusing a client before any key exchange, in words its SSH client prints.
+//!
+//! A refusal happens before the proxy has a host key to show (the target's decides it, and
+//! an unreachable target has none): any key would be a wrong one and make the client warn
+//! of a changed host key. So the proxy sends its identification and then an unencrypted
+//! `SSH_MSG_DISCONNECT` (RFC 4253 §11.1 allows it at any point). Clients print its text
+//! without `-v` (OpenSSH: "Received disconnect from … : <text>"; PuTTY and dbclient alike),
+//! whereas lines before the banner are shown by OpenSSH only in debug output.
+
+use std::time::Duration;
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+const MSG_DISCONNECT: u8 = 1;
+/// What OpenSSH prints of the description (`%.400s`); longer texts are cut on a char boundary.
+const MAX_TEXT: usize = 400;
+/// How long the client may take to read the refusal and hang up before the socket is closed.
+/// Closing with its banner unread would make the kernel answer with a reset, which can
+/// overtake the refusal in the client's receive queue.
+const LINGER: Duration = Duration::from_secs(2);
+/// At most this much of what the client sends meanwhile is read (and dropped).
+const DRAIN_LIMIT: usize = 64 * 1024;
+
+/// RFC 4253 §11.1 reason codes used by the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The identity, the policy or the steering does not allow this connection.
+    NotAllowed = 1,
+    /// The target could not be reached or its SSH handshake failed.
+    ServiceNotAvailable = 7,
+    /// The target's host key failed its pin or host-CA check.
+    HostKeyNotVerifiable = 9,
+}
+
+/// The server identification sent with a refusal.
+const IDENTIFICATION: &[u8] = b"SSH-2.0-portcullis\r\n";
+
+/// Sends the identification and a disconnect saying `text`, then closes.
+pub async fn refuse(mut s: TcpStream, reason: Reason, text: &str) {
+    let mut out = IDENTIFICATION.to_vec();
+    out.extend_from_slice(&disconnect_packet(reason, text));
+    if s.write_all(&out).await.is_err() || s.shutdown().await.is_err() {
+        return;
+    }
+    let mut buf = [0u8; 4096];
+    let mut drained = 0;
+    let _ = tokio::time::timeout(LINGER, async {
+        while drained < DRAIN_LIMIT {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    })
+    .await;
+}
+
+/// An unencrypted binary packet (RFC 4253 §6) carrying `SSH_MSG_DISCONNECT`.
+pub fn disconnect_packet(reason: Reason, text: &str) -> Vec<u8> {
+    let text = truncate(text, MAX_TEXT);
+    let mut payload = Vec::with_capacity(13 + text.len());
+    payload.push(MSG_DISCONNECT);
+    payload.extend_from_slice(&(reason as u32).to_be_bytes());
+    payload.extend_from_slice(&(text.len() as u32).to_be_bytes());
+    payload.extend_from_slice(text.as_bytes());
+    payload.extend_from_slice(&0u32.to_be_bytes()); // language tag: empty
+                                                    // Length field excluded, the packet (padding length byte, payload, padding) is a
+                                                    // multiple of 8 bytes together with the length field, with at least 4 bytes of padding.
+    let unpadded = 4 + 1 + payload.len();
+    let padding = 4 + (8 - (unpadded + 4) % 8) % 8;
+    let packet_len = 1 + payload.len() + padding;
+    let mut p = Vec::with_capacity(4 + packet_len);
+    p.extend_from_slice(&(packet_len as u32).to_be_bytes());
+    p.push(padding as u8);
+    p.extend_from_slice(&payload);
+    p.resize(p.len() + padding, 0);
+    p
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(p: &[u8]) -> (u32, String) {
+        let len = u32::from_be_bytes(p[..4].try_into().unwrap()) as usize;
+        assert_eq!(p.len(), 4 + len, "length field covers the rest");
+        assert_eq!(p.len() % 8, 0, "block-aligned");
+        let pad = p[4] as usize;
+        assert!(pad >= 4, "at least 4 bytes of padding");
+        let payload = &p[5..4 + len - pad];
+        assert_eq!(payload[0], MSG_DISCONNECT);
+        let code = u32::from_be_bytes(payload[1..5].try_into().unwrap());
+        let n = u32::from_be_bytes(payload[5..9].try_into().unwrap()) as usize;
+        let text = String::from_utf8(payload[9..9 + n].to_vec()).unwrap();
+        assert_eq!(&payload[9 + n..], &[0, 0, 0, 0], "empty language tag");
+        (code, text)
+    }
+
+    #[test]
+    fn packets_are_well_formed_for_every_length() {
+        for n in 0..40 {
+            let text = "x".repeat(n);
+            assert_eq!(parse(&disconnect_packet(Reason::NotAllowed, &text)), (1, text));
+        }
+        let (code, _) = parse(&disconnect_packet(Reason::HostKeyNotVerifiable, "k"));
+        assert_eq!(code, 9);
+    }
+
+    #[test]
+    fn long_texts_are_cut_on_a_char_boundary() {
+        let text = "é".repeat(300);
+        let (_, got) = parse(&disconnect_packet(Reason::ServiceNotAvailable, &text));
+        assert_eq!(got.len(), MAX_TEXT);
+        assert!(text.starts_with(&got));
+    }
+}
