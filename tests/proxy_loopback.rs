@@ -940,6 +940,111 @@ fn slow_reader_does_not_grow_proxy_memory() {
     );
 }
 
+/// russh refills a channel's window when data arrives, not when it is relayed, so its
+/// bounded per-channel queue is what holds a fast writer back; when the queue of a channel
+/// whose reader is slow is full, the connection's other channels wait behind it. What the
+/// proxy guarantees: a slow reader on one channel delays its neighbours but never stops
+/// them, in either direction, and memory stays bounded.
+#[test]
+fn slow_channel_delays_but_never_stops_its_neighbour() {
+    const TOTAL: u64 = 64 * 1024 * 1024;
+    const LIMIT_KB: u64 = 200 * 1024;
+    let Some(bed) = Bed::known_good() else {
+        return;
+    };
+    let master = Master::start(&bed, bed.proxy_port, "proxy", &[]);
+    // A second session on the connection: a hang (the connection's loops waiting on each
+    // other) fails the test instead of stopping it.
+    let beside = |m: &Master, cmd: &str| {
+        let mut c = m.client();
+        c.arg(cmd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = Guard(c.spawn().unwrap());
+        finish(&mut child.0, 60, || {})
+            .unwrap_or_else(|o| panic!("`{cmd}` beside a slow channel hung{}", bed.diag(Some(&o))))
+    };
+    let mut peak = bed.daemon_rss_kb().unwrap_or(0);
+    let slow_read = |r: &mut dyn Read, fast: &std::sync::atomic::AtomicBool| {
+        // 16 KiB every 10 ms until told to hurry.
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut n = 0u64;
+        loop {
+            if !fast.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            match r.read(&mut buf) {
+                Ok(0) | Err(_) => return n,
+                Ok(k) => n += k as u64,
+            }
+        }
+    };
+
+    // Target → client: the local reader of channel A is slow.
+    let mut a = master.client();
+    a.arg(format!("head -c {TOTAL} /dev/zero"));
+    let (a, a_stdin) = spawn_stdin_open(a);
+    let mut a = Guard(a);
+    let mut out = a.0.stdout.take().unwrap();
+    let hurry = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let h = hurry.clone();
+    let reader = std::thread::spawn(move || slow_read(&mut out, &h));
+    // Let A's queues fill before B starts.
+    std::thread::sleep(Duration::from_secs(2));
+    let started = Instant::now();
+    let b = beside(&master, "echo b");
+    let waited = started.elapsed();
+    hurry.store(true, std::sync::atomic::Ordering::Relaxed);
+    bed.expect_code(&b, 0, "channel B beside a slow download");
+    assert_eq!(stdout(&b), "b\n", "{}", bed.diag(Some(&b)));
+    let oa = finish(&mut a.0, 120, || {
+        peak = peak.max(bed.daemon_rss_kb().unwrap_or(0));
+    })
+    .unwrap_or_else(|o| panic!("the slow download did not finish{}", bed.diag(Some(&o))));
+    drop(a_stdin);
+    bed.expect_code(&oa, 0, "slow download");
+    assert_eq!(
+        reader.join().unwrap(),
+        TOTAL,
+        "bytes downloaded{}",
+        bed.diag(Some(&oa))
+    );
+    eprintln!("beside a slow download, `echo b` took {waited:?}");
+
+    // Client → target: the target's reader of channel C is slow (a shell loop of small reads).
+    let mut c = master.client();
+    c.arg("while dd bs=16k count=1 of=/dev/null 2>/dev/null; do sleep 0.01; done");
+    let (c, mut c_stdin) = spawn_stdin_open(c);
+    let mut c = Guard(c);
+    let writer = std::thread::spawn(move || {
+        let chunk = vec![0u8; 64 * 1024];
+        let mut sent = 0u64;
+        while sent < TOTAL && c_stdin.write_all(&chunk).is_ok() {
+            sent += chunk.len() as u64;
+        }
+        sent
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let started = Instant::now();
+    let d = beside(&master, "echo d");
+    let waited_up = started.elapsed();
+    bed.expect_code(&d, 0, "channel D beside a slow upload");
+    assert_eq!(stdout(&d), "d\n", "{}", bed.diag(Some(&d)));
+    eprintln!("beside a slow upload, `echo d` took {waited_up:?}");
+    // The upload itself is not waited for: it would take minutes at this pace.
+    let _ = c.0.kill();
+    let _ = writer.join();
+    peak = peak.max(bed.daemon_rss_kb().unwrap_or(0));
+    eprintln!("proxy RSS peak {peak} kB");
+    assert!(
+        peak < LIMIT_KB,
+        "proxy RSS peaked at {peak} kB (limit {LIMIT_KB} kB){}",
+        bed.diag(None)
+    );
+    master.exit();
+}
+
 #[test]
 fn multiplexed_channels_share_one_connection() {
     let Some(bed) = Bed::known_good() else {

@@ -16,7 +16,7 @@ use std::{
         atomic::{AtomicI64, AtomicU64, Ordering},
         Arc,
     },
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use russh::{
@@ -32,7 +32,10 @@ use crate::recording::{
 };
 use std::sync::OnceLock;
 
-use super::Context;
+use super::{
+    answers::{Answers, Then, REPLY_TIMEOUT},
+    Context,
+};
 use crate::{
     audit::{self, Event},
     cert::{self, Grant},
@@ -65,10 +68,8 @@ type UpWrite = Arc<ChannelWriteHalf<client::Msg>>;
 
 struct Chan {
     up: UpWrite,
-    replies: mpsc::Receiver<bool>,
-    /// Replies still owed by the target for requests we stopped waiting for: the next
-    /// ones to arrive belong to those, not to the request being answered now.
-    stale: usize,
+    /// The target's answers to this channel's requests, taken off the session loop.
+    answers: Answers,
     /// Set when the channel's shell/exec/subsystem starts, if sessions are recorded.
     rec: Arc<OnceLock<Recorder>>,
     pty: Option<PtyInfo>,
@@ -115,6 +116,10 @@ pub struct Front {
     /// Why the session cannot go on; told to the user on their first channel.
     refusal: Option<String>,
     chans: HashMap<ChannelId, Chan>,
+    /// Channels whose target side opened (in a task of their own, see `answers`), to be
+    /// added to `chans` before their first request is handled.
+    opened: mpsc::UnboundedReceiver<(ChannelId, Chan)>,
+    opened_tx: mpsc::UnboundedSender<(ChannelId, Chan)>,
     /// Channels opened by a refused session: they only carry the explanation.
     refused: std::collections::HashSet<ChannelId>,
     totals: Arc<Totals>,
@@ -130,19 +135,20 @@ pub struct Front {
     x11_forwarding: bool,
 }
 
-const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
-
 impl Front {
     pub fn new(info: SessionInfo) -> Self {
         let totals = Arc::new(Totals {
             exit_status: AtomicI64::new(-1),
             ..Default::default()
         });
+        let (opened_tx, opened) = mpsc::unbounded_channel();
         Self {
             info,
             authorized: None,
             refusal: None,
             chans: HashMap::new(),
+            opened,
+            opened_tx,
             refused: Default::default(),
             totals,
             started: Instant::now(),
@@ -299,6 +305,7 @@ impl Front {
     /// On a refused session's channel: accepts the request and, for one that starts the
     /// session, explains the refusal on stderr and ends with status 1.
     fn refuse(&mut self, id: ChannelId, starts: bool, s: &mut Session) -> Result<bool, russh::Error> {
+        self.adopt();
         if !self.refused.contains(&id) {
             return Ok(false);
         }
@@ -381,46 +388,93 @@ impl Front {
         }
     }
 
-    /// Waits for the target's answer to the request just forwarded on channel `id`.
-    async fn await_reply(&mut self, id: ChannelId) -> bool {
-        let Some(c) = self.chans.get_mut(&id) else {
-            return false;
+    /// Takes in the channels whose target side has opened since the last request.
+    fn adopt(&mut self) {
+        while let Ok((id, c)) = self.opened.try_recv() {
+            self.chans.insert(id, c);
+        }
+    }
+
+    /// The request just forwarded on channel `id` is answered with the target's answer,
+    /// in order, by the channel's answer queue; `then` sees the answer too.
+    fn answer_from_target(
+        &mut self,
+        id: ChannelId,
+        then: Option<Then>,
+        s: &mut Session,
+    ) -> Result<(), russh::Error> {
+        self.expect(id, true, then, s)
+    }
+
+    /// The request just forwarded on channel `id` is answered `ok` now, unless the client
+    /// still waits for an earlier answer (then it is the target's, after that one); the
+    /// target's answer goes to `then`.
+    fn answer_now(
+        &mut self,
+        id: ChannelId,
+        ok: bool,
+        then: Option<Then>,
+        s: &mut Session,
+    ) -> Result<(), russh::Error> {
+        let owing = self.chans.get(&id).is_some_and(|c| c.answers.owing());
+        self.expect(id, owing, then, s)?;
+        if !owing {
+            match ok {
+                true => s.channel_success(id)?,
+                false => s.channel_failure(id)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn expect(
+        &mut self,
+        id: ChannelId,
+        to_client: bool,
+        then: Option<Then>,
+        s: &mut Session,
+    ) -> Result<(), russh::Error> {
+        let Some(c) = self.chans.get(&id) else {
+            return s.channel_failure(id);
         };
-        while c.stale > 0 {
-            match tokio::time::timeout(REPLY_TIMEOUT, c.replies.recv()).await {
-                Ok(Some(_)) => c.stale -= 1,
-                _ => return false,
-            }
+        if let Err(e) = c.answers.expect(to_client, then) {
+            tracing::warn!(session = %self.info.session, error = %e, "closing a flooded channel");
+            self.chans.remove(&id);
+            return s.close(id);
         }
-        match tokio::time::timeout(REPLY_TIMEOUT, c.replies.recv()).await {
-            Ok(Some(ok)) => ok,
-            Ok(None) => false,
-            Err(_) => {
-                c.stale += 1;
-                false
-            }
-        }
+        Ok(())
     }
 
-    async fn reply(&mut self, id: ChannelId, s: &mut Session) -> Result<(), russh::Error> {
-        let ok = self.await_reply(id).await;
-        if ok {
-            s.channel_success(id)
-        } else {
-            s.channel_failure(id)
-        }
-    }
-
-    fn up(&self, id: ChannelId) -> Option<UpWrite> {
+    fn up(&mut self, id: ChannelId) -> Option<UpWrite> {
+        self.adopt();
         self.chans.get(&id).map(|c| c.up.clone())
     }
 
-    /// `kind` when the target agreed, `kind_failed` when it did not.
-    fn forwarding_event(&self, kind: &str, ok: bool, detail: Option<String>) {
-        match ok {
-            true => self.channel_event(kind, detail),
-            false => self.channel_event(&format!("{kind}_failed"), detail),
-        }
+    /// What to do with the target's answer to a forwarding request: on yes, set the
+    /// `Link`'s `flag` (channels of that kind from the target are accepted from then on);
+    /// audit `kind`, or `kind_failed` on no.
+    fn granted_then(
+        &self,
+        kind: &'static str,
+        detail: Option<String>,
+        flag: fn(&super::link::Link) -> &std::sync::atomic::AtomicBool,
+    ) -> Then {
+        let (link, audit, ev) = (
+            self.info.link.clone(),
+            self.info.ctx.audit.clone(),
+            self.event("channel.open"),
+        );
+        Box::new(move |ok| {
+            if ok {
+                flag(&link).store(true, Ordering::Relaxed);
+            }
+            let kind = if ok {
+                kind.to_string()
+            } else {
+                format!("{kind}_failed")
+            };
+            super::link::emit_channel_event(&audit, ev, &kind, detail);
+        })
     }
 
     fn channel_event(&self, kind: &str, detail: Option<String>) {
@@ -535,165 +589,178 @@ impl server::Handler for Front {
             let _ = session;
             return Ok(());
         }
-        let up = match self.info.up.channel_open_session().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "target refused a session channel");
-                reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
-                return Ok(());
-            }
-        };
-        reply.accept().await;
-        let id = ch.id();
-        let (mut dr, dw) = ch.split();
-        let (mut ur, uw) = up.split();
-        let uw = Arc::new(uw);
-        let (rtx, rrx) = mpsc::channel(16);
-        let rec: Arc<OnceLock<Recorder>> = Arc::default();
-        let sftp: Arc<std::sync::Mutex<Option<super::sftp::Watcher>>> = Arc::default();
-        self.chans.insert(
-            id,
-            Chan {
+        let up = self.info.up.clone();
+        let opened = self.opened_tx.clone();
+        let fail_closed = self.info.ctx.recording.as_ref().is_some_and(|r| r.fail_closed);
+        let handle = session.handle();
+        let (totals, totals_b) = (self.totals.clone(), self.totals.clone());
+        let link = self.info.link.clone();
+        // The target's side is opened by a task of its own: waiting for it here would stop
+        // this session's loop (see `answers`).
+        tokio::spawn(async move {
+            let up = match tokio::time::timeout(REPLY_TIMEOUT, up.channel_open_session()).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "target refused a session channel");
+                    reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!("target did not answer a session channel open");
+                    reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+                    return;
+                }
+            };
+            let id = ch.id();
+            let (mut dr, dw) = ch.split();
+            let (mut ur, uw) = up.split();
+            let uw = Arc::new(uw);
+            let (rtx, rrx) = mpsc::channel(16);
+            let rec: Arc<OnceLock<Recorder>> = Arc::default();
+            let sftp: Arc<std::sync::Mutex<Option<super::sftp::Watcher>>> = Arc::default();
+            let chan = Chan {
                 up: uw.clone(),
-                replies: rrx,
-                stale: 0,
+                answers: Answers::start(id, handle.clone(), rrx),
                 rec: rec.clone(),
                 pty: None,
                 sftp: sftp.clone(),
-            },
-        );
-        let fail_closed = self.info.ctx.recording.as_ref().is_some_and(|r| r.fail_closed);
-        let handle = session.handle();
-        let totals = self.totals.clone();
-        let rec_a = rec.clone();
-        // Target → client.
-        let pump = tokio::spawn(async move {
-            let rec = rec_a;
-            // The target's EOF is held until its exit status (or close): a client that closes
-            // as soon as it sees EOF (OpenSSH's multiplexing clients do) would otherwise close
-            // before the exit status arrives, and russh answers a close at once, losing it.
-            let mut eof_held = false;
-            let mut closed = false;
-            while let Some(m) = ur.wait().await {
-                let r = match m {
-                    ChannelMsg::Data { data } => {
-                        totals.from_target.fetch_add(data.len() as u64, Ordering::Relaxed);
-                        if !recorded(&rec, SOURCE_TARGET, CODE_DATA, &data, fail_closed).await {
-                            let msg = b"\r\nportcullis: the session recording failed; ending the session\r\n";
-                            let _ = dw.extended_data_bytes(1, &msg[..]).await;
+            };
+            // Known to the session before the client can send its first request.
+            if opened.send((id, chan)).is_err() {
+                return;
+            }
+            reply.accept().await;
+            let rec_a = rec.clone();
+            // Target → client.
+            let pump = tokio::spawn(async move {
+                let rec = rec_a;
+                // The target's EOF is held until its exit status (or close): a client that closes
+                // as soon as it sees EOF (OpenSSH's multiplexing clients do) would otherwise close
+                // before the exit status arrives, and russh answers a close at once, losing it.
+                let mut eof_held = false;
+                let mut closed = false;
+                while let Some(m) = ur.wait().await {
+                    let r = match m {
+                        ChannelMsg::Data { data } => {
+                            totals.from_target.fetch_add(data.len() as u64, Ordering::Relaxed);
+                            if !recorded(&rec, SOURCE_TARGET, CODE_DATA, &data, fail_closed).await {
+                                let msg =
+                                    b"\r\nportcullis: the session recording failed; ending the session\r\n";
+                                let _ = dw.extended_data_bytes(1, &msg[..]).await;
+                                let _ = dw.close().await;
+                                closed = true;
+                                break;
+                            }
+                            dw.data_bytes(data).await
+                        }
+                        ChannelMsg::ExtendedData { data, ext } => {
+                            totals.from_target.fetch_add(data.len() as u64, Ordering::Relaxed);
+                            if !recorded(&rec, SOURCE_TARGET, CODE_EXTENDED, &data, fail_closed).await {
+                                let _ = dw.close().await;
+                                closed = true;
+                                break;
+                            }
+                            dw.extended_data_bytes(ext, data).await
+                        }
+                        ChannelMsg::Eof => {
+                            eof_held = true;
+                            Ok(())
+                        }
+                        ChannelMsg::ExitStatus { exit_status } => {
+                            totals.exit_status.store(exit_status as i64, Ordering::Relaxed);
+                            if let Some(r) = rec.get() {
+                                r.exit(Recorder::exit_status(exit_status)).await;
+                            }
+                            let r = dw.exit_status(exit_status).await;
+                            if std::mem::take(&mut eof_held) {
+                                let _ = dw.eof().await;
+                            }
+                            r
+                        }
+                        ChannelMsg::ExitSignal {
+                            signal_name,
+                            core_dumped,
+                            error_message,
+                            lang_tag,
+                        } => {
+                            if let Some(r) = rec.get() {
+                                let msg = (!error_message.is_empty()).then(|| error_message.clone());
+                                r.exit(Recorder::exit_signal(
+                                    format!("{signal_name:?}"),
+                                    core_dumped,
+                                    msg,
+                                ))
+                                .await;
+                            }
+                            let _ = handle
+                                .exit_signal_request(id, signal_name, core_dumped, error_message, lang_tag)
+                                .await;
+                            if std::mem::take(&mut eof_held) {
+                                let _ = dw.eof().await;
+                            }
+                            Ok(())
+                        }
+                        ChannelMsg::Success => {
+                            let _ = rtx.send(true).await;
+                            Ok(())
+                        }
+                        ChannelMsg::Failure => {
+                            let _ = rtx.send(false).await;
+                            Ok(())
+                        }
+                        ChannelMsg::Close => {
+                            if eof_held {
+                                let _ = dw.eof().await;
+                            }
                             let _ = dw.close().await;
                             closed = true;
                             break;
                         }
-                        dw.data_bytes(data).await
-                    }
-                    ChannelMsg::ExtendedData { data, ext } => {
-                        totals.from_target.fetch_add(data.len() as u64, Ordering::Relaxed);
-                        if !recorded(&rec, SOURCE_TARGET, CODE_EXTENDED, &data, fail_closed).await {
-                            let _ = dw.close().await;
-                            closed = true;
-                            break;
-                        }
-                        dw.extended_data_bytes(ext, data).await
-                    }
-                    ChannelMsg::Eof => {
-                        eof_held = true;
-                        Ok(())
-                    }
-                    ChannelMsg::ExitStatus { exit_status } => {
-                        totals.exit_status.store(exit_status as i64, Ordering::Relaxed);
-                        if let Some(r) = rec.get() {
-                            r.exit(Recorder::exit_status(exit_status)).await;
-                        }
-                        let r = dw.exit_status(exit_status).await;
-                        if std::mem::take(&mut eof_held) {
-                            let _ = dw.eof().await;
-                        }
-                        r
-                    }
-                    ChannelMsg::ExitSignal {
-                        signal_name,
-                        core_dumped,
-                        error_message,
-                        lang_tag,
-                    } => {
-                        if let Some(r) = rec.get() {
-                            let msg = (!error_message.is_empty()).then(|| error_message.clone());
-                            r.exit(Recorder::exit_signal(
-                                format!("{signal_name:?}"),
-                                core_dumped,
-                                msg,
-                            ))
-                            .await;
-                        }
-                        let _ = handle
-                            .exit_signal_request(id, signal_name, core_dumped, error_message, lang_tag)
-                            .await;
-                        if std::mem::take(&mut eof_held) {
-                            let _ = dw.eof().await;
-                        }
-                        Ok(())
-                    }
-                    ChannelMsg::Success => {
-                        let _ = rtx.send(true).await;
-                        Ok(())
-                    }
-                    ChannelMsg::Failure => {
-                        let _ = rtx.send(false).await;
-                        Ok(())
-                    }
-                    ChannelMsg::Close => {
-                        if eof_held {
-                            let _ = dw.eof().await;
-                        }
-                        let _ = dw.close().await;
-                        closed = true;
+                        _ => Ok(()),
+                    };
+                    if r.is_err() {
                         break;
                     }
-                    _ => Ok(()),
-                };
-                if r.is_err() {
-                    break;
                 }
-            }
-            if !closed {
-                // The target's connection went away without closing the channel (it died):
-                // say so and end the client's channel rather than leave it hanging.
-                let msg = b"\r\nportcullis: the connection to the target was lost\r\n";
-                let _ = dw.extended_data_bytes(1, &msg[..]).await;
-                let _ = dw.close().await;
-            }
-        });
-        self.info.link.track(pump.abort_handle());
-        // Client → target.
-        let totals = self.totals.clone();
-        tokio::spawn(async move {
-            while let Some(m) = dr.wait().await {
-                let r = match m {
-                    ChannelMsg::Data { data } => {
-                        totals.from_client.fetch_add(data.len() as u64, Ordering::Relaxed);
-                        if !recorded(&rec, SOURCE_CLIENT, CODE_DATA, &data, fail_closed).await {
+                if !closed {
+                    // The target's connection went away without closing the channel (it died):
+                    // say so and end the client's channel rather than leave it hanging.
+                    let msg = b"\r\nportcullis: the connection to the target was lost\r\n";
+                    let _ = dw.extended_data_bytes(1, &msg[..]).await;
+                    let _ = dw.close().await;
+                }
+            });
+            link.track(pump.abort_handle());
+            // Client → target.
+            let totals = totals_b;
+            tokio::spawn(async move {
+                while let Some(m) = dr.wait().await {
+                    let r = match m {
+                        ChannelMsg::Data { data } => {
+                            totals.from_client.fetch_add(data.len() as u64, Ordering::Relaxed);
+                            if !recorded(&rec, SOURCE_CLIENT, CODE_DATA, &data, fail_closed).await {
+                                let _ = uw.close().await;
+                                break;
+                            }
+                            if let Some(w) = sftp.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                                w.feed(&data);
+                            }
+                            uw.data_bytes(data).await
+                        }
+                        ChannelMsg::ExtendedData { data, ext } => uw.extended_data_bytes(ext, data).await,
+                        ChannelMsg::Eof => uw.eof().await,
+                        ChannelMsg::Close => {
                             let _ = uw.close().await;
                             break;
                         }
-                        if let Some(w) = sftp.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
-                            w.feed(&data);
-                        }
-                        uw.data_bytes(data).await
-                    }
-                    ChannelMsg::ExtendedData { data, ext } => uw.extended_data_bytes(ext, data).await,
-                    ChannelMsg::Eof => uw.eof().await,
-                    ChannelMsg::Close => {
-                        let _ = uw.close().await;
+                        // Requests are handled by the callbacks below, in order, with replies.
+                        _ => Ok(()),
+                    };
+                    if r.is_err() {
                         break;
                     }
-                    // Requests are handled by the callbacks below, in order, with replies.
-                    _ => Ok(()),
-                };
-                if r.is_err() {
-                    break;
                 }
-            }
+            });
         });
         Ok(())
     }
@@ -712,6 +779,7 @@ impl server::Handler for Front {
         if self.refuse(id, false, s)? {
             return Ok(());
         }
+        self.adopt();
         if let Some(c) = self.chans.get_mut(&id) {
             c.pty = Some(PtyInfo {
                 term: Some(term.to_string()),
@@ -723,7 +791,15 @@ impl server::Handler for Front {
         if let Some(w) = self.up(id) {
             w.request_pty(true, term, cols, rows, pw, ph, modes).await?;
         }
-        self.reply(id, s).await
+        // Answered at once: a client sends its next requests (agent, env) without waiting,
+        // and russh keeps only the last request's "reply wanted" flag.
+        let session = self.info.session.clone();
+        let then: Then = Box::new(move |ok| {
+            if !ok {
+                tracing::warn!(session, "the target refused a terminal");
+            }
+        });
+        self.answer_now(id, true, Some(then), s)
     }
 
     async fn env_request(
@@ -739,7 +815,7 @@ impl server::Handler for Front {
         if let Some(w) = self.up(id) {
             w.set_env(true, k, v).await?;
         }
-        self.reply(id, s).await
+        self.answer_now(id, true, None, s)
     }
 
     async fn shell_request(&mut self, id: ChannelId, s: &mut Session) -> Result<(), Self::Error> {
@@ -750,7 +826,7 @@ impl server::Handler for Front {
         if let Some(w) = self.up(id) {
             w.request_shell(true).await?;
         }
-        self.reply(id, s).await
+        self.answer_from_target(id, None, s)
     }
 
     async fn exec_request(&mut self, id: ChannelId, cmd: &[u8], s: &mut Session) -> Result<(), Self::Error> {
@@ -762,7 +838,7 @@ impl server::Handler for Front {
         if let Some(w) = self.up(id) {
             w.exec(true, cmd.to_vec()).await?;
         }
-        self.reply(id, s).await
+        self.answer_from_target(id, None, s)
     }
 
     async fn subsystem_request(
@@ -774,6 +850,7 @@ impl server::Handler for Front {
         if self.refuse(id, true, s)? || !self.start_recording(id, format!("subsystem {name}"), s)? {
             return Ok(());
         }
+        self.adopt();
         if name == "sftp" {
             if let Some(c) = self.chans.get(&id) {
                 let w = super::sftp::Watcher::new(self.info.ctx.audit.clone(), self.event("sftp"));
@@ -784,7 +861,7 @@ impl server::Handler for Front {
         if let Some(w) = self.up(id) {
             w.request_subsystem(true, name).await?;
         }
-        self.reply(id, s).await
+        self.answer_from_target(id, None, s)
     }
 
     async fn window_change_request(
@@ -810,6 +887,7 @@ impl server::Handler for Front {
     }
 
     async fn channel_close(&mut self, id: ChannelId, _s: &mut Session) -> Result<(), Self::Error> {
+        self.adopt();
         self.chans.remove(&id);
         self.refused.remove(&id);
         Ok(())
@@ -837,16 +915,10 @@ impl server::Handler for Front {
             return s.channel_failure(id);
         };
         w.request_x11(true, single, protocol, cookie, screen).await?;
-        let ok = self.await_reply(id).await;
-        if ok {
-            self.info.link.x11.store(true, Ordering::Relaxed);
-        }
-        self.forwarding_event("x11_forwarding", ok, Some(format!("screen {screen}")));
-        if ok {
-            s.channel_success(id)
-        } else {
-            s.channel_failure(id)
-        }
+        // Answered at once, like a terminal; X11 channels from the target are accepted
+        // only once the target has said yes.
+        let then = self.granted_then("x11_forwarding", Some(format!("screen {screen}")), |l| &l.x11);
+        self.answer_now(id, true, Some(then), s)
     }
 
     // Other forwarding is refused unless the allowing policy grants it; audited either way.
@@ -855,15 +927,17 @@ impl server::Handler for Front {
             self.channel_event("agent_forwarding_refused", None);
             return Ok(false);
         }
-        // Forwarded upstream; russh answers the client with what the target answered.
+        // russh answers the client from the return value, at once (OpenSSH asks for no
+        // answer); agent channels from the target are accepted once the target said yes.
         let Some(w) = self.up(id) else { return Ok(false) };
         w.agent_forward(true).await?;
-        let ok = self.await_reply(id).await;
-        if ok {
-            self.info.link.agent.store(true, Ordering::Relaxed);
+        let then = self.granted_then("agent_forwarding", None, |l| &l.agent);
+        if let Some(c) = self.chans.get(&id) {
+            if c.answers.expect(false, Some(then)).is_err() {
+                return Ok(false);
+            }
         }
-        self.forwarding_event("agent_forwarding", ok, None);
-        Ok(ok)
+        Ok(true)
     }
 
     async fn tcpip_forward(
@@ -878,7 +952,13 @@ impl server::Handler for Front {
             return Ok(false);
         }
         // The target listens; its connections come back through `Up`.
-        match self.info.up.tcpip_forward(address, *port).await {
+        // A global request: russh answers from the return value, so this one is waited for
+        // here, bounded.
+        let asked = self.info.up.tcpip_forward(address, *port);
+        match tokio::time::timeout(REPLY_TIMEOUT, asked)
+            .await
+            .unwrap_or(Err(russh::Error::SendError))
+        {
             Ok(bound) => {
                 if *port == 0 {
                     *port = bound;
@@ -899,7 +979,14 @@ impl server::Handler for Front {
         port: u32,
         _s: &mut Session,
     ) -> Result<bool, Self::Error> {
-        Ok(self.remote_forwarding && self.info.up.cancel_tcpip_forward(address, port).await.is_ok())
+        if !self.remote_forwarding {
+            return Ok(false);
+        }
+        let asked = self.info.up.cancel_tcpip_forward(address, port);
+        Ok(matches!(
+            tokio::time::timeout(REPLY_TIMEOUT, asked).await,
+            Ok(Ok(()))
+        ))
     }
 
     async fn channel_open_direct_tcpip(
@@ -920,23 +1007,30 @@ impl server::Handler for Front {
                 .await;
             return Ok(());
         }
-        // The target opens the forwarded connection (from its side, as with ssh -L directly).
-        let up = match self
-            .info
-            .up
-            .channel_open_direct_tcpip(host, port, orig_addr, orig_port)
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => {
-                self.channel_event("local_forwarding_failed", Some(format!("{dest}: {e}")));
-                reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
-                return Ok(());
+        // The target opens the forwarded connection (from its side, as with ssh -L directly),
+        // in a task: waiting here would stop this session's loop (see `answers`).
+        let (up, link) = (self.info.up.clone(), self.info.link.clone());
+        let (audit, ev) = (self.info.ctx.audit.clone(), self.event("channel.open"));
+        let (host, orig_addr) = (host.to_owned(), orig_addr.to_owned());
+        tokio::spawn(async move {
+            let opened = up.channel_open_direct_tcpip(host, port, orig_addr, orig_port);
+            match tokio::time::timeout(REPLY_TIMEOUT, opened).await {
+                Ok(Ok(up)) => {
+                    super::link::emit_channel_event(&audit, ev, "local_forwarding", Some(dest));
+                    reply.accept().await;
+                    link.track(super::tunnel::join(ch, up));
+                }
+                failed => {
+                    let why = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "no answer".into(),
+                    };
+                    let detail = Some(format!("{dest}: {why}"));
+                    super::link::emit_channel_event(&audit, ev, "local_forwarding_failed", detail);
+                    reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+                }
             }
-        };
-        self.channel_event("local_forwarding", Some(dest));
-        reply.accept().await;
-        self.info.link.track(super::tunnel::join(ch, up));
+        });
         Ok(())
     }
 }

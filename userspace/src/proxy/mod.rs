@@ -6,6 +6,7 @@
 //!   source address, login from the SSH user name, policy decides, a certificate logs in
 //!   upstream) and the relay of session channels.
 
+pub mod answers;
 pub mod front;
 pub mod link;
 pub mod refusal;

@@ -63,9 +63,9 @@ impl client::Handler for Up {
         reply: client::ChannelOpenHandle,
         _session: &mut client::Session,
     ) -> Result<(), Self::Error> {
-        let open = |f: Handle| async move { f.channel_open_agent().await };
+        let open = move |f: Handle| async move { f.channel_open_agent().await };
         let granted = self.link.agent.load(Ordering::Relaxed);
-        bridge(&self.link, "agent_channel", None, granted, open, channel, reply).await;
+        bridge(&self.link, "agent_channel", None, granted, open, channel, reply);
         Ok(())
     }
 
@@ -81,9 +81,9 @@ impl client::Handler for Up {
     ) -> Result<(), Self::Error> {
         let from = originator_address.to_owned();
         let what = Some(format!("{from}:{originator_port}"));
-        let open = |f: Handle| async move { f.channel_open_x11(from, originator_port).await };
+        let open = move |f: Handle| async move { f.channel_open_x11(from, originator_port).await };
         let granted = self.link.x11.load(Ordering::Relaxed);
-        bridge(&self.link, "x11_channel", what, granted, open, channel, reply).await;
+        bridge(&self.link, "x11_channel", what, granted, open, channel, reply);
         Ok(())
     }
 
@@ -101,50 +101,58 @@ impl client::Handler for Up {
     ) -> Result<(), Self::Error> {
         let (to, from) = (connected_address.to_owned(), originator_address.to_owned());
         let what = Some(format!("{to}:{connected_port} from {from}:{originator_port}"));
-        let open = |f: Handle| async move {
+        let open = move |f: Handle| async move {
             f.channel_open_forwarded_tcpip(to, connected_port, from, originator_port)
                 .await
         };
         // sshd reports connections only on ports the proxy asked it to forward, which it
         // does only when the policy grants remote forwarding.
-        bridge(&self.link, "forwarded_tcpip", what, true, open, channel, reply).await;
+        bridge(&self.link, "forwarded_tcpip", what, true, open, channel, reply);
         Ok(())
     }
 }
 
 /// Answers a channel the target opened: `open`s its twin on the client's session and joins
 /// the two; refused when the forwarding was not `granted`, there is no client session yet,
-/// or the client said no.
-async fn bridge<F, Fut>(
-    link: &Link,
-    kind: &str,
+/// or the client said no. In a task: this session's loop must not wait for the client's
+/// (see `answers`).
+fn bridge<F, Fut>(
+    link: &Arc<Link>,
+    kind: &'static str,
     detail: Option<String>,
     granted: bool,
     open: F,
     up: russh::Channel<client::Msg>,
     reply: client::ChannelOpenHandle,
 ) where
-    F: FnOnce(Handle) -> Fut,
-    Fut: std::future::Future<Output = Result<russh::Channel<russh::server::Msg>, russh::Error>>,
+    F: FnOnce(Handle) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<russh::Channel<russh::server::Msg>, russh::Error>> + Send,
 {
-    let front = link.front.get().cloned().filter(|_| granted);
-    let Some(front) = front else {
-        link.channel_event(&format!("{kind}_refused"), detail);
-        return reply
-            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
-            .await;
-    };
-    match open(front).await {
-        Ok(down) => {
-            link.channel_event(kind, detail);
-            reply.accept().await;
-            link.track(super::tunnel::join(down, up));
+    let link = link.clone();
+    tokio::spawn(async move {
+        let front = link.front.get().cloned().filter(|_| granted);
+        let Some(front) = front else {
+            link.channel_event(&format!("{kind}_refused"), detail);
+            return reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+        };
+        match tokio::time::timeout(super::answers::REPLY_TIMEOUT, open(front)).await {
+            Ok(Ok(down)) => {
+                link.channel_event(kind, detail);
+                reply.accept().await;
+                link.track(super::tunnel::join(down, up));
+            }
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "no answer".into(),
+                };
+                link.channel_event(&format!("{kind}_failed"), Some(why));
+                reply.reject(russh::ChannelOpenFailure::ConnectFailed).await
+            }
         }
-        Err(e) => {
-            link.channel_event(&format!("{kind}_failed"), Some(e.to_string()));
-            reply.reject(russh::ChannelOpenFailure::ConnectFailed).await
-        }
-    }
+    });
 }
 
 pub struct Connected {
