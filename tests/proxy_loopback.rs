@@ -943,8 +943,10 @@ fn slow_reader_does_not_grow_proxy_memory() {
 /// russh refills a channel's window when data arrives, not when it is relayed, so its
 /// bounded per-channel queue is what holds a fast writer back; when the queue of a channel
 /// whose reader is slow is full, the connection's other channels wait behind it. What the
-/// proxy guarantees: a slow reader on one channel delays its neighbours but never stops
-/// them, in either direction, and memory stays bounded.
+/// proxy guarantees: a slow reader on one channel delays its neighbours (opens, requests,
+/// data) but never stops them, in either direction, and memory stays bounded. Before the
+/// fix the second session hung for good: its open waited on the client's session loop for
+/// the target's loop, which waited for window updates only the client's loop could read.
 #[test]
 fn slow_channel_delays_but_never_stops_its_neighbour() {
     const TOTAL: u64 = 64 * 1024 * 1024;
