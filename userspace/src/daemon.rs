@@ -78,7 +78,7 @@ fn context(l: &config::Loaded, audit: &Arc<Audit>) -> Result<Option<Arc<Context>
         Some(
             l.config
                 .dataplane
-                .state_dir
+                .data_dir
                 .join(&l.config.dataplane.instance)
                 .join("target-keys"),
         ),

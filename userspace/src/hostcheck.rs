@@ -103,7 +103,7 @@ impl Check {
 }
 
 /// The last host key each target presented, per (vnet, address, port), in an append-only
-/// file (`<state_dir>/<instance>/target-keys`, a line per first sighting or change), so
+/// file (`<data_dir>/<instance>/target-keys`, a line per first sighting or change), so
 /// that a restart does not forget it. Fingerprints only: nothing secret.
 pub struct KeyMemory {
     seen: Mutex<HashMap<(u16, SocketAddr), String>>,

@@ -92,6 +92,7 @@ stdout = false
 [dataplane]
 instance = "{instance}"
 state_dir = "{state}"
+data_dir = "{state}"
 
 [[target]]
 hostname = "web-01"

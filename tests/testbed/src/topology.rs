@@ -100,6 +100,7 @@ impl Topology {
             r#"[dataplane]
 instance = "{instance}"
 state_dir = "{state}"
+data_dir = "{state}"
 
 [[vnet]]
 name = "corp"

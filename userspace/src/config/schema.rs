@@ -84,8 +84,11 @@ pub struct DataplaneConfig {
     pub instance: String,
     /// Mount point of the BPF filesystem.
     pub bpffs: PathBuf,
-    /// Lock file, target list for `stats`, saved sysctls.
+    /// Lock file, target list for `stats`, saved sysctls (runtime state).
     pub state_dir: PathBuf,
+    /// What must survive a reboot: the host key each target last showed
+    /// (`<data_dir>/<instance>/target-keys`).
+    pub data_dir: PathBuf,
     pub xdp_mode: XdpModeConfig,
     /// Routing table that delivers steered packets locally.
     pub route_table: u32,
@@ -99,6 +102,7 @@ impl Default for DataplaneConfig {
             instance: "portcullis".into(),
             bpffs: "/sys/fs/bpf".into(),
             state_dir: "/run/portcullis".into(),
+            data_dir: "/var/lib/portcullis".into(),
             xdp_mode: XdpModeConfig::Auto,
             route_table: 28771,
             rule_priority: 90,

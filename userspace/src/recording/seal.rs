@@ -11,6 +11,7 @@ use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 use hkdf::Hkdf;
 use hpke::{kem::X25519HkdfSha256, Kem, Serializable};
 use sha2::Sha256;
+use zeroize::Zeroizing;
 
 use super::keys::PublicKey;
 
@@ -71,12 +72,15 @@ impl Sealer {
         let mut context = [0u8; 1 + 32 + 32];
         context[1..33].copy_from_slice(&psk_id_hash);
         context[33..].copy_from_slice(&info_hash);
-        let (_, secret) = labeled_extract(shared_secret, b"secret", b"");
-        let mut key = [0u8; 32];
-        labeled_expand(&secret, b"key", &context, &mut key);
+        // Copies of key material this function owns are wiped once used; the AEAD key
+        // lives on inside aws-lc, which wipes it when the context is freed.
+        let (prk, secret) = labeled_extract(shared_secret, b"secret", b"");
+        let _prk = Zeroizing::new(prk);
+        let mut key = Zeroizing::new([0u8; 32]);
+        labeled_expand(&secret, b"key", &context, &mut key[..]);
         let mut base_nonce = [0u8; NONCE_LEN];
         labeled_expand(&secret, b"base_nonce", &context, &mut base_nonce);
-        let key = UnboundKey::new(&CHACHA20_POLY1305, &key).expect("a 32-byte ChaCha20 key");
+        let key = UnboundKey::new(&CHACHA20_POLY1305, &key[..]).expect("a 32-byte ChaCha20 key");
         Self {
             key: LessSafeKey::new(key),
             base_nonce,
