@@ -152,13 +152,23 @@ impl Drop for Sshd {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released: good enough for tests).
+/// A free TCP port on 127.0.0.1 for a server a test starts. Taken below the kernel's
+/// ephemeral range (32768–60999): a port from that range, released and bound again later,
+/// can meanwhile become the source port of a parallel test's connection (seen in CI as
+/// "Address already in use"). Each test process walks its own part of 20000–31999.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const BASE: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let start = std::process::id().wrapping_mul(97) % SPAN;
+    for _ in 0..SPAN {
+        let port = (BASE + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {BASE}..{}", BASE + SPAN)
 }
 
 /// `ssh` with options for tests: no known-hosts prompts (a per-test known_hosts file), batch
