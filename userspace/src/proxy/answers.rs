@@ -21,6 +21,16 @@ use tokio::sync::mpsc;
 
 /// How long the target may take to answer one request.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// What `f` (a request to the target) gave, if it came within [`REPLY_TIMEOUT`]; otherwise
+/// why not, for the log and the audit.
+pub async fn within<T>(f: impl std::future::Future<Output = Result<T, russh::Error>>) -> Result<T, String> {
+    match tokio::time::timeout(REPLY_TIMEOUT, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer".into()),
+    }
+}
+
 /// Requests of one channel awaiting the target's answer; a client that has more
 /// outstanding is flooding and its channel is closed.
 const MAX_OUTSTANDING: usize = 64;

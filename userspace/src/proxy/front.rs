@@ -33,7 +33,7 @@ use crate::recording::{
 use std::sync::OnceLock;
 
 use super::{
-    answers::{Answers, Then, REPLY_TIMEOUT},
+    answers::{within, Answers, Then},
     Context,
 };
 use crate::{
@@ -305,7 +305,6 @@ impl Front {
     /// On a refused session's channel: accepts the request and, for one that starts the
     /// session, explains the refusal on stderr and ends with status 1.
     fn refuse(&mut self, id: ChannelId, starts: bool, s: &mut Session) -> Result<bool, russh::Error> {
-        self.adopt();
         if !self.refused.contains(&id) {
             return Ok(false);
         }
@@ -336,16 +335,16 @@ impl Front {
             ctx.audit.emit(&e);
             return Ok(true);
         };
-        let Some(chan) = self.chans.get(&id) else {
+        let Some((pty, rec)) = self.chan(id).map(|c| (c.pty.clone(), c.rec.clone())) else {
             return Ok(true);
         };
         let name = format!("{}-{}", self.info.session, u32::from(id));
-        match Recorder::start(&setup.dir, &name, &setup.key, chan.pty.clone(), Some(request)) {
+        match Recorder::start(&setup.dir, &name, &setup.key, pty, Some(request)) {
             Ok((r, task)) => {
                 let mut e = self.event("recording.start");
                 e.reason = Some(r.path.display().to_string());
                 ctx.audit.emit(&e);
-                let _ = chan.rec.set(r);
+                let _ = rec.set(r);
                 let mut end = self.event("recording.end");
                 let audit = ctx.audit.clone();
                 tokio::spawn(async move {
@@ -388,11 +387,12 @@ impl Front {
         }
     }
 
-    /// Takes in the channels whose target side has opened since the last request.
-    fn adopt(&mut self) {
+    /// Channel `id`, including one whose target side opened since the last request.
+    fn chan(&mut self, id: ChannelId) -> Option<&mut Chan> {
         while let Ok((id, c)) = self.opened.try_recv() {
             self.chans.insert(id, c);
         }
+        self.chans.get_mut(&id)
     }
 
     /// The request just forwarded on channel `id` is answered with the target's answer,
@@ -416,7 +416,7 @@ impl Front {
         then: Option<Then>,
         s: &mut Session,
     ) -> Result<(), russh::Error> {
-        let owing = self.chans.get(&id).is_some_and(|c| c.answers.owing());
+        let owing = self.chan(id).is_some_and(|c| c.answers.owing());
         self.expect(id, owing, then, s)?;
         if !owing {
             match ok {
@@ -434,7 +434,7 @@ impl Front {
         then: Option<Then>,
         s: &mut Session,
     ) -> Result<(), russh::Error> {
-        let Some(c) = self.chans.get(&id) else {
+        let Some(c) = self.chan(id) else {
             return s.channel_failure(id);
         };
         if let Err(e) = c.answers.expect(to_client, then) {
@@ -446,8 +446,7 @@ impl Front {
     }
 
     fn up(&mut self, id: ChannelId) -> Option<UpWrite> {
-        self.adopt();
-        self.chans.get(&id).map(|c| c.up.clone())
+        self.chan(id).map(|c| c.up.clone())
     }
 
     /// What to do with the target's answer to a forwarding request: on yes, set the
@@ -593,20 +592,15 @@ impl server::Handler for Front {
         let opened = self.opened_tx.clone();
         let fail_closed = self.info.ctx.recording.as_ref().is_some_and(|r| r.fail_closed);
         let handle = session.handle();
-        let (totals, totals_b) = (self.totals.clone(), self.totals.clone());
+        let totals = self.totals.clone();
         let link = self.info.link.clone();
         // The target's side is opened by a task of its own: waiting for it here would stop
         // this session's loop (see `answers`).
         tokio::spawn(async move {
-            let up = match tokio::time::timeout(REPLY_TIMEOUT, up.channel_open_session()).await {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "target refused a session channel");
-                    reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
-                    return;
-                }
-                Err(_) => {
-                    tracing::warn!("target did not answer a session channel open");
+            let up = match within(up.channel_open_session()).await {
+                Ok(c) => c,
+                Err(why) => {
+                    tracing::warn!(error = %why, "target did not open a session channel");
                     reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
                     return;
                 }
@@ -630,10 +624,10 @@ impl server::Handler for Front {
                 return;
             }
             reply.accept().await;
-            let rec_a = rec.clone();
+            let (rec_a, totals_a) = (rec.clone(), totals.clone());
             // Target → client.
             let pump = tokio::spawn(async move {
-                let rec = rec_a;
+                let (rec, totals) = (rec_a, totals_a);
                 // The target's EOF is held until its exit status (or close): a client that closes
                 // as soon as it sees EOF (OpenSSH's multiplexing clients do) would otherwise close
                 // before the exit status arrives, and russh answers a close at once, losing it.
@@ -732,7 +726,6 @@ impl server::Handler for Front {
             });
             link.track(pump.abort_handle());
             // Client → target.
-            let totals = totals_b;
             tokio::spawn(async move {
                 while let Some(m) = dr.wait().await {
                     let r = match m {
@@ -779,8 +772,7 @@ impl server::Handler for Front {
         if self.refuse(id, false, s)? {
             return Ok(());
         }
-        self.adopt();
-        if let Some(c) = self.chans.get_mut(&id) {
+        if let Some(c) = self.chan(id) {
             c.pty = Some(PtyInfo {
                 term: Some(term.to_string()),
                 width: cols,
@@ -850,10 +842,9 @@ impl server::Handler for Front {
         if self.refuse(id, true, s)? || !self.start_recording(id, format!("subsystem {name}"), s)? {
             return Ok(());
         }
-        self.adopt();
         if name == "sftp" {
-            if let Some(c) = self.chans.get(&id) {
-                let w = super::sftp::Watcher::new(self.info.ctx.audit.clone(), self.event("sftp"));
+            let w = super::sftp::Watcher::new(self.info.ctx.audit.clone(), self.event("sftp"));
+            if let Some(c) = self.chan(id) {
                 *c.sftp.lock().unwrap_or_else(|e| e.into_inner()) = Some(w);
             }
         }
@@ -887,7 +878,8 @@ impl server::Handler for Front {
     }
 
     async fn channel_close(&mut self, id: ChannelId, _s: &mut Session) -> Result<(), Self::Error> {
-        self.adopt();
+        // Taken in first, so that a channel closed before its first request is forgotten too.
+        self.chan(id);
         self.chans.remove(&id);
         self.refused.remove(&id);
         Ok(())
@@ -932,7 +924,7 @@ impl server::Handler for Front {
         let Some(w) = self.up(id) else { return Ok(false) };
         w.agent_forward(true).await?;
         let then = self.granted_then("agent_forwarding", None, |l| &l.agent);
-        if let Some(c) = self.chans.get(&id) {
+        if let Some(c) = self.chan(id) {
             if c.answers.expect(false, Some(then)).is_err() {
                 return Ok(false);
             }
@@ -955,10 +947,7 @@ impl server::Handler for Front {
         // A global request: russh answers from the return value, so this one is waited for
         // here, bounded.
         let asked = self.info.up.tcpip_forward(address, *port);
-        match tokio::time::timeout(REPLY_TIMEOUT, asked)
-            .await
-            .unwrap_or(Err(russh::Error::SendError))
-        {
+        match within(asked).await {
             Ok(bound) => {
                 if *port == 0 {
                     *port = bound;
@@ -983,10 +972,7 @@ impl server::Handler for Front {
             return Ok(false);
         }
         let asked = self.info.up.cancel_tcpip_forward(address, port);
-        Ok(matches!(
-            tokio::time::timeout(REPLY_TIMEOUT, asked).await,
-            Ok(Ok(()))
-        ))
+        Ok(within(asked).await.is_ok())
     }
 
     async fn channel_open_direct_tcpip(
@@ -1014,17 +1000,13 @@ impl server::Handler for Front {
         let (host, orig_addr) = (host.to_owned(), orig_addr.to_owned());
         tokio::spawn(async move {
             let opened = up.channel_open_direct_tcpip(host, port, orig_addr, orig_port);
-            match tokio::time::timeout(REPLY_TIMEOUT, opened).await {
-                Ok(Ok(up)) => {
+            match within(opened).await {
+                Ok(up) => {
                     super::link::emit_channel_event(&audit, ev, "local_forwarding", Some(dest));
                     reply.accept().await;
                     link.track(super::tunnel::join(ch, up));
                 }
-                failed => {
-                    let why = match failed {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => "no answer".into(),
-                    };
+                Err(why) => {
                     let detail = Some(format!("{dest}: {why}"));
                     super::link::emit_channel_event(&audit, ev, "local_forwarding_failed", detail);
                     reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;

@@ -214,11 +214,17 @@ pub async fn serve(inc: Incoming, snap: Arc<Snapshot>, ctx: Option<Arc<Context>>
         None => crate::audit::Audit::stdout_only().emit(e),
     };
     emit(&ev);
-    // Pre-check before the target is touched.
-    let pre = match (inc.vnet, target, identity) {
-        (None, _, _) => Err("not_steered"),
-        (_, None, _) => Err("no_target"),
-        (_, _, None) => Err("no_identity"),
+    // Pre-check before the target is touched: the reason audited, and what the user reads.
+    let pre: Result<(), (&str, String)> = match (inc.vnet, target, identity) {
+        (None, _, _) => Err((
+            "not_steered",
+            "the connection did not come through the gateway's steering".into(),
+        )),
+        (_, None, _) => Err(("no_target", "not a protected target".into())),
+        (_, _, None) => Err((
+            "no_identity",
+            format!("no identity is registered for {} in this network", inc.peer.ip()),
+        )),
         (_, Some(t), Some(id)) => {
             let r = Request {
                 identity: id,
@@ -229,26 +235,19 @@ pub async fn serve(inc: Incoming, snap: Arc<Snapshot>, ctx: Option<Arc<Context>>
                 login: "",
             };
             if !snap.policies.could_allow(&r) {
-                Err("no_policy")
+                Err((
+                    "no_policy",
+                    format!("no policy lets {} reach this target", id.email),
+                ))
             } else if ctx.is_none() {
-                Err("proxy_unavailable")
+                Err(("proxy_unavailable", "the SSH proxy is not available".into()))
             } else {
                 Ok(())
             }
         }
     };
-    if let Err(reason) = pre {
+    if let Err((reason, why)) = pre {
         emit(&deny_event(&ev, reason));
-        let why = match reason {
-            "not_steered" => "the connection did not come through the gateway's steering".into(),
-            "no_target" => "not a protected target".into(),
-            "no_identity" => format!("no identity is registered for {} in this network", inc.peer.ip()),
-            "no_policy" => format!(
-                "no policy lets {} reach this target",
-                ev.identity.as_deref().unwrap_or("-")
-            ),
-            _ => "the SSH proxy is not available".to_string(),
-        };
         refusal::refuse(
             inc.stream,
             refusal::Reason::NotAllowed,

@@ -137,17 +137,13 @@ fn bridge<F, Fut>(
                 .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
         };
-        match tokio::time::timeout(super::answers::REPLY_TIMEOUT, open(front)).await {
-            Ok(Ok(down)) => {
+        match super::answers::within(open(front)).await {
+            Ok(down) => {
                 link.channel_event(kind, detail);
                 reply.accept().await;
                 link.track(super::tunnel::join(down, up));
             }
-            failed => {
-                let why = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => "no answer".into(),
-                };
+            Err(why) => {
                 link.channel_event(&format!("{kind}_failed"), Some(why));
                 reply.reject(russh::ChannelOpenFailure::ConnectFailed).await
             }
