@@ -217,3 +217,27 @@ fn bad_configs_exit_2_with_a_location() {
         text(&o)
     );
 }
+
+/// Issue 11 #9: two identities whose email prefixes collide while prefixes name logins
+/// (`email_prefix_login`, as in CONFIG) are valid but warned about, naming both.
+#[test]
+fn check_warns_when_email_prefixes_collide() {
+    let d = Dir::new("prefix");
+    let twin = "\n[[identity]]\nemail = \"jdoe@contractor.example\"\nsources = [\"198.18.2.0/24\"]\nvnet = \"corp\"\n";
+    let body = CONFIG.replace(
+        "[account]\nsecret = \"keys/account.secret\"\nca_key = \"keys/ca\"\n",
+        "",
+    );
+    let cfg = d.write("portcullis.toml", &format!("{body}{twin}"));
+    let o = run(&["check", "--config", c(&cfg)]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("warning")
+            && err.contains("jdoe@example.com and jdoe@contractor.example share the email prefix \"jdoe\""),
+        "{err}"
+    );
+    let alone = d.write("alone.toml", &body);
+    let o = run(&["check", "--config", c(&alone)]);
+    assert!(o.status.success() && o.stderr.is_empty(), "{}", text(&o));
+}

@@ -327,3 +327,184 @@ fn wait_until(mut f: impl FnMut() -> bool) {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// Deletes the client's veth pair and creates it again: the gateway's `cl1` comes back with
+/// a new ifindex and none of our programs (what a `wg-quick` restart or a re-created
+/// container veth does).
+fn recreate_cl1(t: &Topology) {
+    t.gw.exec("ip link del cl1");
+    portcullis_testbed::link(
+        &t.client,
+        "eth0",
+        &["198.18.1.2/24", "2001:db8:1::2/64"],
+        &t.gw,
+        "cl1",
+        &["198.18.1.1/24", "2001:db8:1::1/64"],
+    );
+    t.client
+        .exec("ip route add default via 198.18.1.1 && ip -6 route add default via 2001:db8:1::1");
+}
+
+/// Issue 11 #1: a re-created ingress interface was left without XDP/TC and its protected
+/// ports were forwarded to the target's own sshd; SIGHUP and restarts then failed on the
+/// severed links.
+#[test]
+fn recreated_ingress_interface_is_followed_and_never_bypasses() {
+    let Some(bed) = Bed::new() else { return };
+    let t = &bed.topo;
+    let t1_22 = Server::start(&t.target, sa("198.18.10.10:22"), "t1:22");
+    let _t1_80 = Server::start(&t.target, sa("198.18.10.10:80"), "t1:80");
+    let mut d = bed.daemon();
+    refused_by_proxy(
+        &fetch(&t.client, sa("198.18.10.10:22")).unwrap(),
+        "web-01",
+        "198.18.10.10:22",
+    );
+
+    // Re-created while the daemon runs: the link monitor re-attaches.
+    recreate_cl1(t);
+    wait_until(|| {
+        fetch(&t.client, sa("198.18.10.10:22"))
+            .map(|o| o.contains("portcullis: web-01 198.18.10.10:22 refused"))
+            .unwrap_or(false)
+    });
+    assert_eq!(t1_22.hits(), 0, "a protected flow reached the target");
+    assert_eq!(fetch(&t.client, sa("198.18.10.10:80")).unwrap(), "t1:80\n");
+    assert!(
+        d.stderr().iter().any(|l| l.contains("dataplane re-attached")),
+        "{:?}",
+        d.stderr()
+    );
+
+    // Second line: the daemon frozen (no re-attach possible), the interface re-created.
+    // The forward guard matches the interface by name: the protected port stays closed.
+    unsafe { libc::kill(d.pid() as i32, libc::SIGSTOP) };
+    recreate_cl1(t);
+    let r = fetch(&t.client, sa("198.18.10.10:22"));
+    assert!(r.is_err(), "forwarded to the target while unattached: {r:?}");
+    assert_eq!(t1_22.hits(), 0);
+    assert_eq!(fetch(&t.client, sa("198.18.10.10:80")).unwrap(), "t1:80\n");
+    let guard = t.gw.exec("nft list ruleset");
+    let guard = String::from_utf8_lossy(&guard.stdout);
+    assert!(guard.contains("iifname \"cl1\""), "{guard}");
+    unsafe { libc::kill(d.pid() as i32, libc::SIGCONT) };
+    wait_until(|| {
+        fetch(&t.client, sa("198.18.10.10:22"))
+            .map(|o| o.contains("refused"))
+            .unwrap_or(false)
+    });
+
+    // A reload and a restart after churn work (they failed on severed links before).
+    unsafe { libc::kill(d.pid() as i32, libc::SIGHUP) };
+    d.wait_event(&[]).ok_or(()).ok();
+    wait_until(|| d.stderr().iter().any(|l| l.contains("configuration reloaded")));
+    assert!(
+        !d.stderr().iter().any(|l| l.contains("reload failed")),
+        "{:?}",
+        d.stderr()
+    );
+    d.kill9();
+    // Dead daemon, interface re-created: the guard still holds.
+    recreate_cl1(t);
+    assert!(fetch(&t.client, sa("198.18.10.10:22")).is_err());
+    let _d = bed.daemon();
+    refused_by_proxy(
+        &fetch(&t.client, sa("198.18.10.10:22")).unwrap(),
+        "web-01",
+        "198.18.10.10:22",
+    );
+    assert_eq!(t1_22.hits(), 0);
+
+    // `down` removes the guard with the rest: the port is the target's again.
+    drop(_d);
+    let out = bed.cli("down");
+    assert!(out.status.success(), "{out:?}");
+    let guard = t.gw.exec("nft list ruleset");
+    assert!(!String::from_utf8_lossy(&guard.stdout).contains("portcullis_"));
+    assert_eq!(fetch(&t.client, sa("198.18.10.10:22")).unwrap(), "t1:22\n");
+}
+
+/// A TCP connection from the gateway's namespace carrying `mark` (as the proxy's upstream
+/// connections do): what the target answered, or the error.
+fn fetch_marked(ns: &portcullis_testbed::Netns, addr: SocketAddr, mark: u32) -> std::io::Result<String> {
+    use std::{io::Read, os::fd::FromRawFd};
+    ns.run(move || {
+        let SocketAddr::V4(a) = addr else {
+            unreachable!("IPv4 only")
+        };
+        // SAFETY: plain socket calls on a descriptor this closure owns.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            assert!(fd >= 0);
+            let mut s = std::net::TcpStream::from_raw_fd(fd);
+            let m = mark as libc::c_int;
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_MARK,
+                &m as *const _ as *const libc::c_void,
+                4,
+            );
+            let tv = libc::timeval {
+                tv_sec: 3,
+                tv_usec: 0,
+            };
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_SNDTIMEO,
+                &tv as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as u32,
+            );
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*a.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            if libc::connect(
+                fd,
+                &sin as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            s.set_read_timeout(Some(std::time::Duration::from_secs(3)))?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        }
+    })
+}
+
+/// Issue 11 #2: the egress guard checks that an upstream packet's vnet is the vnet of the
+/// interface it leaves through, so a misrouted vnet cannot log in on another vnet's host.
+#[test]
+fn upstream_packets_of_one_vnet_never_leave_through_another() {
+    let Some(bed) = Bed::new() else { return };
+    let t = &bed.topo;
+    let _t1 = Server::start(&t.target, sa("198.18.10.10:80"), "t1:80");
+    let _t2 = Server::start(&t.target2, sa("198.18.10.10:80"), "t2:80");
+    let _d = bed.daemon();
+    let corp = 0x4000_0001;
+    let lab = 0x4000_0002;
+    assert_eq!(
+        fetch_marked(&t.gw, sa("198.18.10.10:80"), corp).unwrap(),
+        "t1:80\n"
+    );
+    assert_eq!(
+        fetch_marked(&t.gw, sa("198.18.10.10:80"), lab).unwrap(),
+        "t2:80\n"
+    );
+    // An operator mistake: lab's table now leads to corp's network.
+    t.gw.exec("ip route replace 198.18.10.10/32 via 198.18.101.2 table 102");
+    let r = fetch_marked(&t.gw, sa("198.18.10.10:80"), lab);
+    assert!(r.is_err(), "lab's upstream reached corp's host: {r:?}");
+    assert_eq!(
+        fetch_marked(&t.gw, sa("198.18.10.10:80"), corp).unwrap(),
+        "t1:80\n"
+    );
+}

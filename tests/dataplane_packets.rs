@@ -261,6 +261,112 @@ fn vlan_tags_select_the_vnet() {
     assert_eq!(k.xdp(&qinq.build()), XDP_PASS);
 }
 
+/// Issue 11 #5: a NIC that strips the VLAN tag before XDP shows a tagged frame as
+/// untagged, so on an interface with VLAN vnets XDP leaves such frames to TC (which sees
+/// the stripped tag in `skb->vlan_tci`); and steered flows of a VLAN arrive on the VLAN
+/// device, whose ifindex sk_lookup must accept. What test runs cannot show: a tag in
+/// `skb->vlan_tci` (the kernel refuses VLAN fields in a test run's context), sk_lookup's
+/// `ingress_ifindex` (it must be zero in a test run) and a real VLAN device (no 8021q here).
+#[test]
+fn vlan_trunks_leave_untagged_frames_to_tc_and_vlan_devices_reach_the_proxy() {
+    use portcullis::dataplane::interfaces::{Interfaces, VlanDevice};
+    use portcullis_common::{INGRESS_DEFER_UNTAGGED, INGRESS_VLAN_DEVICE};
+    let Some(mut k) = Kernel::new() else { return };
+    // lo standing in for a NIC (not known to be loopback), with a VLAN device for VLAN 100
+    // and one for an unconfigured VLAN.
+    let ifs = Interfaces {
+        index: [("lo".to_string(), LO)].into_iter().collect(),
+        vlans: vec![
+            VlanDevice {
+                ifindex: 4242,
+                parent: LO,
+                vid: 100,
+            },
+            VlanDevice {
+                ifindex: 4243,
+                parent: LO,
+                vid: 300,
+            },
+        ],
+        loopback: Default::default(),
+    };
+    k.d.apply_with(&set(), &ifs).unwrap();
+    assert_ne!(k.d.ingress_entry(LO).unwrap() & INGRESS_DEFER_UNTAGGED, 0);
+    assert_eq!(k.d.ingress_entry(4242).unwrap(), INGRESS_VLAN_DEVICE);
+    assert_eq!(k.d.ingress_entry(4243).unwrap(), 0, "VLAN 300 is no vnet's");
+    let all = |k: &Kernel| -> u64 { (0..7).map(|v| k.d.counters().unwrap().total(v)).sum() };
+
+    let before = all(&k);
+    let untagged = Frame::tcp("198.18.10.10", 22).build();
+    assert_eq!(k.xdp(&untagged), XDP_PASS);
+    assert_eq!(all(&k), before, "XDP deferred the frame: no verdict, no count");
+    assert_eq!(k.tc(&untagged, LO), (TC_ACT_OK, MARK_STEER | 1), "TC decides");
+    // Fragments are still dropped, by TC.
+    let mut frag = Frame::tcp("198.18.10.10", 22);
+    frag.more_fragments = true;
+    assert_eq!(k.xdp(&frag.build()), XDP_PASS);
+    assert_eq!(k.tc(&frag.build(), LO).0, TC_ACT_SHOT);
+    // A tag XDP can see is classified there as before.
+    let steered = k.d.counters().unwrap().total(verdict::STEERED);
+    assert_eq!(
+        k.xdp(&Frame::tcp("198.18.10.10", 2222).vlan(100).build()),
+        XDP_PASS
+    );
+    assert_eq!(k.d.counters().unwrap().total(verdict::STEERED), steered + 1);
+
+    // The VLAN device goes away: its entry with it.
+    let gone = Interfaces {
+        vlans: vec![],
+        ..ifs.clone()
+    };
+    k.d.apply_with(&set(), &gone).unwrap();
+    assert_eq!(k.d.ingress_entry(4242).unwrap(), 0);
+    // lo as itself (a loopback device cannot strip tags): XDP classifies untagged frames.
+    k.d.apply(&set()).unwrap();
+    assert_eq!(k.d.ingress_entry(LO).unwrap() & INGRESS_DEFER_UNTAGGED, 0);
+    let steered = k.d.counters().unwrap().total(verdict::STEERED);
+    assert_eq!(k.xdp(&untagged), XDP_PASS);
+    assert_eq!(k.d.counters().unwrap().total(verdict::STEERED), steered + 1);
+}
+
+/// Issue 11 #2, in the kernel: the egress guard drops an upstream packet whose vnet is not
+/// the vnet of the interface it leaves through.
+#[test]
+fn egress_guard_checks_the_upstream_vnet() {
+    use portcullis::dataplane::interfaces::Interfaces;
+    let Some(mut k) = Kernel::new() else { return };
+    let mut s = set();
+    s.vnets[0].upstream = vec!["lo".into()];
+    let ifs = Interfaces {
+        index: [("lo".to_string(), LO)].into_iter().collect(),
+        ..Default::default()
+    };
+    k.d.apply_with(&s, &ifs).unwrap();
+    let fd = k.d.program_fd(program::TC_GUARD).unwrap();
+    let pkt = Frame::tcp("198.18.10.10", 22).build();
+    let run = |mark: u32, ifindex: u32| {
+        let ctx = SkBuffCtx {
+            mark,
+            ifindex,
+            ..Default::default()
+        };
+        testrun::tc(&fd, &pkt, ctx).unwrap().0.retval
+    };
+    assert_eq!(
+        run(0x4000_0001, LO),
+        TC_ACT_OK,
+        "corp's upstream on corp's interface"
+    );
+    assert_eq!(
+        run(0x4000_0002, LO),
+        TC_ACT_SHOT,
+        "lab's upstream on corp's interface"
+    );
+    assert_eq!(run(0x8000_0001, LO), TC_ACT_SHOT, "steered packets never leave");
+    assert_eq!(run(0, LO), TC_ACT_OK, "the gateway's own traffic");
+    assert_eq!(run(0x1234, LO), TC_ACT_OK, "others' marks");
+}
+
 fn well_formed() -> Vec<Frame> {
     let mut v = vec![
         Frame::tcp("198.18.10.10", 22),

@@ -1016,7 +1016,9 @@ fn slow_channel_delays_but_never_stops_its_neighbour() {
 
     // Client → target: the target's reader of channel C is slow (a shell loop of small reads).
     let mut c = master.client();
-    c.arg("while dd bs=16k count=1 of=/dev/null 2>/dev/null; do sleep 0.01; done");
+    // Ends at EOF (dd itself succeeds on an empty read, which would loop forever once the
+    // channel is gone, leaving the loop behind on the target).
+    c.arg("while [ \"$(dd bs=16k count=1 2>/dev/null | wc -c)\" -gt 0 ]; do sleep 0.01; done");
     let (c, mut c_stdin) = spawn_stdin_open(c);
     let mut c = Guard(c);
     let writer = std::thread::spawn(move || {

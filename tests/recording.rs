@@ -114,6 +114,207 @@ fn exec_session_is_recorded_byte_exact_with_exit_status() {
     );
 }
 
+fn said(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The gateway's recording-signing public key, as `portcullis recording pubkey` prints it.
+fn signer_file(g: &Gateway) -> PathBuf {
+    let o = Command::new(BIN)
+        .args(["recording", "pubkey", "--config"])
+        .arg(&g.config)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", said(&o));
+    let line = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    assert!(
+        line.starts_with("ssh-ed25519 AAAA") && line.ends_with(" portcullis-recording"),
+        "{line}"
+    );
+    let p = g.dir.join("recsign.pub");
+    std::fs::write(&p, format!("{line}\n")).unwrap();
+    p
+}
+
+fn verify(signer: &Path, log: &Path, key: Option<&Path>) -> std::process::Output {
+    let mut c = Command::new(BIN);
+    c.args(["verify", "--signer"]).arg(signer).arg("--input").arg(log);
+    if let Some(k) = key {
+        c.arg("--key").arg(k);
+    }
+    c.output().unwrap()
+}
+
+fn decrypt_cli(g: &Gateway, log: &Path, zip: &Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(["decrypt", "--key"])
+        .arg(g.private_key())
+        .arg("--input")
+        .arg(log)
+        .arg("--output")
+        .arg(zip)
+        .output()
+        .unwrap()
+}
+
+/// Rewrites a log's header in place, as an editor of the file would (trailer kept).
+fn edit_header(v: &mut [u8], change: impl FnOnce(&mut portcullis::recording::format::Header)) {
+    let (mut h, end) = portcullis::recording::format::decode_header(v).unwrap();
+    change(&mut h);
+    v[..end].copy_from_slice(&portcullis::recording::format::encode_header(&h).unwrap());
+}
+
+/// Issue 11, finding 8: a closed log carries a signed trailer; `verify` tells intact from
+/// truncated and altered (with and without the private key), and `decrypt` warns but still
+/// recovers what authenticates.
+#[test]
+fn closed_logs_are_signed_and_verify_tells_truncation_and_tampering() {
+    let Some(g) = gateway(recorded()) else { return };
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(g.dir.join("keys/recsign"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600,
+        "ca init created the signing key, private"
+    );
+    let input: Vec<u8> = (0..400_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    let mut child = g
+        .ssh(&[], &["root@127.0.0.1", "cat >/dev/null; echo done; exit 6"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let logs = finished(&g, 1);
+    let log = &logs[0];
+    let signer = signer_file(&g);
+    let key = g.private_key();
+    for k in [None, Some(key.as_path())] {
+        let o = verify(&signer, log, k);
+        assert_eq!(o.status.code(), Some(0), "{}", said(&o));
+        assert!(said(&o).contains("intact and signed by SHA256:"), "{}", said(&o));
+    }
+    // The audit trail keeps the digest the trailer holds.
+    let (h, start) = portcullis::recording::format::decode_header(&std::fs::read(log).unwrap()).unwrap();
+    let t = h.trailer.expect("a trailer");
+    assert!(g
+        .audit()
+        .iter()
+        .any(|e| e["event"] == "recording.end" && e["reason"].as_str().unwrap().contains(&t.digest)));
+
+    let bytes = std::fs::read(log).unwrap();
+    let (blocks, _) = portcullis::recording::format::frame_blocks(&bytes, start);
+    assert!(blocks.len() >= 3, "{} blocks", blocks.len());
+    let variant = |name: &str, edit: &dyn Fn(&mut Vec<u8>)| {
+        let mut v = bytes.clone();
+        edit(&mut v);
+        let p = g.dir.join(name);
+        std::fs::write(&p, v).unwrap();
+        p
+    };
+    let expect = |p: &Path, code: i32, says: &str| {
+        for k in [None, Some(key.as_path())] {
+            let o = verify(&signer, p, k);
+            assert_eq!(o.status.code(), Some(code), "{}: {}", p.display(), said(&o));
+            assert!(said(&o).contains(says), "{}: {}", p.display(), said(&o));
+        }
+    };
+    // The last two blocks removed: truncated; `decrypt` warns and writes the rest.
+    let kept = blocks.len() - 2;
+    let cut = variant("cut.log", &|v| v.truncate(blocks[kept - 1].end));
+    expect(&cut, 6, "truncated");
+    let o = decrypt_cli(&g, &cut, &g.dir.join("cut.zip"));
+    assert!(
+        o.status.success() && said(&o).contains("warning: truncated"),
+        "{}",
+        said(&o)
+    );
+    let d = decrypt(&g, &cut);
+    assert_eq!(d.blocks, kept);
+    let full = decrypt(&g, log);
+    assert!(!d.records.is_empty() && d.records[..] == full.records[..d.records.len()]);
+    // The exit status or the command edited in the header: altered.
+    let status = variant("status.log", &|v| {
+        edit_header(v, |h| h.exit_data.as_mut().unwrap().status = Some(0))
+    });
+    expect(&status, 7, "altered: the signature does not verify");
+    let command = variant("command.log", &|v| {
+        edit_header(v, |h| h.request = Some("exec true".into()))
+    });
+    expect(&command, 7, "altered");
+    // A block appended after the sealed end: altered.
+    let appended = variant("appended.log", &|v| {
+        let last = v[blocks[blocks.len() - 1].clone()].to_vec();
+        v.extend_from_slice(&last);
+    });
+    expect(&appended, 7, "appended after the");
+    // Another key named as the signer: altered, with both fingerprints.
+    portcullis::recording::signing::generate(&g.dir.join("other")).unwrap();
+    let other = portcullis::recording::signing::load(&g.dir.join("other")).unwrap();
+    std::fs::write(g.dir.join("other.pub"), other.public_line()).unwrap();
+    let o = verify(&g.dir.join("other.pub"), log, None);
+    assert_eq!(o.status.code(), Some(7), "{}", said(&o));
+    assert!(said(&o).contains("not by the expected signer"), "{}", said(&o));
+    // A signing key others may read is refused, as the account's other secrets are.
+    let recsign = g.dir.join("keys/recsign");
+    std::fs::set_permissions(&recsign, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&g.config)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", said(&o));
+    assert!(
+        said(&o).contains("recording_signing_key") && said(&o).contains("chmod 600"),
+        "{}",
+        said(&o)
+    );
+}
+
+/// Without a recording-signing key, logs are closed with an unsigned trailer: `verify` says
+/// so (exit 4), and the daemon said so once when it started.
+#[test]
+fn without_a_signing_key_logs_are_unsigned_and_the_daemon_says_so() {
+    let Some(g) = gateway(GatewayOptions {
+        record: true,
+        unsigned: true,
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let o = g.run(&[], &["root@127.0.0.1", "echo hi"]);
+    assert_eq!(o.status.code(), Some(0), "{}", said(&o));
+    let logs = finished(&g, 1);
+    // Any Ed25519 key will do as the expected signer: there is no signature to match.
+    portcullis::recording::signing::generate(&g.dir.join("k")).unwrap();
+    let k = portcullis::recording::signing::load(&g.dir.join("k")).unwrap();
+    std::fs::write(g.dir.join("k.pub"), k.public_line()).unwrap();
+    let o = verify(&g.dir.join("k.pub"), &logs[0], Some(&g.private_key()));
+    assert_eq!(o.status.code(), Some(4), "{}", said(&o));
+    assert!(said(&o).contains("unsigned"), "{}", said(&o));
+    assert_eq!(
+        g.daemon_log().matches("recordings are unsigned").count(),
+        1,
+        "{}",
+        g.daemon_log()
+    );
+}
+
 fn zip_names(p: &Path) -> Vec<String> {
     let o = Command::new("python3")
         .args([
@@ -270,6 +471,55 @@ fn a_killed_daemon_leaves_a_decryptable_prefix() {
     // The ZIP says so, as ssh-log-cli does.
     let files = reader::zip_entries(&d);
     assert_eq!(files[1].0, "data_from_server.txt");
+    // No trailer: `verify` says the log ended without one (exit 5), and `decrypt` warns so
+    // while still writing every block.
+    let signer = signer_file(&g);
+    let o = verify(&signer, log, Some(&g.private_key()));
+    assert_eq!(o.status.code(), Some(5), "{}", said(&o));
+    assert!(said(&o).contains("ended without a trailer"), "{}", said(&o));
+    let o = decrypt_cli(&g, log, &g.dir.join("crash.zip"));
+    assert!(
+        o.status.success() && said(&o).contains("warning: ended without a trailer"),
+        "{}",
+        said(&o)
+    );
+}
+
+/// A daemon stopped (SIGTERM) during a session closes its recording properly: trailer
+/// signed, the stop said in the exit data — not a log that looks like a crash's.
+#[test]
+fn a_stopped_daemon_closes_open_recordings_with_a_signed_trailer() {
+    let Some(mut g) = gateway(recorded()) else { return };
+    let signer = signer_file(&g);
+    let mut child = g
+        .ssh(&[], &["root@127.0.0.1", "echo started; exec sleep 60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The output has crossed the relay, so the recording has it.
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "started\n");
+    let (status, log) = g.stop_daemon().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(status.success(), "{status}: {log:?}");
+    assert!(!log.iter().any(|l| l.contains("without a trailer")), "{log:?}");
+    let logs = g.recordings();
+    let o = verify(&signer, &logs[0], Some(&g.private_key()));
+    assert_eq!(o.status.code(), Some(0), "{}", said(&o));
+    let d = decrypt(&g, &logs[0]);
+    let e = d.header.exit_data.unwrap();
+    assert_eq!(
+        e.error_msg.as_deref(),
+        Some("the gateway stopped during the session")
+    );
+    assert!(d.records.iter().any(|r| r.data == b"started\n"));
 }
 
 #[test]
@@ -436,4 +686,154 @@ fn sftp_sessions_are_recorded_and_their_file_operations_audited() {
     assert!(has("rename", &renamed.display().to_string()), "{ops:?}");
     assert!(has("open-read", &renamed.display().to_string()), "{ops:?}");
     assert!(has("remove", &renamed.display().to_string()), "{ops:?}");
+}
+
+/// The process's thread count, from /proc/self/status.
+fn threads() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap()
+}
+
+/// Raises the open-file soft limit to the hard one; returns it.
+fn raise_nofile() -> u64 {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) }, 0);
+    l.rlim_cur = l.rlim_max;
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &l) }, 0);
+    l.rlim_cur
+}
+
+/// Recordings hold no thread each (issue 11, finding 7): 10 000 recordings open at once,
+/// each fed records from its own task, run on a handful of threads; then each closes and
+/// decrypts to what it was fed. Needs no root; one file descriptor per open recording.
+#[test]
+fn ten_thousand_concurrent_recordings_run_on_a_few_threads() {
+    use portcullis::recording::writer::Recorder;
+
+    const WANT: usize = 10_000;
+    let limit = raise_nofile();
+    // Room for the test harness and the other tests of this binary running alongside.
+    let n = WANT.min(limit.saturating_sub(200) as usize);
+    if n < WANT {
+        eprintln!("RLIMIT_NOFILE hard limit is {limit}: running {n} recordings instead of {WANT}");
+    }
+    // Each close syncs its file; on tmpfs that is free, so the test measures threads, not
+    // the disk's fsync latency.
+    let shm = Path::new("/dev/shm");
+    let base = if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    let dir = base.join(format!("portcullis-10k-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    keys::generate(&dir.join("keys")).unwrap();
+    let pk = keys::load_public(&dir.join("keys/sshkey.pub")).unwrap();
+    let sk = keys::load_private(&dir.join("keys/sshkey")).unwrap();
+
+    // The peak thread count over the whole run, sampled by a thread of its own (counted).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(threads());
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            peak
+        })
+    };
+    let started = Instant::now();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (open_threads, logs) = rt.block_on(async {
+        // Started from tasks, as sessions start them, on both workers (key agreement is the
+        // slow part, and a debug build makes it slower).
+        let mut starts = tokio::task::JoinSet::new();
+        for i in 0..n {
+            let (dir, pk) = (dir.clone(), pk.clone());
+            starts.spawn(async move {
+                let name = format!("r{i}");
+                (
+                    i,
+                    Recorder::start(&dir, &name, &pk, None, Some(format!("exec job {i}")), None).unwrap(),
+                )
+            });
+        }
+        let mut recs: Vec<_> = starts.join_all().await;
+        recs.sort_by_key(|(i, _)| *i);
+        let recs: Vec<_> = recs.into_iter().map(|(_, r)| r).collect();
+        // Every recording fed at once, each by its own task.
+        let mut feeders = tokio::task::JoinSet::new();
+        for (i, (r, _)) in recs.iter().enumerate() {
+            let r = r.clone();
+            feeders.spawn(async move {
+                for j in 0..3u32 {
+                    let data = bytes::Bytes::from(format!("recording {i} record {j}\n"));
+                    r.record(1, 94, data).await.unwrap();
+                }
+                r.exit(portcullis::recording::writer::Recorder::exit_status(
+                    i as u32 % 256,
+                ))
+                .await;
+            });
+        }
+        while let Some(f) = feeders.join_next().await {
+            f.unwrap();
+        }
+        // All still open (their handles are held): each holds a file and a task, no thread.
+        let open_threads = threads();
+        let mut logs = Vec::with_capacity(n);
+        for (r, task) in recs {
+            logs.push(r.path.clone());
+            drop(r);
+            let sum = task.await.unwrap().unwrap();
+            assert!(sum.blocks >= 1);
+        }
+        (open_threads, logs)
+    });
+    let written = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().unwrap();
+    // Decrypted on two threads (the machine's cores); each checks every other log.
+    std::thread::scope(|s| {
+        for part in 0..2 {
+            let (logs, sk) = (&logs, &sk);
+            s.spawn(move || {
+                for (i, log) in logs.iter().enumerate().skip(part).step_by(2) {
+                    let d = reader::decrypt(log, sk).unwrap();
+                    assert!(d.damage.is_none(), "{}: {:?}", log.display(), d.damage);
+                    let text: Vec<u8> = d.records.iter().flat_map(|r| r.data.clone()).collect();
+                    let want: String = (0..3).map(|j| format!("recording {i} record {j}\n")).collect();
+                    assert_eq!(text, want.as_bytes(), "{}", log.display());
+                    assert_eq!(d.header.exit_data.unwrap().status, Some(i as u32 % 256));
+                    assert!(matches!(
+                        d.verdict,
+                        portcullis::recording::trailer::Verdict::Unsigned { .. }
+                    ));
+                }
+            });
+        }
+    });
+    eprintln!(
+        "{n} recordings: {open_threads} threads while all were open, peak {peak}; \
+         written in {written:.2?}, all decrypted after {:.2?}",
+        started.elapsed()
+    );
+    assert!(
+        open_threads < 64 && peak < 64,
+        "{open_threads} threads open, peak {peak}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

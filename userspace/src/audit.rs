@@ -37,6 +37,8 @@ pub struct Event {
     pub policy: Option<String>,
     pub rule: Option<String>,
     pub cert_serial: Option<u64>,
+    /// How many connections an aggregate event (`refused.flood`) stands for.
+    pub count: Option<u64>,
 }
 
 impl Event {
@@ -189,6 +191,7 @@ mod tests {
             "port",
             "login",
             "cert_serial",
+            "count",
         ] {
             assert!(v.get(k).is_some(), "{k} missing");
         }

@@ -104,6 +104,7 @@ mod tests {
             secret: dir.join("secret"),
             ca_key: dir.join("ca"),
             recording_public_key: None,
+            recording_signing_key: None,
         };
         let first = init(&account).unwrap();
         assert!(first.iter().all(|o| matches!(o, Outcome::Created(_))));

@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
+    admission::{Admission, Limits},
     audit::Audit,
     config,
     dataplane::{Dataplane, DataplaneError},
@@ -40,6 +41,28 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Ca(#[from] crate::ca::CaError),
+    #[error("{path}: the account secret holds {len} bytes; at least {min} random bytes are needed, as anyone could derive the gateway's host keys from a shorter one (move it away and run `portcullis ca init`)", min = crate::hostkey::MIN_SECRET_BYTES)]
+    ShortSecret { path: PathBuf, len: usize },
+    #[error("[ca] source_address: {0}")]
+    SourceAddress(#[from] crate::cert::SourceAddressError),
+}
+
+/// The key that signs each recording's trailer; without one, logs are closed unsigned and
+/// `portcullis verify` reports them so (said once, here).
+fn recording_signer(
+    a: &config::Account,
+) -> Result<Option<Arc<crate::recording::signing::SigningKey>>, DaemonError> {
+    let Some(p) = &a.recording_signing_key else {
+        tracing::warn!(
+            "no [account] recording_signing_key: recordings are unsigned, so edits to them cannot be detected"
+        );
+        return Ok(None);
+    };
+    let key = crate::recording::signing::load(p).map_err(|e| DaemonError::Io {
+        what: "load the recording signing key",
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    Ok(Some(Arc::new(key)))
 }
 
 /// The proxy's shared context, when the account's keys are configured.
@@ -54,13 +77,29 @@ fn context(l: &config::Loaded, audit: &Arc<Audit>) -> Result<Option<Arc<Context>
         what: "read the account secret",
         source,
     })?;
+    // Checked when the configuration loaded; again here, on the bytes actually read.
+    if secret.len() < crate::hostkey::MIN_SECRET_BYTES {
+        return Err(DaemonError::ShortSecret {
+            path: a.secret.clone(),
+            len: secret.len(),
+        });
+    }
     let ca = crate::ca::load_ca(&a.ca_key)?;
+    let list: Vec<&str> = l
+        .config
+        .ca
+        .source_address
+        .iter()
+        .map(|a| a.get_ref().as_str())
+        .collect();
+    let source_address = Some(crate::cert::source_address(&list)?).filter(|v| !v.is_empty());
     let recording = match &a.recording_public_key {
         Some(p) => Some(proxy::RecordingSetup {
             key: crate::recording::keys::load_public(p).map_err(|e| DaemonError::Io {
                 what: "load the recording public key",
                 source: std::io::Error::other(e.to_string()),
             })?,
+            signer: recording_signer(a)?,
             dir: l.config.recording.dir.clone(),
             fail_closed: l.config.recording.on_failure == crate::config::schema::RecordingFailure::FailClosed,
         }),
@@ -73,6 +112,7 @@ fn context(l: &config::Loaded, audit: &Arc<Audit>) -> Result<Option<Arc<Context>
         secret,
         ca,
         l.config.ca.clone(),
+        source_address,
         audit.clone(),
         recording,
         Some(
@@ -126,6 +166,11 @@ impl Snapshot {
 
 pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
     let loaded = config::load(config_path)?;
+    for w in &loaded.warnings {
+        tracing::warn!("{}: {w}", config_path.display());
+    }
+    let nofile = descriptor_limit();
+    let admission = Admission::new(limits(&loaded.config.limits, nofile));
     let audit = Arc::new(
         Audit::open(&loaded.config.audit).map_err(|source| DaemonError::Io {
             what: "open the audit trail",
@@ -143,18 +188,23 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
                 source,
             })?;
         let (tx, target_addr, vnet) = (tx.clone(), l.addr, l.vnet);
+        let admission = admission.clone();
         tracing::info!(listen = %l.listen, target = %l.target, "listener up");
         tokio::spawn(async move {
             loop {
                 match sock.accept().await {
                     Ok((stream, peer)) => {
                         let peer = steer::canonical(peer);
+                        let Some(permit) = admit(&admission, &stream, peer) else {
+                            continue;
+                        };
                         if tx
                             .send(Incoming {
                                 stream,
                                 peer,
                                 target_addr,
                                 vnet: Some(vnet),
+                                permit,
                             })
                             .await
                             .is_err()
@@ -210,15 +260,36 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
     // take a second or more, and connections keep being served meanwhile. One pending
     // request is enough — a reload always reads the file as it is then.
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<()>(1);
+    // Interface churn: the same task owns the dataplane, so a re-attach never races a reload.
+    let mut links = match dp.is_some() {
+        true => Some(crate::dataplane::monitor::spawn()?),
+        false => None,
+    };
     let reloader = {
         let (state, path): (_, PathBuf) = (state.clone(), config_path.to_owned());
+        let admission = admission.clone();
         tokio::spawn(async move {
-            while reload_rx.recv().await.is_some() {
-                reload(&path, dp.as_mut(), &state).await;
+            loop {
+                tokio::select! {
+                    r = reload_rx.recv() => match r {
+                        Some(()) => reload(&path, dp.as_mut(), &state, &admission).await,
+                        None => break,
+                    },
+                    Some(ev) = recv_opt(links.as_mut()) => {
+                        if let Some(dp) = dp.as_mut() {
+                            follow_links(ev, links.as_mut(), dp, &state).await;
+                        }
+                    }
+                }
             }
             dp
         })
     };
+    // Repeated refusals are audited together once per interval (`admission`).
+    let period = admission.limits().audit_interval;
+    // The first tick one period on (`interval` would tick at once and open a new interval).
+    let mut floods = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    floods.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let accepted = tokio::select! {
             r = listeners.v4.accept() => r,
@@ -226,6 +297,10 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
             Some(inc) = plain.recv() => {
                 let (snap, ctx) = (state.load_full(), ctx.clone());
                 tokio::spawn(proxy::serve(inc, snap, ctx));
+                continue;
+            }
+            _ = floods.tick() => {
+                audit_floods(&admission, &audit);
                 continue;
             }
             _ = hup.recv() => {
@@ -241,23 +316,41 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
             _ = int.recv() => break,
         };
         match accepted {
-            Ok((stream, peer)) => match steer::inspect(stream, peer) {
-                Ok(conn) => {
-                    let inc = Incoming {
-                        stream: conn.stream,
-                        peer: conn.peer,
-                        target_addr: conn.original_dst,
-                        vnet: conn.vnet,
-                    };
-                    tokio::spawn(proxy::serve(inc, state.load_full(), ctx.clone()));
+            Ok((stream, peer)) => {
+                // Capped before anything else is spent on the connection (`admission`).
+                let Some(permit) = admit(&admission, &stream, steer::canonical(peer)) else {
+                    continue;
+                };
+                match steer::inspect(stream, peer) {
+                    Ok(conn) => {
+                        let inc = Incoming {
+                            stream: conn.stream,
+                            peer: conn.peer,
+                            target_addr: conn.original_dst,
+                            vnet: conn.vnet,
+                            permit,
+                        };
+                        tokio::spawn(proxy::serve(inc, state.load_full(), ctx.clone()));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "inspecting an accepted connection failed"),
                 }
-                Err(e) => tracing::warn!(error = %e, "inspecting an accepted connection failed"),
-            },
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
+    }
+    // Refusals counted since the last aggregate are not lost with the daemon.
+    audit_floods(&admission, &audit);
+    // Open recordings are closed — trailer written and signed — before the runtime drops
+    // their tasks, which would leave them looking like a crash's.
+    let open = crate::recording::writer::close_all(std::time::Duration::from_secs(10)).await;
+    if open > 0 {
+        tracing::warn!(
+            open,
+            "recordings still open after 10 s are left without a trailer"
+        );
     }
     // A reload in progress finishes before the daemon exits.
     drop(reload_tx);
@@ -269,6 +362,141 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
     }
     tracing::info!("stopping; the dataplane stays installed and refuses protected flows until the next start (`portcullis down` removes it)");
     Ok(())
+}
+
+/// Raises the soft descriptor limit to the hard one (logged) and returns the limit in force.
+fn descriptor_limit() -> u64 {
+    match crate::admission::raise_nofile() {
+        Ok((before, now, hard)) => {
+            if before != now {
+                tracing::info!(
+                    soft_before = before,
+                    soft = now,
+                    hard,
+                    "descriptor limit raised to the hard limit"
+                );
+            }
+            now
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read or raise the descriptor limit; assuming 1024");
+            1024
+        }
+    }
+}
+
+/// `[limits]` as they apply under the descriptor limit `nofile`, logged.
+fn limits(cfg: &config::schema::LimitsConfig, nofile: u64) -> Limits {
+    let l = Limits::resolve(cfg, nofile);
+    tracing::info!(
+        unauthenticated = l.unauthenticated,
+        per_source = l.per_source,
+        nofile,
+        "connections awaiting authentication are capped"
+    );
+    // Two descriptors each (client, target), and room for the sessions they become.
+    if l.descriptors() + 64 > nofile {
+        tracing::warn!(
+            unauthenticated = l.unauthenticated,
+            nofile,
+            "[limits] unauthenticated may need more descriptors than the limit allows: raise LimitNOFILE or lower the cap"
+        );
+    }
+    l
+}
+
+/// A connection from `peer` over a `[limits]` cap is closed here and now, with one
+/// non-blocking write saying why; counted for the next `refused.flood` event.
+fn admit(
+    admission: &Admission,
+    stream: &tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+) -> Option<crate::admission::Permit> {
+    match admission.try_admit(peer.ip()) {
+        Ok(p) => Some(p),
+        Err(r) => {
+            let text = match r {
+                crate::admission::Refused::PerSource => format!(
+                    "portcullis: too many connections from {} are awaiting authentication; try again later",
+                    peer.ip()
+                ),
+                crate::admission::Refused::Global => {
+                    "portcullis: too many connections are awaiting authentication; try again later"
+                        .to_string()
+                }
+            };
+            proxy::refusal::refuse_at_once(stream, &text);
+            None
+        }
+    }
+}
+
+/// Writes one `refused.flood` event per (source, reason) refused more often than audited
+/// one by one since the last call.
+fn audit_floods(admission: &Admission, audit: &Audit) {
+    let floods = admission.take_floods();
+    if floods.is_empty() {
+        return;
+    }
+    let interval = admission.limits().audit_interval.as_secs();
+    let total = admission.refused_total();
+    for f in floods {
+        let mut e = crate::audit::Event::new("refused.flood", &crate::audit::session_id());
+        // Many connections, so no port: the source's address with port 0.
+        e.source = f.source.map(|ip| std::net::SocketAddr::new(ip, 0));
+        e.decision = Some("deny");
+        e.reason = Some(f.reason.to_string());
+        e.count = Some(f.count);
+        e.rule = Some(match f.source {
+            Some(ip) => format!(
+                "{} connections from {ip} refused ({}) within {interval} s beyond those audited one by one",
+                f.count, f.reason
+            ),
+            None => format!(
+                "{} connections from sources beyond the {} tracked refused ({}) within {interval} s",
+                f.count,
+                crate::admission::MAX_TALLIES,
+                f.reason
+            ),
+        });
+        audit.emit(&e);
+        tracing::warn!(source = ?f.source, reason = f.reason, count = f.count, total, "connections refused");
+    }
+}
+
+async fn recv_opt<T>(rx: Option<&mut tokio::sync::mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Re-attaches the dataplane to interfaces that were re-created (or appeared, or went),
+/// once per burst of link events.
+async fn follow_links(
+    first: crate::dataplane::monitor::LinkEvent,
+    links: Option<&mut tokio::sync::mpsc::Receiver<crate::dataplane::monitor::LinkEvent>>,
+    dp: &mut Dataplane,
+    state: &ArcSwap<Snapshot>,
+) {
+    let snap = state.load_full();
+    let mut relevant = first.concerns(&snap.targets).then_some(first);
+    if let Some(rx) = links {
+        while let Ok(ev) = rx.try_recv() {
+            if relevant.is_none() && ev.concerns(&snap.targets) {
+                relevant = Some(ev);
+            }
+        }
+    }
+    let Some(ev) = relevant else { return };
+    match dp.refresh_interfaces(&snap.targets).await {
+        Ok(()) => {
+            tracing::info!(interface = ?ev.name, removed = ev.removed, "interfaces changed; dataplane re-attached")
+        }
+        Err(e) => {
+            tracing::error!(error = %e, interface = ?ev.name, "re-attaching after an interface change failed; the forward guard keeps its protected ports closed")
+        }
+    }
 }
 
 async fn accept_opt(
@@ -283,7 +511,7 @@ async fn accept_opt(
 /// Parses and validates the whole configuration first; only then updates the dataplane and
 /// swaps the snapshot. Anything invalid is rejected and the old configuration keeps serving;
 /// connections in flight keep the snapshot they started with.
-async fn reload(path: &Path, dp: Option<&mut Dataplane>, state: &ArcSwap<Snapshot>) {
+async fn reload(path: &Path, dp: Option<&mut Dataplane>, state: &ArcSwap<Snapshot>, admission: &Admission) {
     let p = path.to_owned();
     let loaded = match tokio::task::spawn_blocking(move || config::load(&p)).await {
         Ok(l) => l,
@@ -305,6 +533,10 @@ async fn reload(path: &Path, dp: Option<&mut Dataplane>, state: &ArcSwap<Snapsho
                     policies = new.policies.len(),
                     "configuration reloaded"
                 );
+                for w in &new.warnings {
+                    tracing::warn!("{}: {w}", path.display());
+                }
+                admission.set_limits(limits(&new.config.limits, descriptor_limit()));
                 state.store(Arc::new(Snapshot::from(new)));
             }
             Err(e) => {
@@ -326,10 +558,15 @@ mod tests {
 name = "corp"
 id = 1
 ingress = ["veth0"]
+table = 101
 [[vnet]]
 name = "lab"
 id = 2
 ingress = ["veth1"]
+table = 102
+[[application]]
+name = "ssh"
+target = [{ hostname = "*", ports = [22] }]
 [[target]]
 hostname = "web-01"
 ipv4 = "198.18.10.10"

@@ -102,12 +102,110 @@ impl Check {
     }
 }
 
+/// Parses a `target-keys` file: (vnet, target) → fingerprint, later lines winning, and the
+/// (1-based) numbers of the lines skipped as unreadable.
+#[doc(hidden)]
+pub fn parse_target_keys(bytes: &[u8]) -> (HashMap<(u16, SocketAddr), String>, Vec<usize>) {
+    let mut seen = HashMap::new();
+    let mut unreadable = Vec::new();
+    for (n, line) in String::from_utf8_lossy(bytes).lines().enumerate() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let parsed = match f[..] {
+            [v, a, fp] => v
+                .parse::<u16>()
+                .ok()
+                .zip(a.parse::<SocketAddr>().ok())
+                .map(|k| (k, fp)),
+            _ => None,
+        };
+        match parsed {
+            Some((k, fp)) => {
+                seen.insert(k, fp.to_string());
+            }
+            None => unreadable.push(n + 1),
+        }
+    }
+    (seen, unreadable)
+}
+
 /// The last host key each target presented, per (vnet, address, port), in an append-only
 /// file (`<data_dir>/<instance>/target-keys`, a line per first sighting or change), so
-/// that a restart does not forget it. Fingerprints only: nothing secret.
+/// that a restart does not forget it. Fingerprints only: nothing secret. A target whose key
+/// alternates (two hosts behind one address, a misconfigured cluster) adds a line per
+/// connection, so the file is rewritten with the last key of each target whenever it has
+/// grown well past one line per target — at start, and while running.
 pub struct KeyMemory {
-    seen: Mutex<HashMap<(u16, SocketAddr), String>>,
-    file: Option<(PathBuf, Mutex<File>)>,
+    inner: Mutex<Memory>,
+}
+
+struct Memory {
+    seen: HashMap<(u16, SocketAddr), String>,
+    file: Option<KeyFile>,
+}
+
+struct KeyFile {
+    path: PathBuf,
+    f: File,
+    /// Lines in the file (approximately: a line cut short by a crash counts as one).
+    lines: usize,
+    /// The file is compacted once it holds more lines than this.
+    limit: usize,
+}
+
+/// Lines allowed beyond twice the number of targets before the file is compacted: compaction
+/// rewrites every target, so it is done once per this many changes at most.
+const COMPACT_SLACK: usize = 64;
+
+fn compaction_limit(targets: usize) -> usize {
+    2 * targets + COMPACT_SLACK
+}
+
+fn append_open(p: &std::path::Path) -> std::io::Result<File> {
+    OpenOptions::new().append(true).create(true).mode(0o600).open(p)
+}
+
+impl KeyFile {
+    /// Rewrites the file with one line per target (a new file renamed over the old one, so
+    /// a crash leaves either), then appends to the new one.
+    fn compact(&mut self, seen: &HashMap<(u16, SocketAddr), String>) -> std::io::Result<()> {
+        let mut entries: Vec<_> = seen.iter().collect();
+        entries.sort();
+        let mut text = String::with_capacity(entries.len() * 80);
+        for ((vnet, target), fp) in &entries {
+            text.push_str(&format!("{vnet} {target} {fp}\n"));
+        }
+        let tmp = self.path.with_extension("compact");
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.path)?;
+        self.f = append_open(&self.path)?;
+        self.lines = entries.len();
+        self.limit = compaction_limit(entries.len());
+        Ok(())
+    }
+
+    fn compact_if_grown(&mut self, seen: &HashMap<(u16, SocketAddr), String>) {
+        if self.lines <= self.limit {
+            return;
+        }
+        let before = self.lines;
+        match self.compact(seen) {
+            Ok(()) => {
+                tracing::info!(file = %self.path.display(), before, after = self.lines, "compacted the target host keys file")
+            }
+            Err(e) => {
+                // Not retried on every append; the file keeps growing until the next try.
+                self.limit = self.lines.saturating_mul(2);
+                tracing::warn!(file = %self.path.display(), error = %e, "could not compact the target host keys file");
+            }
+        }
+    }
 }
 
 impl KeyMemory {
@@ -117,7 +215,9 @@ impl KeyMemory {
         let mut seen = HashMap::new();
         let file = path.and_then(|p| {
             let bytes = std::fs::read(&p).unwrap_or_default();
+            let mut lines = 0;
             for (n, line) in String::from_utf8_lossy(&bytes).lines().enumerate() {
+                lines += 1;
                 let f: Vec<&str> = line.split_whitespace().collect();
                 let parsed = match f[..] {
                     [v, a, fp] => v.parse::<u16>().ok().zip(a.parse::<SocketAddr>().ok()).map(|k| (k, fp)),
@@ -133,13 +233,7 @@ impl KeyMemory {
             let opened = p
                 .parent()
                 .map_or(Ok(()), std::fs::create_dir_all)
-                .and_then(|_| {
-                    OpenOptions::new()
-                        .append(true)
-                        .create(true)
-                        .mode(0o600)
-                        .open(&p)
-                })
+                .and_then(|_| append_open(&p))
                 .and_then(|mut f| {
                     // A line cut short by a crash must not swallow the next one.
                     if bytes.last().is_some_and(|&c| c != b'\n') {
@@ -148,7 +242,16 @@ impl KeyMemory {
                     Ok(f)
                 });
             match opened {
-                Ok(f) => Some((p, Mutex::new(f))),
+                Ok(f) => {
+                    let mut kf = KeyFile {
+                        path: p,
+                        f,
+                        lines,
+                        limit: compaction_limit(seen.len()),
+                    };
+                    kf.compact_if_grown(&seen);
+                    Some(kf)
+                }
                 Err(e) => {
                     tracing::warn!(file = %p.display(), error = %e, "target host keys are remembered until the daemon stops only");
                     None
@@ -156,8 +259,7 @@ impl KeyMemory {
             }
         });
         Self {
-            seen: Mutex::new(seen),
-            file,
+            inner: Mutex::new(Memory { seen, file }),
         }
     }
 
@@ -165,16 +267,22 @@ impl KeyMemory {
     /// differs from the one remembered.
     pub fn remember(&self, vnet: u16, target: SocketAddr, key: &PublicKey) -> Option<String> {
         let fp = key.fingerprint(HashAlg::Sha256).to_string();
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let Memory { seen, file } = &mut *m;
         let old = seen.insert((vnet, target), fp.clone());
         if old.as_deref() == Some(fp.as_str()) {
             return None;
         }
-        if let Some((path, f)) = &self.file {
+        if let Some(kf) = file {
             let line = format!("{vnet} {target} {fp}\n");
-            let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
-            if let Err(e) = f.write_all(line.as_bytes()) {
-                tracing::warn!(file = %path.display(), error = %e, "could not record a target's host key");
+            match kf.f.write_all(line.as_bytes()) {
+                Ok(()) => {
+                    kf.lines += 1;
+                    kf.compact_if_grown(seen);
+                }
+                Err(e) => {
+                    tracing::warn!(file = %kf.path.display(), error = %e, "could not record a target's host key")
+                }
             }
         }
         old
@@ -187,6 +295,8 @@ mod tests {
         ssh_key::{certificate::Builder, Algorithm},
         PrivateKey,
     };
+
+    use std::os::unix::fs::PermissionsExt;
 
     use super::*;
 
@@ -244,6 +354,48 @@ mod tests {
         drop(m);
         let m = KeyMemory::open(Some(path.clone()));
         assert_eq!(m.remember(1, t, b.public_key()), None, "the change was recorded");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A target whose key alternates must not grow the file without bound (issue 11 #9).
+    #[test]
+    fn key_memory_stays_small_when_a_key_alternates() {
+        let dir = std::env::temp_dir().join(format!("portcullis-keyalt-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("inst").join("target-keys");
+        let (a, b, c) = (key(), key(), key());
+        let t: SocketAddr = "198.18.10.10:22".parse().unwrap();
+        let other: SocketAddr = "198.18.10.11:22".parse().unwrap();
+        let lines = || std::fs::read_to_string(&path).unwrap().lines().count();
+        let m = KeyMemory::open(Some(path.clone()));
+        m.remember(1, other, c.public_key());
+        let mut most = 0;
+        for i in 0..1000 {
+            let k = if i % 2 == 0 { &a } else { &b };
+            m.remember(1, t, k.public_key());
+            most = most.max(lines());
+        }
+        assert!(most <= compaction_limit(2) + 1, "the file grew to {most} lines");
+        drop(m);
+        // The last key of each target survives compaction and a restart.
+        let m = KeyMemory::open(Some(path.clone()));
+        assert_eq!(m.remember(1, t, b.public_key()), None, "b was the last key");
+        assert_eq!(m.remember(1, other, c.public_key()), None);
+        drop(m);
+        // A file grown by an older daemon is compacted at start.
+        let fa = a.public_key().fingerprint(HashAlg::Sha256);
+        let fb = b.public_key().fingerprint(HashAlg::Sha256);
+        let grown: String = (0..500)
+            .map(|i| format!("1 {t} {}\n", if i % 2 == 0 { fa } else { fb }))
+            .collect();
+        std::fs::write(&path, grown).unwrap();
+        let m = KeyMemory::open(Some(path.clone()));
+        assert_eq!(lines(), 1);
+        assert_eq!(m.remember(1, t, b.public_key()), None);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -14,8 +14,24 @@ use sha2::Sha256;
 /// Domain separation: a key derived for another purpose from the same secret differs.
 const SALT: &[u8] = b"portcullis hostkey v1";
 
+/// The fewest bytes of account secret accepted: with an empty or short one, anyone who sees
+/// a target's key could derive the host key the gateway shows for it.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeriveError {
+    #[error("the account secret holds {0} bytes; at least {MIN_SECRET_BYTES} are needed")]
+    ShortSecret(usize),
+    #[error(transparent)]
+    Key(#[from] ssh_key::Error),
+}
+
 /// Derives the host key the proxy presents for a target that presented `target`.
-pub fn derive(secret: &[u8], target: &PublicKey) -> Result<PrivateKey, ssh_key::Error> {
+pub fn derive(secret: &[u8], target: &PublicKey) -> Result<PrivateKey, DeriveError> {
+    // Checked at load already; here too, so that no caller can derive from a guessable secret.
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(DeriveError::ShortSecret(secret.len()));
+    }
     let blob = target.to_bytes()?;
     let mut seed = [0u8; 32];
     Hkdf::<Sha256>::new(Some(SALT), secret)
@@ -54,5 +70,15 @@ mod tests {
         assert_eq!(a.public_key(), derive(&[1; 32], &target(1)).unwrap().public_key());
         assert_ne!(a.public_key(), derive(&[1; 32], &target(2)).unwrap().public_key());
         assert_ne!(a.public_key(), derive(&[2; 32], &target(1)).unwrap().public_key());
+    }
+
+    #[test]
+    fn a_short_secret_derives_nothing() {
+        for n in [0, 1, 31] {
+            assert!(matches!(
+                derive(&vec![7; n], &target(1)),
+                Err(DeriveError::ShortSecret(m)) if m == n
+            ));
+        }
     }
 }

@@ -61,12 +61,13 @@ fn scaled(v4: bool, len: u8) -> u8 {
     }
 }
 
+/// The network part of `value` for a prefix of `len` bits. `Cidr` parsing guarantees
+/// `len` fits the family (mapped IPv6 prefixes become IPv4 ones); it is clamped anyway, so a
+/// prefix built by hand can never underflow into a mask that matches other addresses.
 fn mask(v4: bool, value: u128, len: u8) -> u128 {
-    let bits = if v4 { 32 } else { 128 };
-    if len == 0 {
-        return 0;
-    }
-    let keep = u128::MAX << (bits - len as u32) as u128 & if v4 { u32::MAX as u128 } else { u128::MAX };
+    let bits: u32 = if v4 { 32 } else { 128 };
+    let host = bits - u32::from(len).min(bits);
+    let keep = u128::MAX.checked_shl(host).unwrap_or(0) & if v4 { u32::MAX as u128 } else { u128::MAX };
     value & keep
 }
 
@@ -161,6 +162,32 @@ mod tests {
             .add(id("b@example.com"), 1, &["198.18.1.7/24".parse().unwrap()])
             .unwrap_err();
         assert!(e.to_string().contains("a@example.com"), "{e}");
+    }
+
+    #[test]
+    fn mapped_notation_is_the_ipv4_prefix() {
+        // Issue 11 #3: written as `::ffff:198.18.1.0/120`, the identity panicked `check`
+        // (debug) or claimed `::1` (release).
+        let mut r = Registry::default();
+        r.add(
+            id("m@example.com"),
+            1,
+            &["::ffff:198.18.1.0/120".parse().unwrap()],
+        )
+        .unwrap();
+        let l = |a: &str| r.lookup(1, a.parse().unwrap()).map(|i| i.email.clone());
+        assert_eq!(l("198.18.1.7").as_deref(), Some("m@example.com"));
+        assert_eq!(l("::ffff:198.18.1.7").as_deref(), Some("m@example.com"));
+        assert_eq!(l("::1"), None);
+        assert_eq!(l("198.18.2.7"), None);
+        // A prefix built by hand with a length beyond its family never matches everything.
+        let mut r = Registry::default();
+        let odd = Cidr {
+            addr: "198.18.1.0".parse().unwrap(),
+            len: 120,
+        };
+        r.add(id("o@example.com"), 1, &[odd]).unwrap();
+        assert_eq!(r.lookup(1, "::1".parse().unwrap()), None);
     }
 
     #[test]

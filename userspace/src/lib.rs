@@ -8,9 +8,11 @@
 //! - [`steer`]: the proxy's listeners and what an accepted connection tells us.
 //! - [`split_tunnel`]: CIDR arithmetic for WARP-style split-tunnel lists.
 //! - [`hostcheck`]: which host keys a target may present (pins, host CAs).
+//! - [`admission`]: caps on connections that have not authenticated yet.
 //! - [`audit`]: JSON-lines audit events.
 //! - [`daemon`]: ties them together for `portcullis run`.
 
+pub mod admission;
 pub mod audit;
 pub mod ca;
 pub mod cert;

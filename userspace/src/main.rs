@@ -57,8 +57,28 @@ enum Command {
         #[arg(long, short)]
         output: PathBuf,
     },
-    /// Decrypt a session log into ssh-log-cli's ZIP layout.
+    /// Decrypt a session log into ssh-log-cli's ZIP layout. What it proves about itself
+    /// (intact and signed, unsigned, ended without a trailer, truncated, altered) is said on
+    /// stderr; every block that authenticates is written either way.
     Decrypt(LogFiles),
+    /// Check a session log's trailer: complete, unaltered and signed by the gateway's
+    /// recording-signing key. Exit 0 intact and signed by --signer, 4 unsigned, 5 ended
+    /// without a trailer (a crash, or not written by portcullis), 6 truncated, 7 altered
+    /// (edited, extended, or signed by another key); 1 could not read it.
+    Verify {
+        /// The gateway's recording-signing public key (`portcullis recording pubkey`).
+        #[arg(long)]
+        signer: PathBuf,
+        #[arg(long, short)]
+        input: PathBuf,
+        /// The recording private key: also authenticate every block (without it, the
+        /// framing and digest are checked, which needs no secret).
+        #[arg(long, short)]
+        key: Option<PathBuf>,
+    },
+    /// The gateway's recording-signing key.
+    #[command(subcommand)]
+    Recording(RecordingCommand),
     /// Export a session log.
     #[command(subcommand)]
     Export(ExportCommand),
@@ -73,6 +93,9 @@ enum Command {
         /// Cap idle gaps at this many seconds.
         #[arg(long)]
         max_idle: Option<f64>,
+        /// The gateway's recording-signing public key, to check the log against.
+        #[arg(long)]
+        signer: Option<PathBuf>,
     },
     /// Per-target and per-verdict packet counters from the pinned maps.
     Stats {
@@ -127,11 +150,25 @@ struct LogFiles {
     input: PathBuf,
     #[arg(long, short)]
     output: PathBuf,
+    /// The gateway's recording-signing public key (`portcullis recording pubkey`): the
+    /// verdict then says whether that key signed the log.
+    #[arg(long)]
+    signer: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum RecordingCommand {
+    /// Print the public half of [account] recording_signing_key, for `verify --signer`.
+    Pubkey {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
 enum CaCommand {
-    /// Create the account secret and the CA key named in [account] (kept if they exist).
+    /// Create the account secret, the CA key and the recording-signing key named in
+    /// [account] (kept if they exist).
     Init {
         #[arg(long, short)]
         config: PathBuf,
@@ -160,14 +197,17 @@ fn main() -> ExitCode {
         Command::Stats { config, json } => stats(&config, json),
         Command::Reload { config } => reload(&config),
         Command::Keygen { output } => keygen(&output),
-        Command::Decrypt(f) => decrypt(&f.key, &f.input, &f.output),
-        Command::Export(ExportCommand::Asciicast(f)) => export_cast(&f.key, &f.input, &f.output),
+        Command::Decrypt(f) => decrypt(&f),
+        Command::Export(ExportCommand::Asciicast(f)) => export_cast(&f),
         Command::Replay {
             input,
             key,
             speed,
             max_idle,
-        } => replay(&input, &key, speed, max_idle),
+            signer,
+        } => replay(&input, &key, signer.as_deref(), speed, max_idle),
+        Command::Verify { signer, input, key } => return verify(&signer, &input, key.as_deref()),
+        Command::Recording(RecordingCommand::Pubkey { config }) => recording_pubkey(&config),
         Command::SplitTunnel { include, exclude } => split(&include, &exclude),
         Command::Ca(CaCommand::Init { config }) => ca_init(&config),
         Command::Ca(CaCommand::Pubkey { config }) => ca_pubkey(&config),
@@ -209,6 +249,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn check(path: &std::path::Path) -> ExitCode {
     match config::load(path) {
         Ok(l) => {
+            for w in &l.warnings {
+                eprintln!("portcullis: warning: {}: {w}", path.display());
+            }
             let vnets = l.targets.vnets.len();
             let addrs = l.targets.addrs.len();
             let ports: usize = l.targets.addrs.iter().map(|a| a.ports.len()).sum();
@@ -324,6 +367,12 @@ fn ca_init(path: &std::path::Path) -> anyhow::Result<()> {
             ca::Outcome::Kept(p) => println!("kept existing {}", p.display()),
         }
     }
+    if let Some(p) = &account(&l)?.recording_signing_key {
+        match recording::signing::generate(p)? {
+            true => println!("created {}", p.display()),
+            false => println!("kept existing {}", p.display()),
+        }
+    }
     println!("{}", ca::public_line(&account(&l)?.ca_key)?);
     Ok(())
 }
@@ -418,10 +467,16 @@ fn keygen(dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Decrypts, reporting damage on stderr; what authenticated is still returned.
-fn open_log(key: &std::path::Path, input: &std::path::Path) -> anyhow::Result<recording::reader::Decrypted> {
+/// Decrypts, reporting damage and the log's verdict on stderr; what authenticated is still
+/// returned.
+fn open_log(
+    key: &std::path::Path,
+    input: &std::path::Path,
+    signer: Option<&std::path::Path>,
+) -> anyhow::Result<recording::reader::Decrypted> {
     let sk = recording::keys::load_private(key)?;
-    let d = recording::reader::decrypt(input, &sk)?;
+    let signer = signer.map(recording::signing::load_public).transpose()?;
+    let d = recording::reader::decrypt_checked(input, &sk, signer.as_ref())?;
     if let Some(damage) = &d.damage {
         eprintln!(
             "portcullis: {}: {damage}; recovered the {} block(s) before it",
@@ -429,36 +484,66 @@ fn open_log(key: &std::path::Path, input: &std::path::Path) -> anyhow::Result<re
             d.blocks
         );
     }
+    let warn = if d.verdict.is_intact() { "" } else { "warning: " };
+    eprintln!("portcullis: {}: {warn}{}", input.display(), d.verdict);
     Ok(d)
 }
 
-fn decrypt(key: &std::path::Path, input: &std::path::Path, output: &std::path::Path) -> anyhow::Result<()> {
-    let d = open_log(key, input)?;
-    recording::reader::write_zip(&d, output)?;
-    println!("wrote {} ({} records)", output.display(), d.records.len());
+fn decrypt(f: &LogFiles) -> anyhow::Result<()> {
+    let d = open_log(&f.key, &f.input, f.signer.as_deref())?;
+    recording::reader::write_zip(&d, &f.output)?;
+    println!("wrote {} ({} records)", f.output.display(), d.records.len());
     Ok(())
 }
 
-fn export_cast(
-    key: &std::path::Path,
-    input: &std::path::Path,
-    output: &std::path::Path,
-) -> anyhow::Result<()> {
-    let d = open_log(key, input)?;
-    std::fs::write(output, recording::reader::asciicast(&d))
-        .with_context(|| format!("write {}", output.display()))?;
-    println!("wrote {}", output.display());
+fn export_cast(f: &LogFiles) -> anyhow::Result<()> {
+    let d = open_log(&f.key, &f.input, f.signer.as_deref())?;
+    std::fs::write(&f.output, recording::reader::asciicast(&d))
+        .with_context(|| format!("write {}", f.output.display()))?;
+    println!("wrote {}", f.output.display());
     Ok(())
 }
 
 fn replay(
     input: &std::path::Path,
     key: &std::path::Path,
+    signer: Option<&std::path::Path>,
     speed: f64,
     max_idle: Option<f64>,
 ) -> anyhow::Result<()> {
-    let d = open_log(key, input)?;
+    let d = open_log(key, input, signer)?;
     let idle = max_idle.map(std::time::Duration::from_secs_f64);
     recording::reader::replay(&d, &mut std::io::stdout().lock(), speed, idle)?;
+    Ok(())
+}
+
+/// `portcullis verify`: the verdict on stdout, its exit code (see the command's help).
+fn verify(signer: &std::path::Path, input: &std::path::Path, key: Option<&std::path::Path>) -> ExitCode {
+    let run = || -> anyhow::Result<recording::trailer::Verdict> {
+        let signer = recording::signing::load_public(signer)?;
+        let sk = key.map(recording::keys::load_private).transpose()?;
+        Ok(recording::reader::judge(input, sk.as_ref(), Some(&signer))?)
+    };
+    match run() {
+        Ok(v) => {
+            println!("{}: {v}", input.display());
+            ExitCode::from(v.exit_code())
+        }
+        Err(e) => {
+            eprintln!("portcullis: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn recording_pubkey(path: &std::path::Path) -> anyhow::Result<()> {
+    let l = config::load(path)?;
+    let p = account(&l)?.recording_signing_key.as_ref().with_context(|| {
+        format!(
+            "{}: [account] has no recording_signing_key (add one, then run `portcullis ca init`)",
+            l.path.display()
+        )
+    })?;
+    println!("{}", recording::signing::load(p)?.public_line());
     Ok(())
 }

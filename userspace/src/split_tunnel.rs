@@ -27,6 +27,9 @@ pub enum CidrError {
     /// (input, length part, longest length for the family)
     #[error("{0:?}: prefix length {1} is longer than {2}")]
     TooLong(String, String, u8),
+    /// (input): an IPv4-mapped IPv6 prefix shorter than /96 also covers non-mapped IPv6.
+    #[error("{0:?}: an IPv4-mapped prefix must be /96 or longer (write IPv4 prefixes as a.b.c.d/n)")]
+    MappedTooShort(String),
 }
 
 /// Inclusive `(start, end)` range of address values within one family.
@@ -92,6 +95,17 @@ impl FromStr for Cidr {
                 Ok(len) if len <= max => len,
                 _ => return Err(CidrError::TooLong(input.into(), l.into(), max)),
             },
+        };
+        // One notation per address: `::ffff:a.b.c.d/n` is the IPv4 prefix a.b.c.d/(n-96), as
+        // the kernel, the dataplane and every lookup (which canonicalise peers the same way)
+        // see it. Keeping the IPv6 form would make a selector or identity silently miss.
+        let (addr, len) = match addr {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) if len >= 96 => (IpAddr::V4(v4), len - 96),
+                Some(_) => return Err(CidrError::MappedTooShort(input.into())),
+                None => (addr, len),
+            },
+            other => (other, len),
         };
         Ok(Cidr::from_value(
             addr.is_ipv4(),
@@ -248,10 +262,21 @@ mod tests {
         assert_eq!(ok(" 10.1.2.3/8 "), "10.0.0.0/8");
         assert_eq!(ok("2001:db8::1"), "2001:db8::1/128");
         assert_eq!(ok("2001:db8::1/32"), "2001:db8::/32");
+        // IPv4-mapped notation is the IPv4 prefix (issue 11 #3: an exclude written this way
+        // did not exclude 127.0.0.1).
+        assert_eq!(ok("::ffff:127.0.0.0/104"), "127.0.0.0/8");
+        assert_eq!(ok("::ffff:198.18.10.10"), "198.18.10.10/32");
+        assert_eq!(ok("::FFFF:c612:0a0a/128"), "198.18.10.10/32");
+        assert_eq!(ok("::ffff:0:0/96"), "0.0.0.0/0");
+        assert_eq!(ok("::/0"), "::/0");
         let err = |s: &str| s.parse::<Cidr>().unwrap_err().to_string();
         assert_eq!(
             err("172.16.0.0/33"),
             r#""172.16.0.0/33": prefix length 33 is longer than 32"#
+        );
+        assert_eq!(
+            err("::ffff:0:0/95"),
+            r#""::ffff:0:0/95": an IPv4-mapped prefix must be /96 or longer (write IPv4 prefixes as a.b.c.d/n)"#
         );
         assert_eq!(err("::/129"), r#""::/129": prefix length 129 is longer than 128"#);
         assert_eq!(err("::/999"), r#""::/999": prefix length 999 is longer than 128"#);

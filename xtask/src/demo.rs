@@ -98,7 +98,7 @@ pub fn run() -> Result<()> {
     let mut text = topo.config(&dir.join("state"), &instance);
     text.push_str(&format!(
         "\n[account]\nsecret = \"keys/account.secret\"\nca_key = \"keys/ca\"\n\
-         recording_public_key = \"reckeys/sshkey.pub\"\n\n[audit]\nfile = \"{}\"\nstdout = true\n\n\
+         recording_public_key = \"reckeys/sshkey.pub\"\nrecording_signing_key = \"keys/recording-signing\"\n\n[audit]\nfile = \"{}\"\nstdout = true\n\n\
          [recording]\ndir = \"{}\"\n",
         dir.join("audit.jsonl").display(),
         dir.join("rec").display()
@@ -386,6 +386,31 @@ fn show_recording(dir: &std::path::Path, log: &std::path::Path, typed: &str) -> 
             out.file_name().unwrap_or_default().to_string_lossy()
         );
     }
+    // The gateway signs each log's trailer (header + digest of every block): `verify` tells
+    // intact from truncated or altered with the public key alone.
+    let signer = dir.join("recording-signing.pub");
+    std::fs::write(
+        &signer,
+        demo_cli(&bin, &dir.join("portcullis.toml"), &["recording", "pubkey"])?,
+    )?;
+    let verify = |input: &std::path::Path| -> Result<(i32, String)> {
+        let out = Command::new(&bin)
+            .args(["verify", "--signer"])
+            .arg(&signer)
+            .arg("--input")
+            .arg(input)
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        Ok((out.status.code().unwrap_or(-1), text.trim().to_string()))
+    };
+    let (code, text) = verify(log)?;
+    println!("   portcullis verify --signer recording-signing.pub --input … → exit {code}: {text}");
+    expect(code == 0, "the log is intact and signed by this gateway")?;
+    let cut = dir.join("truncated.log");
+    std::fs::write(&cut, &raw[..raw.len() - 8])?;
+    let (code, text) = verify(&cut)?;
+    println!("   the same log with its last bytes cut off → exit {code}: {text}");
+    expect(code != 0, "a truncated log is reported")?;
     let cast_text = std::fs::read_to_string(&cast)?;
     println!("   the session as asciicast v2 (header, then [seconds, \"i\" typed / \"o\" printed, data]):");
     println!("{}", indent(cast_text.trim_end()));
@@ -398,6 +423,11 @@ fn show_recording(dir: &std::path::Path, log: &std::path::Path, typed: &str) -> 
         "the stored log does not contain the plaintext",
     )?;
     Ok(())
+}
+
+/// `portcullis ARGS --config CONFIG`'s standard output.
+fn demo_cli(bin: &std::path::Path, config: &std::path::Path, args: &[&str]) -> Result<String> {
+    util::output(Command::new(bin).args(args).arg("--config").arg(config))
 }
 
 fn fetch_line(ns: &Netns, addr: SocketAddr) -> std::io::Result<String> {

@@ -27,6 +27,7 @@ pub mod map {
     pub const COUNTERS: &str = "PC_COUNTERS";
     pub const FILTER: &str = "PC_FILTER";
     pub const SOCKETS: &str = "PC_SOCKETS";
+    pub const UPSTREAM_IF: &str = "PC_UPSTREAM_IF";
 }
 
 /// fwmark layout. A steered packet carries `MARK_STEER | vnet`; the proxy's own upstream
@@ -82,6 +83,9 @@ pub mod verdict {
     pub const NOT_TCP: u32 = 5;
     /// Malformed before the destination was known: left to the kernel.
     pub const MALFORMED: u32 = 6;
+    /// XDP could not tell the vnet (an interface with VLAN vnets, a frame that looks
+    /// untagged): left to TC, which classifies and counts it. Never counted itself.
+    pub const DEFERRED: u32 = 7;
     pub const NAMES: [&str; 7] = [
         "steered",
         "other_port",
@@ -95,7 +99,17 @@ pub mod verdict {
 
 /// Value of `INGRESS_IF` (indexed by ifindex): the vnet of untagged traffic in the low 16
 /// bits (0: none) and `INGRESS_HAS_VLANS` if VLANs on it belong to vnets.
+///
 pub const INGRESS_HAS_VLANS: u32 = 1 << 16;
+/// `INGRESS_IF` flag of a VLAN device on top of an ingress interface: no vnet of its own
+/// (the parent's TC classifies its frames), but steered flows arrive on it, so `sk_lookup`
+/// must accept it as an ingress.
+pub const INGRESS_VLAN_DEVICE: u32 = 1 << 17;
+/// `INGRESS_IF` flag: XDP leaves frames that look untagged to TC. Set on interfaces with
+/// VLAN vnets (except loopback devices): a NIC that strips the tag before XDP shows a tagged
+/// frame as untagged, and only TC sees the stripped tag (`skb->vlan_tci`); classified in
+/// XDP, it would land in the untagged vnet.
+pub const INGRESS_DEFER_UNTAGGED: u32 = 1 << 18;
 
 /// Key of `INGRESS_VLAN`: an interface and an 802.1Q VLAN id on it.
 #[repr(C)]

@@ -18,13 +18,18 @@ const MAX_V6_EXT: usize = 6;
 
 /// The lookups the classifier needs: BPF maps in the kernel, plain tables in unit tests.
 pub trait Tables {
-    /// The vnet of traffic arriving on `ifindex` with VLAN id `vlan` (0: untagged).
+    /// The vnet of traffic arriving on `ifindex` with VLAN id `vlan` (0: untagged), or
+    /// [`DEFER`] when this program cannot tell (see `INGRESS_HAS_VLANS`).
     fn vnet(&self, ifindex: u32, vlan: u16) -> Option<u32>;
     /// The target at (vnet, address); IPv4 addresses come mapped (`::ffff:a.b.c.d`).
     fn target(&self, vnet: u32, addr: &[u8; 16]) -> Option<&TargetValue>;
     /// Ports beyond the inline ones.
     fn overflow_port(&self, target: u32, port: u16) -> bool;
 }
+
+/// What `Tables::vnet` answers when the program cannot know the vnet and leaves the packet
+/// to the next one (XDP to TC), which sees more of it. Outside the 16-bit vnet range.
+pub const DEFER: u32 = u32::MAX;
 
 /// Whether `port` is protected on the target `t`.
 #[inline(always)]
@@ -126,6 +131,9 @@ pub fn classify<T: Tables>(p: &Packet, ifindex: u32, vlan: u16, t: &T) -> Outcom
     let Some(vnet) = t.vnet(ifindex, vlan) else {
         return outcome(verdict::NOT_INGRESS, 0);
     };
+    if vnet == DEFER {
+        return outcome(verdict::DEFERRED, 0);
+    }
     if proto == ETH_P_IPV4 {
         ipv4(p, off, vnet, t)
     } else {

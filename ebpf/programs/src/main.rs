@@ -23,8 +23,8 @@ use portcullis_common::parse::{self, Outcome, Packet};
 use portcullis_common::{
     addr_hash, addr_words, filter_bit, home_slot, v4_mapped, verdict, DestKey, IngressKey, PortKey, Slot,
     TargetKey, TargetValue, XdpMeta, CONTROL_ACTIVE, CONTROL_OVERFLOW, CONTROL_SLOTS, FILTER_WORDS,
-    MARK_STEER, MARK_VNET_MASK, MAX_IFINDEX, MAX_INGRESS, MAX_PORTS, MAX_TARGETS, META_MAGIC, PROBES,
-    SOCKET_SLOTS, SOCKET_V4, SOCKET_V6, TABLE_MASK, TABLE_SLOTS, VERDICTS,
+    INGRESS_DEFER_UNTAGGED, MARK_STEER, MARK_UPSTREAM, MARK_VNET_MASK, MAX_IFINDEX, MAX_INGRESS, MAX_PORTS,
+    MAX_TARGETS, META_MAGIC, PROBES, SOCKET_SLOTS, SOCKET_V4, SOCKET_V6, TABLE_MASK, TABLE_SLOTS, VERDICTS,
 };
 
 #[map(name = "PC_INGRESS_IF")]
@@ -60,6 +60,10 @@ static PC_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(MAX_TARGETS * VERDICT
 #[map(name = "PC_SOCKETS")]
 static PC_SOCKETS: SockMap = SockMap::pinned(SOCKET_SLOTS, 0);
 
+/// Upstream interfaces (by ifindex) → the vnet they lead into (0: not an upstream).
+#[map(name = "PC_UPSTREAM_IF")]
+static PC_UPSTREAM_IF: Array<u32> = Array::pinned(MAX_IFINDEX, 0);
+
 const AF_INET: u32 = 2;
 const IPPROTO_TCP: u32 = 6;
 
@@ -71,22 +75,31 @@ fn count(target: u32, v: u32) {
     }
 }
 
-/// Classifies one packet and counts the verdict.
+/// Classifies one packet and counts the verdict (a deferred packet is counted by TC).
+/// `XDP`: whether the caller is the XDP program, which sees no tag a NIC stripped.
 #[inline(always)]
-fn classify(pkt: &Packet, ifindex: u32, vlan: u16) -> Outcome {
-    let out = parse::classify(pkt, ifindex, vlan, &Maps);
-    count(out.target, out.verdict);
+fn classify<const XDP: bool>(pkt: &Packet, ifindex: u32, vlan: u16) -> Outcome {
+    let out = parse::classify(pkt, ifindex, vlan, &Maps::<XDP>);
+    if out.verdict != verdict::DEFERRED {
+        count(out.target, out.verdict);
+    }
     out
 }
 
 /// The classifier's tables are the BPF maps.
-struct Maps;
+struct Maps<const XDP: bool>;
 
-impl parse::Tables for Maps {
+impl<const XDP: bool> parse::Tables for Maps<XDP> {
     #[inline(always)]
     fn vnet(&self, ifindex: u32, vlan: u16) -> Option<u32> {
         if vlan == 0 {
-            let v = PC_INGRESS_IF.get(ifindex).copied().unwrap_or(0) & MARK_VNET_MASK;
+            let e = PC_INGRESS_IF.get(ifindex).copied().unwrap_or(0);
+            // A frame that looks untagged on a trunk may have had its tag stripped by the
+            // NIC; only TC can see it.
+            if XDP && e & INGRESS_DEFER_UNTAGGED != 0 {
+                return Some(parse::DEFER);
+            }
+            let v = e & MARK_VNET_MASK;
             return (v != 0).then_some(v);
         }
         let key = IngressKey {
@@ -139,7 +152,7 @@ pub fn pc_xdp_classify(ctx: XdpContext) -> u32 {
         end: ctx.data_end(),
     };
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    let out = classify(&pkt, ifindex, 0);
+    let out = classify::<true>(&pkt, ifindex, 0);
     match out.verdict {
         verdict::STEERED => {
             write_meta(&ctx, out.mark);
@@ -234,7 +247,7 @@ pub fn pc_tc_mark(ctx: TcContext) -> i32 {
         start: ctx.data(),
         end: ctx.data_end(),
     };
-    let out = classify(&pkt, ifindex, vlan);
+    let out = classify::<false>(&pkt, ifindex, vlan);
     match out.verdict {
         verdict::STEERED => {
             ctx.set_mark(out.mark);
@@ -245,14 +258,23 @@ pub fn pc_tc_mark(ctx: TcContext) -> i32 {
     }
 }
 
+/// Upstream interfaces, egress. Drops (a) packets that still carry the steering mark (a
+/// flushed routing rule must not turn steering into forwarding), and (b) the proxy's
+/// upstream packets of one vnet leaving through another vnet's interface (misrouting would
+/// log a user of one vnet in on another vnet's host that shares the address).
 #[classifier]
 pub fn pc_tc_guard(ctx: TcContext) -> i32 {
-    let mark = unsafe { (*ctx.skb.skb).mark };
+    let (mark, ifindex) = unsafe { ((*ctx.skb.skb).mark, (*ctx.skb.skb).ifindex) };
     if mark & MARK_STEER != 0 && mark & !(MARK_STEER | MARK_VNET_MASK) == 0 {
-        TC_ACT_SHOT
-    } else {
-        TC_ACT_OK
+        return TC_ACT_SHOT;
     }
+    if mark & MARK_UPSTREAM != 0 && mark & !(MARK_UPSTREAM | MARK_VNET_MASK) == 0 {
+        let vnet = PC_UPSTREAM_IF.get(ifindex).copied().unwrap_or(0);
+        if vnet != 0 && vnet != mark & MARK_VNET_MASK {
+            return TC_ACT_SHOT;
+        }
+    }
+    TC_ACT_OK
 }
 
 #[sk_lookup]
@@ -263,6 +285,8 @@ pub fn pc_sk_lookup(ctx: SkLookupContext) -> u32 {
     if protocol != IPPROTO_TCP {
         return sk_action::SK_PASS;
     }
+    // Any entry: an ingress interface, or a VLAN device on one (INGRESS_VLAN_DEVICE), whose
+    // steered flows arrive here with the VLAN device's ifindex.
     if PC_INGRESS_IF.get(ifindex).copied().unwrap_or(0) == 0 {
         return sk_action::SK_PASS;
     }

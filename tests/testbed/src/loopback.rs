@@ -28,8 +28,11 @@ pub struct Gateway {
 /// What the gateway's configuration adds to the minimal one.
 #[derive(Clone, Debug, Default)]
 pub struct GatewayOptions {
-    /// Record sessions to `<dir>/rec` with a key pair in `<dir>/reckeys`.
+    /// Record sessions to `<dir>/rec` with a key pair in `<dir>/reckeys`, signed with the
+    /// recording-signing key `ca init` creates at `<dir>/keys/recsign`...
     pub record: bool,
+    /// ... or unsigned, without one.
+    pub unsigned: bool,
     /// Extra TOML appended to the configuration.
     pub extra: String,
     /// Start the target sshd without trusting the CA.
@@ -67,6 +70,9 @@ impl Gateway {
                 String::from_utf8_lossy(&o.stderr)
             );
             account.push_str("recording_public_key = \"reckeys/sshkey.pub\"\n");
+            if !opts.unsigned {
+                account.push_str("recording_signing_key = \"keys/recsign\"\n");
+            }
             if !extra.contains("[recording]") {
                 extra.push_str(&format!(
                     "\n[recording]\ndir = \"{}\"\n",
@@ -208,6 +214,17 @@ port = {target_port}
             std::thread::sleep(Duration::from_millis(20));
         }
         self.daemon = Some((child, lines));
+    }
+
+    /// SIGTERM, as an operator's stop; waits for the exit. Returns its status and log.
+    pub fn stop_daemon(&mut self) -> Option<(std::process::ExitStatus, Vec<String>)> {
+        let (mut c, lines) = self.daemon.take()?;
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let status = c.wait().ok()?;
+        // The reader thread sees end of file once the daemon is gone; give it the last lines.
+        std::thread::sleep(Duration::from_millis(100));
+        let lines = lines.lock().unwrap().clone();
+        Some((status, lines))
     }
 
     /// SIGKILL, as a crash.

@@ -25,6 +25,7 @@ pub struct Account {
     pub secret: PathBuf,
     pub ca_key: PathBuf,
     pub recording_public_key: Option<PathBuf>,
+    pub recording_signing_key: Option<PathBuf>,
 }
 
 /// A `[[listener]]`: a plain TCP address whose connections go to one target.
@@ -44,6 +45,7 @@ pub(super) struct Built {
     pub policies: Engine,
     pub account: Option<Account>,
     pub listeners: Vec<Listener>,
+    pub warnings: Vec<String>,
 }
 
 type R<T> = Result<T, Bad>;
@@ -73,12 +75,16 @@ pub(super) fn build(
         }
     }
     let policies = policies(c, &apps, &names)?;
+    ca(c)?;
+    limits(c)?;
+    let warnings = email_prefix_collisions(c, extra_identities);
     let account = match &c.account {
         Some(a) => {
             let secret = relative_to(path, a.secret.get_ref());
             let ca_key = relative_to(path, a.ca_key.get_ref());
             if check_secrets {
                 check_secret(&secret)
+                    .and_then(|()| check_secret_length(&secret))
                     .map_err(|m| Bad::at(a.secret.span(), format!("account.secret: {m}")))?;
                 check_secret(&ca_key)
                     .map_err(|m| Bad::at(a.ca_key.span(), format!("account.ca_key: {m}")))?;
@@ -93,10 +99,22 @@ pub(super) fn build(
                 }
                 None => None,
             };
+            let recording_signing_key = match &a.recording_signing_key {
+                Some(p) => {
+                    let sk = relative_to(path, p.get_ref());
+                    if check_secrets {
+                        check_secret(&sk)
+                            .map_err(|m| Bad::at(p.span(), format!("account.recording_signing_key: {m}")))?;
+                    }
+                    Some(sk)
+                }
+                None => None,
+            };
             Some(Account {
                 secret,
                 ca_key,
                 recording_public_key,
+                recording_signing_key,
             })
         }
         None => None,
@@ -110,7 +128,137 @@ pub(super) fn build(
         policies: Engine::new(&apps, policies),
         account,
         listeners,
+        warnings,
     })
+}
+
+fn check_secret_length(p: &Path) -> Result<(), String> {
+    use crate::hostkey::MIN_SECRET_BYTES;
+    let len = std::fs::metadata(p)
+        .map_err(|e| format!("{}: {e}", p.display()))?
+        .len();
+    if len < MIN_SECRET_BYTES as u64 {
+        return Err(format!(
+            "{} holds {len} bytes; at least {MIN_SECRET_BYTES} random bytes are needed, as anyone could derive the gateway's host keys from a shorter secret (move it away and run `portcullis ca init` for a new one; clients will then see new host keys)",
+            p.display()
+        ));
+    }
+    Ok(())
+}
+
+/// `[ca]`: a bounded lifetime and backdating, and `source_address` prefixes sshd accepts.
+fn ca(c: &Config) -> R<()> {
+    use crate::cert::{MAX_LIFETIME_SECS, MAX_SKEW_SECS};
+    let ca = &c.ca;
+    let lifetime = *ca.lifetime_secs.get_ref();
+    if !(1..=MAX_LIFETIME_SECS).contains(&lifetime) {
+        return Err(Bad::at(
+            ca.lifetime_secs.span(),
+            format!("ca.lifetime_secs {lifetime}: expected 1..={MAX_LIFETIME_SECS} seconds (a certificate only logs in; the session outlives it)"),
+        ));
+    }
+    let skew = *ca.skew_secs.get_ref();
+    if skew > MAX_SKEW_SECS {
+        return Err(Bad::at(
+            ca.skew_secs.span(),
+            format!("ca.skew_secs {skew}: expected 0..={MAX_SKEW_SECS} seconds"),
+        ));
+    }
+    for a in &ca.source_address {
+        crate::cert::source_address(&[a.get_ref()])
+            .map_err(|e| Bad::at(a.span(), format!("ca.source_address: {e}")))?;
+    }
+    Ok(())
+}
+
+/// `[limits]`: caps of at least one, the per-source one within the global one.
+fn limits(c: &Config) -> R<()> {
+    let l = &c.limits;
+    for (what, v) in [
+        ("limits.unauthenticated", &l.unauthenticated),
+        ("limits.unauthenticated_per_source", &l.unauthenticated_per_source),
+    ] {
+        if let Some(v) = v.as_ref().filter(|v| *v.get_ref() == 0) {
+            return Err(Bad::at(
+                v.span(),
+                format!("{what} 0: expected at least 1 (0 would refuse every connection)"),
+            ));
+        }
+    }
+    if let (Some(g), Some(p)) = (&l.unauthenticated, &l.unauthenticated_per_source) {
+        if p.get_ref() > g.get_ref() {
+            return Err(Bad::at(
+                p.span(),
+                format!(
+                    "limits.unauthenticated_per_source {}: more than limits.unauthenticated ({})",
+                    p.get_ref(),
+                    g.get_ref()
+                ),
+            ));
+        }
+    }
+    if let Some(i) = l.refusal_audit_interval_secs.as_ref() {
+        if !(1..=3600).contains(i.get_ref()) {
+            return Err(Bad::at(
+                i.span(),
+                format!(
+                    "limits.refusal_audit_interval_secs {}: expected 1..=3600",
+                    i.get_ref()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Identities whose email prefixes are equal, when email prefixes name principals
+/// (`[ca] principal = "email_prefix"`) or logins (`email_prefix_login`): targets could not
+/// tell their certificates apart, or both may log in as the same user. A warning: the
+/// operator may mean it (one person, two domains).
+fn email_prefix_collisions(c: &Config, extra: &[IdentityConfig]) -> Vec<String> {
+    use std::collections::BTreeMap;
+    let principal = c.ca.principal == super::schema::PrincipalConfig::EmailPrefix;
+    let logins: Vec<&str> = c
+        .policies
+        .iter()
+        .filter(|p| p.email_prefix_login && p.action == ActionConfig::Allow)
+        .map(|p| p.name.get_ref().as_str())
+        .collect();
+    if !principal && logins.is_empty() {
+        return Vec::new();
+    }
+    let mut by_prefix: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for i in c.identity.iter().chain(extra) {
+        let email = i.email.get_ref().as_str();
+        let prefix = email.split('@').next().unwrap_or(email);
+        let emails = by_prefix.entry(prefix).or_default();
+        // One identity may be listed per vnet: the same email is the same person.
+        if !emails.iter().any(|e| e.eq_ignore_ascii_case(email)) {
+            emails.push(email);
+        }
+    }
+    let mut why = Vec::new();
+    if principal {
+        why.push("with [ca] principal = \"email_prefix\" their certificates name the same principal, so targets cannot tell them apart".to_string());
+    }
+    if !logins.is_empty() {
+        let names: Vec<String> = logins.iter().map(|n| format!("{n:?}")).collect();
+        why.push(format!(
+            "email_prefix_login (policy {}) lets each of them log in as that user",
+            names.join(", ")
+        ));
+    }
+    by_prefix
+        .into_iter()
+        .filter(|(_, emails)| emails.len() > 1)
+        .map(|(prefix, emails)| {
+            format!(
+                "identities {} share the email prefix {prefix:?}: {}",
+                emails.join(" and "),
+                why.join("; ")
+            )
+        })
+        .collect()
 }
 
 /// Secrets must exist and be private: refuse group/world access rather than run with a key
@@ -170,8 +318,13 @@ fn dataplane(c: &Config) -> R<()> {
     Ok(())
 }
 
+/// Linux interface names: 1..=15 bytes, no '/', ':' or whitespace. Quotes and backslashes
+/// are refused too: names are written into the nftables forward guard.
 fn valid_ifname(s: &str) -> bool {
-    !s.is_empty() && s.len() < 16 && !s.contains(['/', ' ', '\0'])
+    !s.is_empty()
+        && s.len() < 16
+        && s.bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'/' | b':' | b'"' | b'\\' | b'\''))
 }
 
 fn vnets(c: &Config) -> R<(Vec<Vnet>, HashMap<String, u16>)> {
@@ -236,6 +389,14 @@ fn vnets(c: &Config) -> R<(Vec<Vnet>, HashMap<String, u16>)> {
                 return Err(Bad::at(
                     u.span(),
                     format!("vnet.upstream {:?}: not an interface name", u.get_ref()),
+                ));
+            }
+            // The egress guard checks that an upstream packet's vnet is the interface's vnet;
+            // an interface shared by two vnets could not be checked.
+            if let Some(o) = vnets.iter().find(|o| o.upstream.contains(u.get_ref())) {
+                return Err(Bad::at(
+                    u.span(),
+                    format!("vnet.upstream {:?}: already an upstream interface of vnet {:?}; each vnet needs its own", u.get_ref(), o.name),
                 ));
             }
             upstream.push(u.get_ref().clone());
@@ -336,6 +497,7 @@ fn targets(c: &Config, names: &HashMap<String, u16>, vnets: &[Vnet], apps: &[App
     }
     let mut addrs = Vec::new();
     let mut owners: HashMap<(u16, IpAddr), String> = HashMap::new();
+    let mut by_addr: HashMap<IpAddr, Vec<u16>> = HashMap::new();
     for t in &c.targets {
         let h = t.hostname.get_ref();
         if !valid_hostname(h) {
@@ -363,6 +525,19 @@ fn targets(c: &Config, names: &HashMap<String, u16>, vnets: &[Vnet], apps: &[App
             t.ipv6.as_ref().map(|s| (s.span(), IpAddr::V6(*s.get_ref()))),
         ];
         for (span, ip) in ips.into_iter().flatten() {
+            if let IpAddr::V6(v6) = ip {
+                // One notation per address (issue 11 #3): a mapped address is the IPv4 one;
+                // accepted, it would bypass the duplicate check below and overwrite the other
+                // target's ports in the dataplane.
+                if let Some(v4) = v6.to_ipv4_mapped() {
+                    return Err(Bad::at(
+                        span,
+                        format!(
+                            "target {h:?}: ipv6 {v6} is an IPv4-mapped address; write it as ipv4 = \"{v4}\""
+                        ),
+                    ));
+                }
+            }
             if let Some(other) = owners.insert((vnet, ip), h.clone()) {
                 return Err(Bad::at(
                     span,
@@ -378,12 +553,64 @@ fn targets(c: &Config, names: &HashMap<String, u16>, vnets: &[Vnet], apps: &[App
                 addr: ip,
                 ports: ports.iter().copied().collect(),
             });
+            if let Some(err) = shared_address(&mut by_addr, vnets, vnet, ip, h, span.clone()) {
+                return Err(err);
+            }
+        }
+        if ports.is_empty() {
+            // Fail closed (issue 11 #4): a target no application selects (a hostname typo,
+            // a forgotten application) would have every port forwarded untouched while it
+            // looks protected in the configuration. An error, not a warning: a gateway
+            // must not start believing it protects a host it does not.
+            return Err(Bad::at(
+                t.hostname.span(),
+                format!("target {h:?}: no [[application]] selects this hostname, so none of its ports would be protected; add it to an application's targets (or remove the target)"),
+            ));
         }
     }
     Ok(TargetSet {
         vnets: vnets.to_vec(),
         addrs,
     })
+}
+
+/// An address that is a target in several vnets is only told apart by the vnet's routing:
+/// the proxy's upstream connection carries `0x40000000 | vnet` and is routed by the vnet's
+/// `table`. A vnet without a table uses the main table, which reaches one of the hosts
+/// sharing the address — possibly another vnet's (issue 11 #2: a lab session logged in on
+/// corp's host). So every vnet sharing an address needs a table of its own.
+fn shared_address(
+    by_addr: &mut HashMap<IpAddr, Vec<u16>>,
+    vnets: &[Vnet],
+    vnet: u16,
+    ip: IpAddr,
+    host: &str,
+    span: std::ops::Range<usize>,
+) -> Option<Bad> {
+    let seen = by_addr.entry(ip).or_default();
+    seen.push(vnet);
+    if seen.len() < 2 {
+        return None;
+    }
+    let v = |id: u16| vnets.iter().find(|v| v.id == id);
+    let name = |id: u16| v(id).map(|v| v.name.as_str()).unwrap_or("?");
+    let others: Vec<&str> = seen.iter().filter(|o| **o != vnet).map(|o| name(*o)).collect();
+    for id in seen.iter() {
+        match v(*id).and_then(|v| v.table) {
+            None => {
+                return Some(Bad::at(span, format!("target {host:?}: address {ip} is also a target in vnet {:?}, but vnet {:?} has no `table`: its upstream connections would follow the main routing table and could reach another vnet's host; give every vnet that shares addresses its own routing table", others.join("\", \""), name(*id))));
+            }
+            Some(t) => {
+                if let Some(o) = seen
+                    .iter()
+                    .find(|o| **o != *id && v(**o).and_then(|v| v.table) == Some(t))
+                {
+                    return Some(Bad::at(span, format!("target {host:?}: address {ip} is a target in vnets {:?} and {:?}, which share routing table {t}: their upstream connections could not be told apart; give each its own table", name(*id), name(*o))));
+                }
+            }
+        }
+    }
+    None
 }
 
 fn auth_methods(c: &Config) -> R<crate::proxy::AuthMethods> {

@@ -47,6 +47,8 @@ pub struct Loaded {
     pub policies: Engine,
     pub account: Option<Account>,
     pub listeners: Vec<Listener>,
+    /// What is valid but probably not meant (`check` prints them, the daemon logs them).
+    pub warnings: Vec<String>,
 }
 
 /// Which file a validation error points into.
@@ -115,6 +117,42 @@ fn parse_inner(path: &Path, text: &str, check_secrets: bool) -> Result<Loaded, C
         policies: built.policies,
         account: built.account,
         listeners: built.listeners,
+        warnings: built.warnings,
+    })
+}
+
+/// Validates configuration text without touching the filesystem (for the fuzzer): an
+/// `[identities]` file is not read, the account's secrets and recording key are not looked
+/// up (relative paths are taken from the current directory). Errors name `<string>`.
+#[doc(hidden)]
+pub fn parse_str(text: &str) -> Result<Loaded, ConfigError> {
+    let path = Path::new("<string>");
+    let mut config: Config = toml::from_str(text).map_err(|e| invalid(path, text, e.span(), e.message()))?;
+    // `build` looks the recording key up whatever `check_secrets` says: keep it from there.
+    let recording_key = config
+        .account
+        .as_mut()
+        .and_then(|a| a.recording_public_key.take());
+    let built =
+        build::build(path, &config, &[], false).map_err(|b| invalid(path, text, Some(b.span), &b.message))?;
+    let mut account = built.account;
+    if let (Some(a), Some(k)) = (account.as_mut(), &recording_key) {
+        a.recording_public_key = Some(relative_to(path, k.get_ref()));
+    }
+    if let Some(a) = config.account.as_mut() {
+        a.recording_public_key = recording_key;
+    }
+    Ok(Loaded {
+        path: path.to_owned(),
+        config,
+        targets: built.targets,
+        host_keys: built.host_keys,
+        auth: built.auth,
+        identities: built.identities,
+        policies: built.policies,
+        account,
+        listeners: built.listeners,
+        warnings: built.warnings,
     })
 }
 
@@ -324,6 +362,87 @@ email_prefix_login = true
         text.lines().nth(n - 1).unwrap().to_string()
     }
 
+    /// Issue 11 #3: `::ffff:a.b.c.d` is one address in two notations; a second target so
+    /// written overwrote the first one's ports in the dataplane while `check` said ok.
+    #[test]
+    fn ipv4_mapped_notation_is_refused_for_targets_and_canonical_elsewhere() {
+        let dup = format!(
+            "{BASE}\n[[target]]\nhostname = \"web-01\"\nipv6 = \"::ffff:198.18.10.10\"\nvnet = \"corp\"\n"
+        );
+        let e = err(&dup);
+        assert!(
+            e.contains("IPv4-mapped address; write it as ipv4 = \"198.18.10.10\""),
+            "{e}"
+        );
+        assert_eq!(line_of(&dup, &e), "ipv6 = \"::ffff:198.18.10.10\"");
+        // Selectors and identity sources in that notation mean the IPv4 prefix.
+        let text = BASE
+            .replace("198.18.1.99/32", "::ffff:198.18.1.0/120")
+            .replace("sources = [\"198.18.1.2\"]", "sources = [\"::ffff:198.18.1.2\"]");
+        let l = p(&text).unwrap();
+        let alice = l.identities.lookup(1, "198.18.1.2".parse().unwrap()).unwrap();
+        assert_eq!(alice.email, "alice@example.com");
+        assert!(l.identities.lookup(1, "::1".parse().unwrap()).is_none());
+        let e = err(&BASE.replace("198.18.1.99/32", "::ffff:0:0/64"));
+        assert!(e.contains("IPv4-mapped prefix must be /96 or longer"), "{e}");
+    }
+
+    /// Issue 11 #4: a target no application selects would be open on every port.
+    #[test]
+    fn a_target_no_application_covers_is_an_error() {
+        let text = BASE.replace("hostname = \"web-01\"\nipv4", "hostname = \"web-O1\"\nipv4");
+        let e = err(&text);
+        assert!(
+            e.contains("target \"web-O1\": no [[application]] selects this hostname"),
+            "{e}"
+        );
+        assert_eq!(line_of(&text, &e), "hostname = \"web-O1\"");
+        // A wildcard application covers every target.
+        let wild = text.replace(
+            "target = [{ hostname = \"web-01\"",
+            "target = [{ hostname = \"*\"",
+        );
+        assert!(p(&wild).is_ok());
+    }
+
+    /// Issue 11 #2: two vnets sharing an address are told apart upstream only by their
+    /// routing tables.
+    #[test]
+    fn vnets_sharing_an_address_need_their_own_tables() {
+        let two = |corp_table: &str, lab_table: &str| {
+            format!(
+                "{}\n[[vnet]]\nname = \"lab\"\nid = 2\ningress = [\"veth1\"]\n{lab_table}\n[[target]]\nhostname = \"web-01\"\nipv4 = \"198.18.10.10\"\nvnet = \"lab\"\n",
+                BASE.replace("ingress = [\"veth0\"]\n", &format!("ingress = [\"veth0\"]\n{corp_table}\n"))
+            )
+        };
+        let e = err(&two("table = 101", ""));
+        assert!(
+            e.contains(
+                "address 198.18.10.10 is also a target in vnet \"corp\", but vnet \"lab\" has no `table`"
+            ),
+            "{e}"
+        );
+        let e = err(&two("", "table = 102"));
+        assert!(e.contains("but vnet \"corp\" has no `table`"), "{e}");
+        let e = err(&two("table = 101", "table = 101"));
+        assert!(e.contains("share routing table 101"), "{e}");
+        assert!(p(&two("table = 101", "table = 102")).is_ok());
+        // An upstream interface belongs to one vnet (the egress guard checks the vnet).
+        let e = err(&format!(
+            "{}\n[[vnet]]\nname = \"lab\"\nid = 2\nupstream = [\"up0\"]\n",
+            BASE.replace(
+                "ingress = [\"veth0\"]\n",
+                "ingress = [\"veth0\"]\nupstream = [\"up0\"]\n"
+            )
+        ));
+        assert!(
+            e.contains("already an upstream interface of vnet \"corp\""),
+            "{e}"
+        );
+        let e = err(&BASE.replace("[\"veth0\"]", "[\"ve\\\"th\"]"));
+        assert!(e.contains("not an interface name"), "{e}");
+    }
+
     #[test]
     fn auth_methods_default_to_all_three_and_never_password() {
         assert_eq!(p(BASE).unwrap().auth, crate::proxy::AuthMethods::default());
@@ -486,8 +605,122 @@ email_prefix_login = true
         for f in ["secret", "ca"] {
             std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o600)).unwrap();
         }
+        // Issue 11 #9: a short (here 1-byte) or empty secret makes the host keys derivable.
+        let e = load(&dir.join("c.toml")).unwrap_err().to_string();
+        assert!(
+            e.contains("account.secret") && e.contains("secret holds 1 bytes; at least 32"),
+            "{e}"
+        );
+        assert_eq!(line_of(&t, &e), "secret = \"secret\"");
+        std::fs::write(dir.join("secret"), "").unwrap();
+        assert!(load(&dir.join("c.toml"))
+            .unwrap_err()
+            .to_string()
+            .contains("holds 0 bytes"));
+        std::fs::write(dir.join("secret"), [7u8; 32]).unwrap();
         assert!(load(&dir.join("c.toml")).unwrap().account.is_some());
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Issue 11 #9: `[ca]` lifetimes are bounded and `source_address` entries are prefixes
+    /// sshd accepts, each error at its field.
+    #[test]
+    fn ca_lifetime_and_source_address_are_validated() {
+        let ok = p(&format!(
+            "{BASE}\n[ca]\nlifetime_secs = 60\nsource_address = [\"198.18.0.1\", \"2001:db8::1/128\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.config.ca.source_address.len(), 2);
+        for (ca, says, at) in [
+            (
+                "lifetime_secs = 0",
+                "ca.lifetime_secs 0: expected 1..=86400",
+                "lifetime_secs = 0",
+            ),
+            (
+                "lifetime_secs = 9223372036854775807",
+                "ca.lifetime_secs 9223372036854775807",
+                "lifetime_secs = 9223372036854775807",
+            ),
+            (
+                "skew_secs = 86400",
+                "ca.skew_secs 86400: expected 0..=3600",
+                "skew_secs = 86400",
+            ),
+            (
+                "source_address = [\"198.18.0.1\", \"198.18.0.1/24\"]",
+                "ca.source_address: \"198.18.0.1/24\": host bits are set",
+                "source_address = [\"198.18.0.1\", \"198.18.0.1/24\"]",
+            ),
+            (
+                "source_address = [\"gw.example\"]",
+                "not an IPv4 or IPv6 address",
+                "source_address = [\"gw.example\"]",
+            ),
+            ("source_address = true", "invalid type", "source_address = true"),
+        ] {
+            let t = format!("{BASE}\n[ca]\n{ca}\n");
+            let e = err(&t);
+            assert!(e.contains(says), "{ca}: {e}");
+            assert_eq!(line_of(&t, &e), at, "{e}");
+        }
+    }
+
+    #[test]
+    fn limits_are_validated() {
+        let l = p(&format!(
+            "{BASE}\n[limits]\nunauthenticated = 64\nunauthenticated_per_source = 8\nrefusal_audit_interval_secs = 5\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            l.config.limits.unauthenticated.as_ref().map(|v| *v.get_ref()),
+            Some(64)
+        );
+        for (limits, says) in [
+            (
+                "unauthenticated = 0",
+                "limits.unauthenticated 0: expected at least 1",
+            ),
+            (
+                "unauthenticated_per_source = 0",
+                "limits.unauthenticated_per_source 0",
+            ),
+            (
+                "unauthenticated = 4\nunauthenticated_per_source = 8",
+                "limits.unauthenticated_per_source 8: more than limits.unauthenticated (4)",
+            ),
+            ("refusal_audit_interval_secs = 0", "expected 1..=3600"),
+            ("unauthenticated = -1", "invalid value"),
+            ("bogus = 1", "bogus"),
+        ] {
+            let e = err(&format!("{BASE}\n[limits]\n{limits}\n"));
+            assert!(e.contains(says), "{limits}: {e}");
+        }
+    }
+
+    /// Issue 11 #9: two identities whose email prefixes collide, when prefixes name logins
+    /// or principals, are a warning naming both.
+    #[test]
+    fn email_prefix_collisions_are_warned_about() {
+        let twin = "\n[[identity]]\nemail = \"alice@example.org\"\ngroups = [\"ops\"]\nsources = [\"198.18.1.3\"]\nvnet = \"corp\"\n";
+        // BASE's policy allows email-prefix logins.
+        let w = p(&format!("{BASE}{twin}")).unwrap().warnings;
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("alice@example.com and alice@example.org share the email prefix \"alice\"")
+                && w[0].contains("email_prefix_login (policy \"ops\")"),
+            "{w:?}"
+        );
+        // Neither prefix logins nor prefix principals: no warning.
+        let plain = BASE.replace("email_prefix_login = true", "");
+        assert!(p(&format!("{plain}{twin}")).unwrap().warnings.is_empty());
+        let w = p(&format!("{plain}{twin}\n[ca]\nprincipal = \"email_prefix\"\n"))
+            .unwrap()
+            .warnings;
+        assert!(w.len() == 1 && w[0].contains("name the same principal"), "{w:?}");
+        // The same person listed in two vnets is not a collision.
+        let same = twin.replace("alice@example.org", "Alice@Example.com");
+        assert!(p(&format!("{BASE}{same}")).unwrap().warnings.is_empty());
     }
 
     #[test]

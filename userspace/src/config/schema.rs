@@ -38,6 +38,25 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     #[serde(default)]
     pub auth: AuthConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// Bounds on connections that have not authenticated yet: each holds descriptors (the
+/// client's socket, then the target's), and anyone who can reach the gateway can open them.
+/// Authenticated sessions are not counted.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// At most this many at once, from all sources; beyond it connections are closed at once.
+    /// Default: an eighth of the daemon's descriptor limit (after raising it), 16..=4096.
+    pub unauthenticated: Option<Spanned<usize>>,
+    /// At most this many at once from one source address, so one source cannot take the
+    /// others' share. Default: 32 (at most `unauthenticated`).
+    pub unauthenticated_per_source: Option<Spanned<usize>>,
+    /// Refusals of one source and reason beyond the first few in this many seconds are
+    /// audited together, as one `refused.flood` event with a count. Default: 10.
+    pub refusal_audit_interval_secs: Option<Spanned<u64>>,
 }
 
 /// How clients may authenticate to the gateway. None of it is identity (that comes from
@@ -129,17 +148,22 @@ pub struct AccountConfig {
     pub ca_key: Spanned<PathBuf>,
     /// ssh-log-cli `sshkey.pub`; absent: sessions are not recorded.
     pub recording_public_key: Option<Spanned<PathBuf>>,
+    /// Ed25519 key (OpenSSH format, 0600, made by `portcullis ca init`) that signs each
+    /// recording's trailer; absent: recordings are closed unsigned.
+    pub recording_signing_key: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CaConfig {
     /// Certificate validity after issue (seed 003: 3 minutes). Bounds authentication only.
-    pub lifetime_secs: u64,
+    pub lifetime_secs: Spanned<u64>,
     /// Backdating against target clocks running behind.
-    pub skew_secs: u64,
-    /// Add the `source-address` critical option with the gateway's upstream address.
-    pub source_address: bool,
+    pub skew_secs: Spanned<u64>,
+    /// The gateway's upstream addresses (addresses or CIDR prefixes): when set, certificates
+    /// carry them as the `source-address` critical option, so a certificate taken off the
+    /// gateway is refused by targets from anywhere else.
+    pub source_address: Vec<Spanned<String>>,
     /// What the certificate names as principal: the requested login (default), or the
     /// identity's email prefix as Cloudflare does (seed 002: targets map it to logins with
     /// `AuthorizedPrincipalsFile`).
@@ -156,9 +180,9 @@ pub enum PrincipalConfig {
 impl Default for CaConfig {
     fn default() -> Self {
         Self {
-            lifetime_secs: 180,
-            skew_secs: 30,
-            source_address: false,
+            lifetime_secs: Spanned::new(0..0, 180),
+            skew_secs: Spanned::new(0..0, 30),
+            source_address: Vec::new(),
             principal: PrincipalConfig::Login,
         }
     }

@@ -41,6 +41,8 @@ pub enum DataplaneError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("{what}: nft refused the ruleset: {message}")]
+    Nft { what: String, message: String },
     #[error("netlink: {what}: {source}")]
     Netlink {
         what: String,

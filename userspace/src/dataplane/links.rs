@@ -21,7 +21,7 @@ use aya::{
 };
 use portcullis_common::program;
 
-use super::{preflight::ifindex, DataplaneError, Paths};
+use super::{interfaces::Interfaces, DataplaneError, Paths};
 use crate::{
     config::{DataplaneConfig, XdpModeConfig},
     targets::TargetSet,
@@ -86,13 +86,99 @@ fn pin(link: FdLink, path: &Path) -> Result<(), DataplaneError> {
         .map_err(DataplaneError::link(format!("pin link {}", path.display())))
 }
 
-/// Attaches (or updates) every link `set` needs and removes the pins of links it no longer
-/// needs (interfaces that left the config).
+/// The ifindex the link pinned at `path` is attached to; 0 once its interface is gone (the
+/// kernel severs the link but the pin keeps it alive, detached). aya exposes neither the
+/// link's fd nor this field, so this opens the pin itself (`BPF_OBJ_GET`) and asks the
+/// kernel (`BPF_OBJ_GET_INFO_BY_FD`).
+fn pinned_ifindex(path: &Path) -> io::Result<u32> {
+    use std::os::{
+        fd::{FromRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    };
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    #[repr(C, align(8))]
+    struct GetAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    #[repr(C, align(8))]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let get = GetAttr {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
+    // SAFETY: the attribute points at a NUL-terminated path that outlives the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &get as *const GetAttr,
+            std::mem::size_of::<GetAttr>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor; it is ours to close.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // `struct bpf_link_info`: type, id, prog_id, then a union (8-aligned, at 16) whose xdp
+    // and tcx members both start with the ifindex.
+    let mut info = [0u64; 12];
+    let attr = InfoAttr {
+        bpf_fd: std::os::fd::AsRawFd::as_raw_fd(&fd) as u32,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    // SAFETY: the kernel writes at most `info_len` bytes into `info`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &attr as *const InfoAttr,
+            std::mem::size_of::<InfoAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(info[2] as u32)
+}
+
+/// A pinned link still attached to the interface now called by its name, or `None` after
+/// removing the pin of one that is not (its interface was deleted, perhaps re-created with
+/// a new ifindex): updating a severed link fails, and it protects nothing.
+fn live_pin(path: &Path, ifindex: u32) -> Result<Option<PinnedLink>, DataplaneError> {
+    let attached = match pinned_ifindex(path) {
+        Ok(i) => i,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(DataplaneError::io(format!("inspect link {}", path.display()), e)),
+    };
+    if attached == ifindex {
+        return pinned(path);
+    }
+    tracing::info!(link = %path.display(), was = attached, now = ifindex, "replacing a link its interface lost");
+    unpin(path)?;
+    Ok(None)
+}
+
+/// Attaches (or updates) every link `set` needs on the interfaces present now (`ifs`) and
+/// removes the pins of links it no longer needs (interfaces that left the config or the
+/// kernel). Run again whenever interfaces come and go (the link monitor).
 pub fn attach(
     ebpf: &mut Ebpf,
     cfg: &DataplaneConfig,
     paths: &Paths,
     set: &TargetSet,
+    ifs: &Interfaces,
 ) -> Result<(), DataplaneError> {
     load_programs(ebpf)?;
     let mut wanted: BTreeSet<PathBuf> = BTreeSet::new();
@@ -108,16 +194,18 @@ pub fn attach(
         .collect();
 
     for iface in &ingress {
+        let Some(idx) = ifs.get(iface) else { continue };
         let path = paths.links.join(format!("xdp-{iface}"));
-        attach_xdp(ebpf, cfg, iface, &path)?;
+        attach_xdp(ebpf, cfg, iface, idx, &path)?;
         wanted.insert(path);
         let path = paths.links.join(format!("tc-in-{iface}"));
-        attach_tc(ebpf, program::TC_MARK, iface, TcAttachType::Ingress, &path)?;
+        attach_tc(ebpf, program::TC_MARK, iface, idx, TcAttachType::Ingress, &path)?;
         wanted.insert(path);
     }
     for iface in &upstream {
+        let Some(idx) = ifs.get(iface) else { continue };
         let path = paths.links.join(format!("tc-guard-{iface}"));
-        attach_tc(ebpf, program::TC_GUARD, iface, TcAttachType::Egress, &path)?;
+        attach_tc(ebpf, program::TC_GUARD, iface, idx, TcAttachType::Egress, &path)?;
         wanted.insert(path);
     }
     let path = paths.links.join("sk_lookup");
@@ -138,10 +226,11 @@ fn attach_xdp(
     ebpf: &mut Ebpf,
     cfg: &DataplaneConfig,
     iface: &str,
+    idx: u32,
     path: &Path,
 ) -> Result<(), DataplaneError> {
     let p: &mut Xdp = prog(ebpf, program::XDP_CLASSIFY)?;
-    if let Some(old) = pinned(path)? {
+    if let Some(old) = live_pin(path, idx)? {
         let link = FdLink::from(old)
             .try_into()
             .map_err(DataplaneError::link(format!("reuse XDP link {}", path.display())))?;
@@ -149,10 +238,6 @@ fn attach_xdp(
             .map_err(DataplaneError::program(format!("update XDP program on {iface}")))?;
         return Ok(());
     }
-    let idx = ifindex(iface).ok_or_else(|| DataplaneError::NoInterface {
-        interface: iface.into(),
-        vnet: "-".into(),
-    })?;
     let id = match cfg.xdp_mode {
         XdpModeConfig::Skb => p
             .attach_to_if_index(idx, XdpMode::Skb)
@@ -190,11 +275,12 @@ fn attach_tc(
     ebpf: &mut Ebpf,
     name: &str,
     iface: &str,
+    idx: u32,
     kind: TcAttachType,
     path: &Path,
 ) -> Result<(), DataplaneError> {
     let p: &mut SchedClassifier = prog(ebpf, name)?;
-    if let Some(old) = pinned(path)? {
+    if let Some(old) = live_pin(path, idx)? {
         let link = FdLink::from(old)
             .try_into()
             .map_err(DataplaneError::link(format!("reuse TC link {}", path.display())))?;

@@ -14,15 +14,17 @@ use aya::{
 };
 use portcullis_common::{
     addr_hash, addr_words, filter_bit, home_slot, map, v4_mapped, DestKey, IngressKey, PortKey, Slot,
-    TargetKey, TargetValue, CONTROL_ACTIVE, CONTROL_OVERFLOW, FILTER_WORDS, INGRESS_HAS_VLANS, INLINE_PORTS,
-    MAX_IFINDEX, MAX_TARGETS, PROBES, TABLE_MASK, TABLE_SLOTS, VERDICTS,
+    TargetKey, TargetValue, CONTROL_ACTIVE, CONTROL_OVERFLOW, FILTER_WORDS, INGRESS_DEFER_UNTAGGED,
+    INGRESS_HAS_VLANS, INGRESS_VLAN_DEVICE, INLINE_PORTS, MAX_IFINDEX, MAX_TARGETS, PROBES, TABLE_MASK,
+    TABLE_SLOTS, VERDICTS,
 };
 
-use super::{preflight::ifindex, state::StateEntry, DataplaneError};
+use super::{interfaces::Interfaces, state::StateEntry, DataplaneError};
 use crate::targets::{canonical, TargetSet};
 
 pub struct Maps {
     ingress_if: Array<MapData, u32>,
+    upstream_if: Array<MapData, u32>,
     ingress_vlan: HashMap<MapData, IngressKey, u32>,
     tables: [Array<MapData, Slot>; 2],
     control: Array<MapData, u32>,
@@ -142,6 +144,8 @@ impl Maps {
         let mut me = Self {
             ingress_if: Array::try_from(take(ebpf, map::INGRESS_IF)?)
                 .map_err(DataplaneError::map(map::INGRESS_IF))?,
+            upstream_if: Array::try_from(take(ebpf, map::UPSTREAM_IF)?)
+                .map_err(DataplaneError::map(map::UPSTREAM_IF))?,
             ingress_vlan: HashMap::try_from(take(ebpf, map::INGRESS_VLAN)?)
                 .map_err(DataplaneError::map(map::INGRESS_VLAN))?,
             tables: [
@@ -205,32 +209,8 @@ impl Maps {
     /// place before the target itself becomes visible, so no packet of a protected flow is
     /// classified as unprotected while the update runs. Each target (with its inline ports)
     /// changes in one map update. Address ids are kept across updates.
-    pub fn sync(&mut self, set: &TargetSet) -> Result<Vec<StateEntry>, DataplaneError> {
-        // Desired ingress entries.
-        let mut ingress_if: BTreeMap<u32, u32> = BTreeMap::new();
-        let mut ingress_vlan = BTreeMap::new();
-        for v in &set.vnets {
-            for i in &v.ingress {
-                let idx = ifindex(&i.interface).ok_or_else(|| DataplaneError::NoInterface {
-                    interface: i.interface.clone(),
-                    vnet: v.name.clone(),
-                })?;
-                if idx >= MAX_IFINDEX {
-                    return Err(DataplaneError::Capacity(format!(
-                        "interface {:?} has ifindex {idx}; the dataplane supports ifindexes below {MAX_IFINDEX}",
-                        i.interface
-                    )));
-                }
-                let e = ingress_if.entry(idx).or_default();
-                match i.vlan {
-                    None => *e |= v.id as u32,
-                    Some(vlan) => {
-                        *e |= INGRESS_HAS_VLANS;
-                        ingress_vlan.insert((idx, vlan), v.id as u32);
-                    }
-                }
-            }
-        }
+    pub fn sync(&mut self, set: &TargetSet, ifs: &Interfaces) -> Result<Vec<StateEntry>, DataplaneError> {
+        self.sync_interfaces(set, ifs)?;
 
         // Address ids: kept for addresses that stay, the lowest free one for new ones.
         let current = self.current_targets()?;
@@ -285,24 +265,9 @@ impl Maps {
             *filter.entry(bit / 64).or_default() |= 1u64 << (bit % 64);
         }
 
-        // 1. Additions: ingress, overflow ports, sk_lookup destinations, prefilter bits
-        // (only ever added here, so a reader sees old or new bits, both covering every
-        // target that stays), then the targets.
-        for ((ifindex, vlan), vnet) in &ingress_vlan {
-            let k = IngressKey {
-                ifindex: *ifindex,
-                vlan: *vlan,
-                _pad: 0,
-            };
-            self.ingress_vlan
-                .insert(k, vnet, 0)
-                .map_err(DataplaneError::map(map::INGRESS_VLAN))?;
-        }
-        for (idx, v) in &ingress_if {
-            self.ingress_if
-                .set(*idx, v, 0)
-                .map_err(DataplaneError::map(map::INGRESS_IF))?;
-        }
+        // 1. Additions: overflow ports, sk_lookup destinations, prefilter bits (only ever
+        // added here, so a reader sees old or new bits, both covering every target that
+        // stays), then the targets.
         for (id, port) in &overflow {
             let k = PortKey {
                 target: *id,
@@ -404,26 +369,6 @@ impl Maps {
         for k in stale {
             self.dests.remove(&k).map_err(DataplaneError::map(map::DESTS))?;
         }
-        let stale: Vec<IngressKey> = self
-            .ingress_vlan
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !ingress_vlan.contains_key(&(k.ifindex, k.vlan)))
-            .collect();
-        for k in stale {
-            self.ingress_vlan
-                .remove(&k)
-                .map_err(DataplaneError::map(map::INGRESS_VLAN))?;
-        }
-        let stale: Vec<u32> = (0..MAX_IFINDEX)
-            .filter(|i| !ingress_if.contains_key(i))
-            .filter(|i| self.ingress_if.get(i, 0).map(|v| v != 0).unwrap_or(false))
-            .collect();
-        for i in stale {
-            self.ingress_if
-                .set(i, 0, 0)
-                .map_err(DataplaneError::map(map::INGRESS_IF))?;
-        }
         // Prefilter bits of removed targets: words shrink to what the remaining targets need.
         for word in 0..FILTER_WORDS {
             let want = filter.get(&word).copied().unwrap_or(0);
@@ -443,6 +388,108 @@ impl Maps {
 
     pub fn counters(&self) -> Result<Counters, DataplaneError> {
         read_counters(&self.counters, self.ids.iter().copied())
+    }
+
+    pub fn ingress_entry(&self, ifindex: u32) -> Result<u32, DataplaneError> {
+        self.ingress_if
+            .get(&ifindex, 0)
+            .map_err(DataplaneError::map(map::INGRESS_IF))
+    }
+
+    /// Makes the ifindex-keyed maps describe `set` on the interfaces as they are now
+    /// (`ifs`): ingress interfaces and their VLANs, VLAN devices on them (for sk_lookup),
+    /// upstream interfaces and their vnet (for the egress guard). Interfaces that do not
+    /// exist are skipped: they are picked up when they appear (the link monitor), and the
+    /// forward guard covers them meanwhile. Entries of vanished or re-created interfaces
+    /// (old ifindexes) are removed.
+    pub fn sync_interfaces(&mut self, set: &TargetSet, ifs: &Interfaces) -> Result<(), DataplaneError> {
+        let mut ingress_if: BTreeMap<u32, u32> = BTreeMap::new();
+        let mut ingress_vlan = BTreeMap::new();
+        let mut upstream_if: BTreeMap<u32, u32> = BTreeMap::new();
+        let usable = |name: &str| -> Result<Option<u32>, DataplaneError> {
+            match ifs.get(name) {
+                Some(idx) if idx >= MAX_IFINDEX => Err(DataplaneError::Capacity(format!(
+                    "interface {name:?} has ifindex {idx}; the dataplane supports ifindexes below {MAX_IFINDEX}"
+                ))),
+                Some(idx) => Ok(Some(idx)),
+                None => {
+                    tracing::warn!(interface = name, "interface absent; it is protected when it appears");
+                    Ok(None)
+                }
+            }
+        };
+        for v in &set.vnets {
+            for i in &v.ingress {
+                let Some(idx) = usable(&i.interface)? else {
+                    continue;
+                };
+                let e = ingress_if.entry(idx).or_default();
+                match i.vlan {
+                    None => *e |= v.id as u32,
+                    Some(vlan) => {
+                        *e |= INGRESS_HAS_VLANS;
+                        if !ifs.loopback.contains(&idx) {
+                            *e |= INGRESS_DEFER_UNTAGGED;
+                        }
+                        ingress_vlan.insert((idx, vlan), v.id as u32);
+                    }
+                }
+            }
+            for u in &v.upstream {
+                if let Some(idx) = usable(u)? {
+                    upstream_if.insert(idx, v.id as u32);
+                }
+            }
+        }
+        for d in &ifs.vlans {
+            if ingress_vlan.contains_key(&(d.parent, d.vid)) && d.ifindex < MAX_IFINDEX {
+                *ingress_if.entry(d.ifindex).or_default() |= INGRESS_VLAN_DEVICE;
+            }
+        }
+        for ((ifindex, vlan), vnet) in &ingress_vlan {
+            let k = IngressKey {
+                ifindex: *ifindex,
+                vlan: *vlan,
+                _pad: 0,
+            };
+            self.ingress_vlan
+                .insert(k, vnet, 0)
+                .map_err(DataplaneError::map(map::INGRESS_VLAN))?;
+        }
+        for (idx, v) in &ingress_if {
+            self.ingress_if
+                .set(*idx, v, 0)
+                .map_err(DataplaneError::map(map::INGRESS_IF))?;
+        }
+        for (idx, v) in &upstream_if {
+            self.upstream_if
+                .set(*idx, v, 0)
+                .map_err(DataplaneError::map(map::UPSTREAM_IF))?;
+        }
+        let stale: Vec<IngressKey> = self
+            .ingress_vlan
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !ingress_vlan.contains_key(&(k.ifindex, k.vlan)))
+            .collect();
+        for k in stale {
+            self.ingress_vlan
+                .remove(&k)
+                .map_err(DataplaneError::map(map::INGRESS_VLAN))?;
+        }
+        for (arr, want, name) in [
+            (&mut self.ingress_if, &ingress_if, map::INGRESS_IF),
+            (&mut self.upstream_if, &upstream_if, map::UPSTREAM_IF),
+        ] {
+            let stale: Vec<u32> = (0..MAX_IFINDEX)
+                .filter(|i| !want.contains_key(i))
+                .filter(|i| arr.get(i, 0).map(|v| v != 0).unwrap_or(false))
+                .collect();
+            for i in stale {
+                arr.set(i, 0, 0).map_err(DataplaneError::map(name))?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -6,9 +6,12 @@
 //! registers its sockets; only [`down`] removes it.
 
 mod error;
+mod forward_guard;
+pub mod interfaces;
 mod links;
 mod lock;
 mod maps;
+pub mod monitor;
 mod preflight;
 mod routing;
 mod state;
@@ -122,25 +125,38 @@ impl Dataplane {
             paths: paths.clone(),
             _lock: lock,
         };
+        // The forward guard first: it protects by interface name whatever happens next.
+        forward_guard::install(&cfg.instance, set)?;
         sysctl::apply(&paths.state)?;
         routing::install(cfg).await?;
         routing::sync_upstream(cfg, set).await?;
-        dp.sync_maps(set)?;
-        links::attach(&mut dp._ebpf, cfg, paths, set)?;
+        let ifs = interfaces::resolve(set).await?;
+        dp.sync_maps(set, &ifs)?;
+        links::attach(&mut dp._ebpf, cfg, paths, set, &ifs)?;
         Ok(dp)
     }
 
-    /// Applies a new target set (reload): maps first, in an order that never leaves a
-    /// protected port unprotected, then links for interfaces that came or went.
+    /// Applies a new target set (reload): the forward guard and the maps first, in an order
+    /// that never leaves a protected port unprotected, then links for interfaces that came
+    /// or went. Interfaces absent now are attached when they appear (see [`monitor`]).
     pub async fn apply(&mut self, set: &TargetSet) -> Result<(), DataplaneError> {
-        preflight::resolve_interfaces(set)?;
-        self.sync_maps(set)?;
+        forward_guard::install(&self.cfg.instance, set)?;
+        let ifs = interfaces::resolve(set).await?;
+        self.sync_maps(set, &ifs)?;
         routing::sync_upstream(&self.cfg, set).await?;
-        links::attach(&mut self._ebpf, &self.cfg, &self.paths, set)
+        links::attach(&mut self._ebpf, &self.cfg, &self.paths, set, &ifs)
     }
 
-    fn sync_maps(&mut self, set: &TargetSet) -> Result<(), DataplaneError> {
-        let entries = self.maps.sync(set)?;
+    /// Follows interface churn: re-resolves `set`'s interfaces, rewrites the ifindex-keyed
+    /// maps and re-attaches (or replaces severed) links. Cheap when nothing changed.
+    pub async fn refresh_interfaces(&mut self, set: &TargetSet) -> Result<(), DataplaneError> {
+        let ifs = interfaces::resolve(set).await?;
+        self.maps.sync_interfaces(set, &ifs)?;
+        links::attach(&mut self._ebpf, &self.cfg, &self.paths, set, &ifs)
+    }
+
+    fn sync_maps(&mut self, set: &TargetSet, ifs: &interfaces::Interfaces) -> Result<(), DataplaneError> {
+        let entries = self.maps.sync(set, ifs)?;
         state::write(&self.paths.state, &entries)
     }
 
@@ -185,6 +201,7 @@ pub async fn down(cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
 
 async fn teardown(cfg: &DataplaneConfig, paths: &Paths) -> Result<(), DataplaneError> {
     links::remove_all(paths)?;
+    forward_guard::remove(&cfg.instance)?;
     routing::remove(cfg).await?;
     sysctl::restore(&paths.state)?;
     if paths.root.exists() {
@@ -229,11 +246,25 @@ impl Detached {
     }
 
     pub fn apply(&mut self, set: &TargetSet) -> Result<Vec<StateEntry>, DataplaneError> {
-        self.maps.sync(set)
+        self.maps.sync(set, &interfaces::by_name(set))
+    }
+
+    /// Like [`apply`](Self::apply), with the interfaces given (VLAN devices included).
+    pub fn apply_with(
+        &mut self,
+        set: &TargetSet,
+        ifs: &interfaces::Interfaces,
+    ) -> Result<Vec<StateEntry>, DataplaneError> {
+        self.maps.sync(set, ifs)
     }
 
     pub fn counters(&self) -> Result<Counters, DataplaneError> {
         self.maps.counters()
+    }
+
+    /// The `PC_INGRESS_IF` entry of `ifindex` (tests: vnet and flags).
+    pub fn ingress_entry(&self, ifindex: u32) -> Result<u32, DataplaneError> {
+        self.maps.ingress_entry(ifindex)
     }
 
     /// The file descriptor of a loaded program, by name (`portcullis_common::program`).

@@ -62,6 +62,9 @@ pub struct SessionInfo {
     pub snap: Arc<Snapshot>,
     pub ctx: Arc<Context>,
     pub up: Arc<client::Handle<Up>>,
+    /// The connection's place among those awaiting authentication (`[limits]`): given back
+    /// once it is authenticated, since only unauthenticated connections are capped.
+    pub permit: Option<crate::admission::Permit>,
 }
 
 type UpWrite = Arc<ChannelWriteHalf<client::Msg>>;
@@ -242,10 +245,10 @@ impl Front {
             principal,
             email: &self.info.identity.email,
             session: &self.info.session,
-            lifetime_secs: ctx.ca_cfg.lifetime_secs,
-            skew_secs: ctx.ca_cfg.skew_secs,
+            lifetime_secs: *ctx.ca_cfg.lifetime_secs.get_ref(),
+            skew_secs: *ctx.ca_cfg.skew_secs.get_ref(),
             grant: &grant,
-            source_address: None,
+            source_address: ctx.source_address.as_deref(),
         };
         let minted = match cert::mint(&ctx.ca, &req) {
             Ok(m) => m,
@@ -339,7 +342,14 @@ impl Front {
             return Ok(true);
         };
         let name = format!("{}-{}", self.info.session, u32::from(id));
-        match Recorder::start(&setup.dir, &name, &setup.key, pty, Some(request)) {
+        match Recorder::start(
+            &setup.dir,
+            &name,
+            &setup.key,
+            pty,
+            Some(request),
+            setup.signer.clone(),
+        ) {
             Ok((r, task)) => {
                 let mut e = self.event("recording.start");
                 e.reason = Some(r.path.display().to_string());
@@ -350,11 +360,15 @@ impl Front {
                 tokio::spawn(async move {
                     match task.await {
                         Ok(Ok(sum)) => {
+                            // The digest lets the audit trail expose a log whose tail and
+                            // trailer were both cut off.
                             end.reason = Some(format!(
-                                "{} blocks={} bytes={}",
+                                "{} blocks={} bytes={} sha256={}{}",
                                 sum.path.display(),
                                 sum.blocks,
-                                sum.data_bytes
+                                sum.data_bytes,
+                                sum.digest,
+                                if sum.signed { "" } else { " unsigned" }
                             ))
                         }
                         Ok(Err(e)) => end.reason = Some(format!("failed: {e}")),
@@ -540,6 +554,7 @@ impl server::Handler for Front {
         // still ends it.
         if self.refusal.is_none() {
             self.info.authenticated.store(true, Ordering::Relaxed);
+            self.info.permit = None;
         }
         let _ = self.info.link.front.set(session.handle());
         let _ = self
@@ -943,19 +958,24 @@ impl server::Handler for Front {
             self.channel_event("remote_forwarding_refused", Some(what));
             return Ok(false);
         }
-        // The target listens; its connections come back through `Up`.
+        // The target listens; its connections come back through `Up`, which accepts them
+        // only on the (address, port) asked for here and granted (see `Link`).
         // A global request: russh answers from the return value, so this one is waited for
         // here, bounded.
-        let asked = self.info.up.tcpip_forward(address, *port);
+        let asked_port = *port;
+        self.info.link.remote_asked(address, asked_port);
+        let asked = self.info.up.tcpip_forward(address, asked_port);
         match within(asked).await {
             Ok(bound) => {
                 if *port == 0 {
                     *port = bound;
                 }
+                self.info.link.remote_answered(address, asked_port, Some(*port));
                 self.channel_event("remote_forwarding", Some(format!("{address}:{port}")));
                 Ok(true)
             }
             Err(e) => {
+                self.info.link.remote_answered(address, asked_port, None);
                 self.channel_event("remote_forwarding_failed", Some(format!("{what}: {e}")));
                 Ok(false)
             }
@@ -971,6 +991,9 @@ impl server::Handler for Front {
         if !self.remote_forwarding {
             return Ok(false);
         }
+        // Forgotten first: once the client stops listening, a connection the target still
+        // reports has nowhere legitimate to go.
+        self.info.link.remote_cancelled(address, port);
         let asked = self.info.up.cancel_tcpip_forward(address, port);
         Ok(within(asked).await.is_ok())
     }

@@ -35,6 +35,9 @@ pub struct Incoming {
     pub target_addr: SocketAddr,
     /// `None` when the connection did not come through the steering (refused).
     pub vnet: Option<u16>,
+    /// Its place among the connections awaiting authentication (`[limits]`), given back
+    /// when it authenticates or ends.
+    pub permit: crate::admission::Permit,
 }
 
 /// What every session shares.
@@ -42,6 +45,8 @@ pub struct Context {
     pub secret: Vec<u8>,
     pub ca: PrivateKey,
     pub ca_cfg: CaConfig,
+    /// The certificates' `source-address` critical option (`[ca] source_address`).
+    pub source_address: Option<String>,
     pub audit: Arc<Audit>,
     /// The host key each target last presented, per (vnet, address).
     pub seen: crate::hostcheck::KeyMemory,
@@ -54,6 +59,8 @@ pub struct Context {
 
 pub struct RecordingSetup {
     pub key: crate::recording::keys::PublicKey,
+    /// Signs each log's trailer; none: logs are closed unsigned.
+    pub signer: Option<std::sync::Arc<crate::recording::signing::SigningKey>>,
     pub dir: std::path::PathBuf,
     pub fail_closed: bool,
 }
@@ -148,6 +155,7 @@ impl Context {
         secret: Vec<u8>,
         ca: PrivateKey,
         ca_cfg: CaConfig,
+        source_address: Option<String>,
         audit: Arc<Audit>,
         recording: Option<RecordingSetup>,
         key_memory: Option<std::path::PathBuf>,
@@ -172,6 +180,7 @@ impl Context {
             secret,
             ca,
             ca_cfg,
+            source_address,
             audit,
             seen: crate::hostcheck::KeyMemory::open(key_memory),
             client_config: Arc::new(client_config(preferred_upstream())),
@@ -213,9 +222,8 @@ pub async fn serve(inc: Incoming, snap: Arc<Snapshot>, ctx: Option<Arc<Context>>
         Some(a) => a.emit(e),
         None => crate::audit::Audit::stdout_only().emit(e),
     };
-    emit(&ev);
     // Pre-check before the target is touched: the reason audited, and what the user reads.
-    let pre: Result<(), (&str, String)> = match (inc.vnet, target, identity) {
+    let pre: Result<(), (&'static str, String)> = match (inc.vnet, target, identity) {
         (None, _, _) => Err((
             "not_steered",
             "the connection did not come through the gateway's steering".into(),
@@ -247,7 +255,13 @@ pub async fn serve(inc: Incoming, snap: Arc<Snapshot>, ctx: Option<Arc<Context>>
         }
     };
     if let Err((reason, why)) = pre {
-        emit(&deny_event(&ev, reason));
+        // A source refused again and again (a scan, a flood) is audited a few times per
+        // interval and then counted, for one `refused.flood` event (see `admission`).
+        if inc.permit.audit_refusal(reason) {
+            emit(&ev);
+            emit(&deny_event(&ev, reason));
+        }
+        let linger = !inc.permit.under_pressure();
         refusal::refuse(
             inc.stream,
             refusal::Reason::NotAllowed,
@@ -256,13 +270,16 @@ pub async fn serve(inc: Incoming, snap: Arc<Snapshot>, ctx: Option<Arc<Context>>
                 ev.target.as_deref().unwrap_or("-"),
                 inc.target_addr
             ),
+            linger,
         )
         .await;
         return;
     }
+    emit(&ev);
     let (Some(ctx), Some(target), Some(identity), Some(vnet_id)) = (ctx, target, identity, inc.vnet) else {
         return;
     };
+    let permit = inc.permit;
 
     // Upstream first: its host key decides ours.
     let link: Arc<link::Link> = Arc::default();
@@ -283,6 +300,7 @@ pub async fn serve(inc: Incoming, snap: Arc<Snapshot>, ctx: Option<Arc<Context>>
             let mut d = deny_event(&ev, reason);
             d.rule = Some(e.to_string());
             ctx.audit.emit(&d);
+            let linger = !permit.under_pressure();
             refusal::refuse(
                 inc.stream,
                 code,
@@ -290,6 +308,7 @@ pub async fn serve(inc: Incoming, snap: Arc<Snapshot>, ctx: Option<Arc<Context>>
                     "portcullis: target {} {}: {e} ({reason}) [session {session}]",
                     target.target, inc.target_addr
                 ),
+                linger,
             )
             .await;
             return;
@@ -324,6 +343,7 @@ pub async fn serve(inc: Incoming, snap: Arc<Snapshot>, ctx: Option<Arc<Context>>
         snap: snap.clone(),
         ctx: ctx.clone(),
         up: Arc::new(up.handle),
+        permit: Some(permit),
     });
     let cfg = ctx.server_config(key, snap.auth);
     // A client must say hello within HANDSHAKE and be through authentication within

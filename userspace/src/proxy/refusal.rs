@@ -33,16 +33,20 @@ pub enum Reason {
     ServiceNotAvailable = 7,
     /// The target's host key failed its pin or host-CA check.
     HostKeyNotVerifiable = 9,
+    /// Too many connections await authentication (`[limits]`).
+    TooManyConnections = 12,
 }
 
 /// The server identification sent with a refusal.
 const IDENTIFICATION: &[u8] = b"SSH-2.0-portcullis\r\n";
 
-/// Sends the identification and a disconnect saying `text`, then closes.
-pub async fn refuse(mut s: TcpStream, reason: Reason, text: &str) {
+/// Sends the identification and a disconnect saying `text`, then closes: after the client
+/// had `LINGER` to read it if `linger`, at once otherwise (the gateway is under pressure and
+/// the connection's descriptor is worth more than the client seeing the text).
+pub async fn refuse(mut s: TcpStream, reason: Reason, text: &str, linger: bool) {
     let mut out = IDENTIFICATION.to_vec();
     out.extend_from_slice(&disconnect_packet(reason, text));
-    if s.write_all(&out).await.is_err() || s.shutdown().await.is_err() {
+    if s.write_all(&out).await.is_err() || s.shutdown().await.is_err() || !linger {
         return;
     }
     let mut buf = [0u8; 4096];
@@ -56,6 +60,27 @@ pub async fn refuse(mut s: TcpStream, reason: Reason, text: &str) {
         }
     })
     .await;
+}
+
+/// Refuses without waiting for anything (a connection over a `[limits]` cap): the
+/// identification and disconnect go out only if the socket's buffer takes them now, and the
+/// caller drops the socket right after.
+pub fn refuse_at_once(s: &TcpStream, text: &str) {
+    use std::os::fd::AsRawFd;
+    let mut out = IDENTIFICATION.to_vec();
+    out.extend_from_slice(&disconnect_packet(Reason::TooManyConnections, text));
+    // A plain non-blocking send: tokio's `try_write` declines until the reactor has seen the
+    // new socket writable, which for a socket closed right away it never does.
+    // SAFETY: the descriptor is open for the call (`s` is borrowed) and `out` outlives it;
+    // MSG_NOSIGNAL keeps a vanished peer from raising SIGPIPE.
+    let _ = unsafe {
+        libc::send(
+            s.as_raw_fd(),
+            out.as_ptr().cast(),
+            out.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
 }
 
 /// An unencrypted binary packet (RFC 4253 §6) carrying `SSH_MSG_DISCONNECT`.

@@ -105,9 +105,11 @@ impl client::Handler for Up {
             f.channel_open_forwarded_tcpip(to, connected_port, from, originator_port)
                 .await
         };
-        // sshd reports connections only on ports the proxy asked it to forward, which it
-        // does only when the policy grants remote forwarding.
-        bridge(&self.link, "forwarded_tcpip", what, true, open, channel, reply);
+        // Only for a listen the client asked for and the target granted (address as the
+        // client wrote it, which sshd echoes, and the bound port): a target that reports
+        // anything else is not forwarding what this client set up, and is refused.
+        let granted = self.link.remote_granted(connected_address, connected_port);
+        bridge(&self.link, "forwarded_tcpip", what, granted, open, channel, reply);
         Ok(())
     }
 }

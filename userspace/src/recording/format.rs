@@ -8,6 +8,10 @@
 //! `u32 BE len | u8 source | u32 BE code | u64 BE elapsed_µs | data`, `len` counting the
 //! bytes after itself. Each block holds whole records and is never empty (the tool stops at
 //! an empty plaintext and fails on a record prefix spread over more than two blocks).
+//!
+//! Ours, beside the tool's fields: `request` and, patched in at close, `portcullis_trailer`
+//! ([`Trailer`], see `trailer.rs`). The tool's JSON parser (serde, no
+//! `deny_unknown_fields`) ignores both, and the trailing spaces of the padding.
 
 use base64::{engine::general_purpose::STANDARD, Engine};
 use serde::{Deserialize, Serialize};
@@ -15,6 +19,9 @@ use serde::{Deserialize, Serialize};
 /// Room reserved for the header JSON, so `exit_data` can be written in place at the end
 /// (the tool's JSON parser accepts trailing spaces). A multiple of 3: no base64 padding.
 pub const HEADER_JSON: usize = 3072;
+/// Of which this much is kept for the trailer: the other fields are cut to fit the rest.
+/// A trailer serializes to at most about 340 bytes (a test holds it to this bound).
+pub const TRAILER_ROOM: usize = 512;
 pub const HEADER_B64: usize = HEADER_JSON / 3 * 4;
 /// Offset of the base64 header in the file.
 pub const HEADER_OFFSET: u64 = 4;
@@ -40,6 +47,29 @@ pub struct Header {
     /// `subsystem <name>` or `shell`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<String>,
+    /// Ours, written at close only: what makes the log tamper- and truncation-evident.
+    #[serde(
+        rename = "portcullis_trailer",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub trailer: Option<Trailer>,
+}
+
+/// The seal over a finished log (its checks are in `trailer.rs`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trailer {
+    pub version: u32,
+    /// How many blocks the writer wrote.
+    pub blocks: u64,
+    /// Hex SHA-256 of every byte after the header: the blocks as written.
+    pub digest: String,
+    /// The gateway's recording-signing key (`ssh-ed25519 AAAA…`); absent when unsigned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
+    /// Base64 Ed25519 signature over `trailer::message`; absent when unsigned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,12 +112,27 @@ fn cut(s: &mut String, max: usize) {
     }
 }
 
+fn json(h: &Header) -> Vec<u8> {
+    // Plain structs of strings and integers: serializing them cannot fail.
+    serde_json::to_vec(h).expect("header serializes")
+}
+
+/// The header's JSON without its trailer: what the trailer's signature covers. For a log
+/// the gateway closed, the file holds exactly this with the trailer added (see
+/// [`is_canonical`]).
+pub fn unsealed_json(h: &Header) -> Vec<u8> {
+    let mut h = h.clone();
+    h.trailer = None;
+    json(&h)
+}
+
 /// Shrinks what the client or target controls (command, terminal, modes, error message)
-/// until the header fits its reserved room: a long command must not stop a recording.
-fn fit(h: &Header) -> Vec<u8> {
-    let json = serde_json::to_vec(h).expect("header serializes");
-    if json.len() <= HEADER_JSON {
-        return json;
+/// until the header without its trailer fits `HEADER_JSON - TRAILER_ROOM`: a long command
+/// must not stop a recording, nor crowd out the trailer. Idempotent.
+pub fn fitted(h: &Header) -> Header {
+    const ROOM: usize = HEADER_JSON - TRAILER_ROOM;
+    if unsealed_json(h).len() <= ROOM {
+        return h.clone();
     }
     let mut h = h.clone();
     if let Some(r) = h.request.as_mut() {
@@ -102,12 +147,17 @@ fn fit(h: &Header) -> Vec<u8> {
             cut(name, 16);
         }
     }
-    if let Some(e) = h.exit_data.as_mut().and_then(|e| e.error_msg.as_mut()) {
-        cut(e, 256);
+    if let Some(e) = h.exit_data.as_mut() {
+        if let Some(m) = e.error_msg.as_mut() {
+            cut(m, 256);
+        }
+        // A signal name is the target's to choose (RFC 4254 allows any string).
+        if let Some(s) = e.signal.as_mut() {
+            cut(s, 32);
+        }
     }
-    let json = serde_json::to_vec(&h).expect("header serializes");
-    if json.len() <= HEADER_JSON {
-        return json;
+    if unsealed_json(&h).len() <= ROOM {
+        return h;
     }
     // Control characters escape to six bytes each: drop the free text altogether.
     h.request = Some("[too long for the header]".into());
@@ -118,12 +168,12 @@ fn fit(h: &Header) -> Vec<u8> {
         p.modes.clear();
         p.term = None;
     }
-    serde_json::to_vec(&h).expect("header serializes")
+    h
 }
 
 /// The header as it sits in the file: length prefix and padded base64 JSON.
 pub fn encode_header(h: &Header) -> Result<Vec<u8>, FormatError> {
-    let mut json = fit(h);
+    let mut json = json(&fitted(h));
     if json.len() > HEADER_JSON {
         return Err(FormatError::HeaderTooLarge(json.len()));
     }
@@ -138,6 +188,12 @@ pub fn encode_header(h: &Header) -> Result<Vec<u8>, FormatError> {
 
 /// Parses the header at the start of `file`; returns it and the offset of the first block.
 pub fn decode_header(file: &[u8]) -> Result<(Header, usize), FormatError> {
+    let (json, end) = header_json(file)?;
+    Ok((parse_header(&json)?, end))
+}
+
+/// The header's JSON (with its padding) and the offset of the first block.
+pub fn header_json(file: &[u8]) -> Result<(Vec<u8>, usize), FormatError> {
     let bad = |m: &str| FormatError::BadHeader(m.to_string());
     let len = u32::from_be_bytes(
         file.get(..4)
@@ -149,9 +205,48 @@ pub fn decode_header(file: &[u8]) -> Result<(Header, usize), FormatError> {
     let json = STANDARD
         .decode(b64)
         .map_err(|e| bad(&format!("header is not base64: {e}")))?;
-    let h =
-        serde_json::from_slice(&json).map_err(|e| bad(&format!("header is not the expected JSON: {e}")))?;
-    Ok((h, 4 + len))
+    Ok((json, 4 + len))
+}
+
+pub fn parse_header(json: &[u8]) -> Result<Header, FormatError> {
+    serde_json::from_slice(json)
+        .map_err(|e| FormatError::BadHeader(format!("header is not the expected JSON: {e}")))
+}
+
+/// Whether `json` is byte for byte what the gateway writes for `h` (then padding). The
+/// signature covers the parsed fields; this closes what parsing forgives — added keys,
+/// reordering, escapes — so that no reader can be shown a header other than the signed one.
+pub fn is_canonical(json: &[u8], h: &Header) -> bool {
+    let end = json.iter().rposition(|&b| b != b' ').map_or(0, |i| i + 1);
+    json[..end] == self::json(h)[..]
+}
+
+/// The blocks after the header, each as the byte range of its length prefix and
+/// ciphertext, and what follows the last whole one if the file does not end on a block
+/// boundary. No key needed: this is the framing only.
+pub fn frame_blocks(file: &[u8], start: usize) -> (Vec<std::ops::Range<usize>>, Option<String>) {
+    let mut blocks = Vec::new();
+    let mut off = start;
+    while off < file.len() {
+        let n = blocks.len() + 1;
+        let Some(len) = file.get(off..off + 4) else {
+            return (blocks, Some(format!("cut inside the length of block {n}")));
+        };
+        let len = u32::from_be_bytes(len.try_into().unwrap()) as usize;
+        let end = off + 4 + len;
+        if end > file.len() {
+            let have = file.len() - off - 4;
+            return (
+                blocks,
+                Some(format!(
+                    "block {n} is cut short ({have} of {len} bytes): the writer stopped mid-block"
+                )),
+            );
+        }
+        blocks.push(off..end);
+        off = end;
+    }
+    (blocks, None)
 }
 
 /// Appends one record to `buf`.

@@ -4,10 +4,16 @@
 //! - [`format`]: header, records, blocks.
 //! - [`seal`]: the HPKE sender context that seals each block.
 //! - [`writer`]: sealing a session's records while it runs.
-//! - [`reader`]: decrypting, ZIP / asciicast export, replay.
+//! - [`disk`]: the few threads that write every recording's blocks.
+//! - [`signing`]: the gateway's Ed25519 recording-signing key.
+//! - [`trailer`]: the signed trailer patched in at close, and the verdict on a log.
+//! - [`reader`]: decrypting, verifying, ZIP / asciicast export, replay.
 
+pub mod disk;
 pub mod format;
 pub mod keys;
 pub mod reader;
 pub mod seal;
+pub mod signing;
+pub mod trailer;
 pub mod writer;

@@ -1,14 +1,18 @@
-//! Reading a session log back: every block that authenticates, in order, and an honest
-//! account of the first one that does not (truncated by a crash, tampered with, wrong key).
+//! Reading a session log back: every block that authenticates, in order, an honest
+//! account of the first one that does not (truncated by a crash, tampered with, wrong key),
+//! and the verdict of its trailer (`trailer.rs`).
 //! Outputs: ssh-log-cli's ZIP layout, asciicast v2, and a terminal replay.
 
 use std::{io::Write, path::Path, time::Duration};
 
 use hpke::{aead::ChaCha20Poly1305, kdf::HkdfSha256, kem::X25519HkdfSha256, Deserializable, OpModeR};
 
+use russh::keys::PublicKey as SignerKey;
+
 use super::{
     format::{self, Header, Record, SOURCE_CLIENT, SOURCE_TARGET},
     keys::PrivateKey,
+    trailer::{self, Evidence, Verdict},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -21,11 +25,12 @@ pub enum DecryptError {
     },
     #[error(transparent)]
     Format(#[from] format::FormatError),
-    #[error("the key does not open this log (wrong private key, or the header was altered)")]
+    #[error("the key does not open this log (wrong private key, or its first block was altered)")]
     WrongKey,
 }
 
-/// A decrypted log: what authenticated, and why reading stopped early if it did.
+/// A decrypted log: what authenticated, why reading stopped early if it did, and what the
+/// log proves about itself.
 #[derive(Debug)]
 pub struct Decrypted {
     pub header: Header,
@@ -33,14 +38,30 @@ pub struct Decrypted {
     pub blocks: usize,
     /// Set when the file is damaged after `blocks` good blocks.
     pub damage: Option<String>,
+    pub verdict: Verdict,
 }
 
-pub fn decrypt(path: &Path, key: &PrivateKey) -> Result<Decrypted, DecryptError> {
-    let file = std::fs::read(path).map_err(|source| DecryptError::Io {
+fn read(path: &Path) -> Result<Vec<u8>, DecryptError> {
+    std::fs::read(path).map_err(|source| DecryptError::Io {
         path: path.to_owned(),
         source,
-    })?;
-    let (header, mut off) = format::decode_header(&file)?;
+    })
+}
+
+/// Decrypts without naming a trusted signer (the verdict then says which key signed).
+pub fn decrypt(path: &Path, key: &PrivateKey) -> Result<Decrypted, DecryptError> {
+    decrypt_checked(path, key, None)
+}
+
+/// Decrypts every block that authenticates and judges the log against `signer`.
+pub fn decrypt_checked(
+    path: &Path,
+    key: &PrivateKey,
+    signer: Option<&SignerKey>,
+) -> Result<Decrypted, DecryptError> {
+    let file = read(path)?;
+    let (json, start) = format::header_json(&file)?;
+    let header = format::parse_header(&json)?;
     let not_hex = || format::FormatError::BadHeader("encapsulated_key is not hex".into());
     let hex = header.encapsulated_key.as_bytes();
     if hex.len() % 2 != 0 {
@@ -64,45 +85,95 @@ pub fn decrypt(path: &Path, key: &PrivateKey) -> Result<Decrypted, DecryptError>
         &[],
     )
     .map_err(|_| DecryptError::WrongKey)?;
+    let (frames, tail) = format::frame_blocks(&file, start);
     let mut stream = Vec::new();
     let mut blocks = 0;
     let mut damage = None;
-    while off < file.len() {
-        let Some(len) = file.get(off..off + 4) else {
-            damage = Some(format!("cut inside the length of block {}", blocks + 1));
-            break;
-        };
-        let len = u32::from_be_bytes(len.try_into().unwrap()) as usize;
-        let Some(ct) = file.get(off + 4..off + 4 + len) else {
-            damage = Some(format!(
-                "block {} is cut short ({} of {len} bytes): the writer stopped mid-block",
-                blocks + 1,
-                file.len() - off - 4
-            ));
-            break;
-        };
-        match ctx.open(ct, &[]) {
-            Ok(p) if p.is_empty() => break,
+    for (i, r) in frames.iter().enumerate() {
+        match ctx.open(&file[r.start + 4..r.end], &[]) {
+            Ok(p) if p.is_empty() => {
+                // Never written by a gateway; ssh-log-cli stops reading here.
+                damage = Some(format!("block {} is empty: the file was altered", i + 1));
+                break;
+            }
             Ok(p) => stream.extend_from_slice(&p),
-            Err(_) if blocks == 0 => return Err(DecryptError::WrongKey),
+            Err(_) if i == 0 => return Err(DecryptError::WrongKey),
             Err(_) => {
                 damage = Some(format!(
                     "block {} does not authenticate: the file was altered",
-                    blocks + 1
+                    i + 1
                 ));
                 break;
             }
         }
         blocks += 1;
-        off += 4 + len;
+    }
+    if blocks == frames.len() {
+        damage = tail.clone();
     }
     let records = format::parse_records(&stream)?;
+    let verdict = trailer::judge(
+        &Evidence {
+            file: &file,
+            header: &header,
+            header_json: &json,
+            header_end: start,
+            blocks: &frames,
+            tail: tail.as_deref(),
+            authenticated: Some(blocks),
+        },
+        signer,
+    );
     Ok(Decrypted {
         header,
         records,
         blocks,
         damage,
+        verdict,
     })
+}
+
+/// Judges a log without decrypting it: the trailer's signature and the blocks' framing and
+/// digest need no private key (a block that would not authenticate is then not noticed,
+/// unless the digest shows it).
+pub fn verify(path: &Path, signer: Option<&SignerKey>) -> Result<Verdict, DecryptError> {
+    let file = read(path)?;
+    let (json, start) = format::header_json(&file)?;
+    let header = format::parse_header(&json)?;
+    let (frames, tail) = format::frame_blocks(&file, start);
+    Ok(trailer::judge(
+        &Evidence {
+            file: &file,
+            header: &header,
+            header_json: &json,
+            header_end: start,
+            blocks: &frames,
+            tail: tail.as_deref(),
+            authenticated: None,
+        },
+        signer,
+    ))
+}
+
+/// The verdict alone, authenticating every block when `key` is given. A first block that
+/// does not open is the wrong key — unless the framing and digest already show the file
+/// altered, which is then the verdict.
+pub fn judge(
+    path: &Path,
+    key: Option<&PrivateKey>,
+    signer: Option<&SignerKey>,
+) -> Result<Verdict, DecryptError> {
+    let Some(key) = key else {
+        return verify(path, signer);
+    };
+    match decrypt_checked(path, key, signer) {
+        Ok(d) => Ok(d.verdict),
+        Err(DecryptError::WrongKey) => match verify(path, signer)? {
+            v @ Verdict::Altered(_) => Ok(v),
+            _ => Err(DecryptError::WrongKey),
+        },
+        Err(e) => Err(e),
+    }
 }
 
 fn utc(secs: u64) -> String {
@@ -257,7 +328,7 @@ mod tests {
 
     async fn record(d: &Path, pty: Option<PtyInfo>, chunks: &[(u8, &[u8])]) -> std::path::PathBuf {
         let pk = keys::load_public(&d.join("sshkey.pub")).unwrap();
-        let (r, task) = Recorder::start(d, "s1", &pk, pty, Some("shell".into())).unwrap();
+        let (r, task) = Recorder::start(d, "s1", &pk, pty, Some("shell".into()), None).unwrap();
         for (src, data) in chunks {
             let code = if *src == 1 && data.starts_with(b"err") {
                 CODE_EXTENDED

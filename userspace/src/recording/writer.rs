@@ -1,30 +1,51 @@
 //! Sealing one session's log while it runs. The relay hands records to a bounded channel
-//! (a slow disk slows the session instead of growing memory); a task batches them into
-//! blocks of whole records, seals each with the session's HPKE context — in place, into
-//! buffers reused from block to block — and writes each block with one `write`, so a
-//! killed daemon leaves only whole blocks. At the end the header is rewritten in place with
-//! the exit data.
+//! (a slow disk slows the session instead of growing memory); an async task per recording
+//! batches them into blocks of whole records and seals each in place with the session's
+//! HPKE context (about 25 µs for a full block: short enough to run on the runtime). Each
+//! sealed block goes whole to the shared I/O pool (`disk.rs`), which writes it with one
+//! `write` — a killed daemon leaves only whole blocks — and adds it to the log's digest.
+//! At the end the header is rewritten in place with the exit data and the trailer
+//! (`trailer.rs`), then the file is synced. No thread is held per recording.
+//!
+//! Memory per recording is bounded: at most [`QUEUE`] records waiting (each one SSH data
+//! message, which holds its `Bytes` — at most russh's 32 KiB maximum packet) plus one
+//! block buffer of at most [`BLOCK`] + one record + 20 bytes, shrunk back to
+//! [`IDLE_BUFFER`] whenever the recording goes idle; and a task, a file descriptor, the
+//! header and a hash state.
 
 use std::{
     fs::{File, OpenOptions},
-    io::{IoSlice, Write},
+    io::Write,
     os::unix::fs::{FileExt, OpenOptionsExt},
     path::{Path, PathBuf},
-    time::Instant,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, OnceLock,
+    },
+    time::{Duration, Instant},
 };
 
+use aws_lc_rs::digest;
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch, Notify};
 
 use super::{
+    disk,
     format::{self, ExitData, Header, PtyInfo},
     keys::PublicKey,
     seal::{SealError, Sealer},
+    signing::{SigningError, SigningKey},
+    trailer,
 };
 
 /// A block's plaintext grows to about this much before it is sealed.
 pub const BLOCK: usize = 64 * 1024;
-const QUEUE: usize = 256;
+/// Records a recording may have waiting before the relay waits for it.
+pub const QUEUE: usize = 64;
+/// What an idle recording keeps of its block buffer.
+pub const IDLE_BUFFER: usize = 4096;
+/// A block starts with its big-endian length, filled in once it is sealed.
+const LEN: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordingError {
@@ -38,8 +59,73 @@ pub enum RecordingError {
     Seal(#[from] SealError),
     #[error(transparent)]
     Format(#[from] format::FormatError),
+    #[error(transparent)]
+    Sign(#[from] SigningError),
     #[error("the recording stopped: {0}")]
     Stopped(String),
+}
+
+impl From<disk::PoolGone> for RecordingError {
+    fn from(e: disk::PoolGone) -> Self {
+        Self::Stopped(e.to_string())
+    }
+}
+
+/// The recordings open in this process, so that a stopping daemon can close them all
+/// ([`close_all`]) before its runtime drops their tasks — which would leave logs that look
+/// like a crash's.
+struct Open {
+    count: AtomicUsize,
+    /// Signalled when `count` drops to zero.
+    none: Notify,
+    closing: watch::Sender<bool>,
+}
+
+fn open() -> &'static Open {
+    static OPEN: OnceLock<Open> = OnceLock::new();
+    OPEN.get_or_init(|| Open {
+        count: AtomicUsize::new(0),
+        none: Notify::new(),
+        closing: watch::channel(false).0,
+    })
+}
+
+/// Counts one open recording for as long as it lives (its task may also be dropped).
+struct Counted;
+
+impl Counted {
+    fn new() -> Self {
+        open().count.fetch_add(1, Ordering::SeqCst);
+        Self
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if open().count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            open().none.notify_waiters();
+        }
+    }
+}
+
+/// Closes every open recording now, as if its session had ended (what was queued is
+/// written, then the trailer), and waits for them up to `within`. Returns how many are
+/// still open. For a stopping daemon: afterwards new recordings close as soon as they start.
+pub async fn close_all(within: Duration) -> usize {
+    let o = open();
+    o.closing.send_replace(true);
+    let _ = tokio::time::timeout(within, async {
+        loop {
+            // Created before the check: `notify_waiters` reaches it even if not yet polled.
+            let none = o.none.notified();
+            if o.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            none.await;
+        }
+    })
+    .await;
+    o.count.load(Ordering::SeqCst)
 }
 
 enum Item {
@@ -58,7 +144,7 @@ enum Item {
 pub struct Recorder {
     tx: mpsc::Sender<Item>,
     pub path: PathBuf,
-    failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    failed: Arc<AtomicBool>,
 }
 
 /// What a finished recording wrote.
@@ -67,17 +153,24 @@ pub struct Summary {
     pub path: PathBuf,
     pub blocks: u64,
     pub data_bytes: u64,
+    /// Hex SHA-256 of the blocks, as in the trailer (worth keeping apart from the log: it
+    /// shows a log whose trailer and tail were both removed).
+    pub digest: String,
+    pub signed: bool,
 }
 
 impl Recorder {
-    /// Creates `<dir>/<name>.log` (0600) and starts its writer task. The returned handle
-    /// resolves to the summary (or the error that stopped the recording).
+    /// Creates `<dir>/<name>.log` (0600) and starts its writer task; `signer` signs the
+    /// trailer at close (none: the trailer is unsigned). The returned handle resolves to the
+    /// summary (or the error that stopped the recording). Must be called within a tokio
+    /// runtime.
     pub fn start(
         dir: &Path,
         name: &str,
         key: &PublicKey,
         pty: Option<PtyInfo>,
         request: Option<String>,
+        signer: Option<Arc<SigningKey>>,
     ) -> Result<(Self, tokio::task::JoinHandle<Result<Summary, RecordingError>>), RecordingError> {
         let path = dir.join(format!("{name}.log"));
         let io = |source| RecordingError::Io {
@@ -99,25 +192,25 @@ impl Recorder {
             pty,
             exit_data: None,
             request,
+            trailer: None,
         };
+        (&file).write_all(&format::encode_header(&header)?).map_err(io)?;
         let w = Writer {
-            file,
+            file: Arc::new(file),
             path: path.clone(),
             ctx,
             header,
+            signer,
             start: Instant::now(),
-            plain: Vec::with_capacity(BLOCK + 4096),
-            out: Vec::with_capacity(BLOCK + 4096),
+            block: vec![0; LEN],
+            digest: digest::Context::new(&digest::SHA256),
             blocks: 0,
             data_bytes: 0,
+            closing: open().closing.subscribe(),
+            _counted: Counted::new(),
         };
-        let h = format::encode_header(&w.header)?;
-        (&w.file).write_all(&h).map_err(|source| RecordingError::Io {
-            path: path.clone(),
-            source,
-        })?;
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::task::spawn_blocking(move || w.run(rx));
+        let task = tokio::spawn(w.run(rx));
         Ok((
             Self {
                 tx,
@@ -143,11 +236,11 @@ impl Recorder {
 
     /// Whether a write already failed (the relay stops offering records).
     pub fn failed(&self) -> bool {
-        self.failed.load(std::sync::atomic::Ordering::Relaxed)
+        self.failed.load(Ordering::Relaxed)
     }
 
     pub fn mark_failed(&self) {
-        self.failed.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.failed.store(true, Ordering::Relaxed);
     }
 
     pub async fn exit(&self, e: ExitData) {
@@ -174,58 +267,72 @@ impl Recorder {
 }
 
 struct Writer {
-    file: File,
+    file: Arc<File>,
     path: PathBuf,
     ctx: Sealer,
     header: Header,
+    signer: Option<Arc<SigningKey>>,
     start: Instant,
-    plain: Vec<u8>,
-    out: Vec<u8>,
+    /// The block being filled: `LEN` bytes for its length, then whole records. Sealed in
+    /// place, lent to the I/O pool for the write and returned.
+    block: Vec<u8>,
+    /// SHA-256 of the blocks written so far; travels with each write.
+    digest: digest::Context,
     blocks: u64,
     data_bytes: u64,
+    /// Set when the daemon stops: close now.
+    closing: watch::Receiver<bool>,
+    _counted: Counted,
 }
 
 impl Writer {
-    fn io(&self) -> impl FnOnce(std::io::Error) -> RecordingError + '_ {
-        |source| RecordingError::Io {
-            path: self.path.clone(),
+    fn io(&self) -> impl Fn(std::io::Error) -> RecordingError + Send + 'static {
+        let path = self.path.clone();
+        move |source| RecordingError::Io {
+            path: path.clone(),
             source,
         }
     }
 
-    /// Rewrites the header in place (same size: the JSON is padded to a fixed length).
-    fn rewrite_header(&mut self) -> Result<(), RecordingError> {
-        let h = format::encode_header(&self.header)?;
-        self.file.write_all_at(&h, 0).map_err(self.io())
-    }
-
-    fn run(mut self, mut rx: mpsc::Receiver<Item>) -> Result<Summary, RecordingError> {
-        while let Some(item) = rx.blocking_recv() {
+    async fn run(mut self, mut rx: mpsc::Receiver<Item>) -> Result<Summary, RecordingError> {
+        loop {
+            let item = tokio::select! {
+                // First, so that a busy recording also closes when told to.
+                biased;
+                _ = self.closing.wait_for(|c| *c) => None,
+                item = rx.recv() => item,
+            };
+            let Some(item) = item else { break };
             self.take(item);
             // Batch what is already queued, up to a block.
-            while self.plain.len() < BLOCK {
+            while self.block.len() < LEN + BLOCK {
                 match rx.try_recv() {
                     Ok(item) => self.take(item),
                     Err(_) => break,
                 }
             }
-            self.flush()?;
+            self.flush().await?;
+            if rx.is_empty() {
+                self.block.shrink_to(IDLE_BUFFER);
+            }
         }
-        self.flush()?;
-        self.header.data_size = self.data_bytes;
-        if self.header.exit_data.is_none() {
+        // Told to close while the session runs: what is queued still goes in.
+        rx.close();
+        while let Ok(item) = rx.try_recv() {
+            self.take(item);
+            if self.block.len() >= LEN + BLOCK {
+                self.flush().await?;
+            }
+        }
+        if self.header.exit_data.is_none() && *self.closing.borrow() {
             self.header.exit_data = Some(ExitData {
                 timestamp: crate::audit::unix_secs(),
+                error_msg: Some("the gateway stopped during the session".into()),
                 ..Default::default()
             });
         }
-        self.rewrite_header()?;
-        self.file.sync_all().map_err(self.io())?;
-        Ok(Summary {
-            path: self.path,
-            blocks: self.blocks,
-            data_bytes: self.data_bytes,
-        })
+        self.flush().await?;
+        self.close().await
     }
 
     fn take(&mut self, item: Item) {
@@ -238,34 +345,69 @@ impl Writer {
             } => {
                 let us = at.saturating_duration_since(self.start).as_micros() as u64;
                 self.data_bytes += data.len() as u64;
-                format::push_record(&mut self.plain, source, code, us, &data);
+                format::push_record(&mut self.block, source, code, us, &data);
             }
             Item::Exit(e) => self.header.exit_data = Some(e),
         }
     }
 
-    /// Seals the pending records as one block and writes it.
-    fn flush(&mut self) -> Result<(), RecordingError> {
-        if self.plain.is_empty() {
+    /// Seals the pending records as one block and has the pool write it.
+    async fn flush(&mut self) -> Result<(), RecordingError> {
+        if self.block.len() == LEN {
             return Ok(());
         }
-        let tag = self.ctx.seal_in_place(&mut self.plain)?;
-        let len = ((self.plain.len() + tag.len()) as u32).to_be_bytes();
-        // One writev per block, straight from the sealed buffer: a crash leaves whole
-        // blocks or a cut last one, never an interleaving.
-        let parts = [IoSlice::new(&len), IoSlice::new(&self.plain), IoSlice::new(&tag)];
-        let total = 4 + self.plain.len() + tag.len();
-        let n = (&self.file).write_vectored(&parts).map_err(self.io())?;
-        if n != total {
-            // A short write (a full disk, usually): finish it the slow way or fail.
-            self.out.clear();
-            for p in &parts {
-                self.out.extend_from_slice(p);
-            }
-            (&self.file).write_all(&self.out[n..]).map_err(self.io())?;
-        }
-        self.plain.clear();
+        let tag = self.ctx.seal_in_place(&mut self.block[LEN..])?;
+        self.block.extend_from_slice(&tag);
+        let len = u32::try_from(self.block.len() - LEN)
+            .map_err(|_| RecordingError::Stopped("a block over 4 GiB".into()))?;
+        self.block[..LEN].copy_from_slice(&len.to_be_bytes());
+        let mut block = std::mem::take(&mut self.block);
+        let mut hash = std::mem::replace(&mut self.digest, digest::Context::new(&digest::SHA256));
+        let file = self.file.clone();
+        let (mut block, hash, written) = disk::run(move || {
+            // `write_all` is one `write` unless the kernel takes less (a full disk).
+            let r = (&*file).write_all(&block);
+            hash.update(&block);
+            block.clear();
+            (block, hash, r)
+        })
+        .await?;
+        written.map_err(self.io())?;
+        block.extend_from_slice(&[0; LEN]);
+        self.block = block;
+        self.digest = hash;
         self.blocks += 1;
         Ok(())
+    }
+
+    /// Patches the header with the exit data and the trailer, and syncs the file.
+    async fn close(mut self) -> Result<Summary, RecordingError> {
+        self.header.data_size = self.data_bytes;
+        if self.header.exit_data.is_none() {
+            self.header.exit_data = Some(ExitData {
+                timestamp: crate::audit::unix_secs(),
+                ..Default::default()
+            });
+        }
+        let io = self.io();
+        let (file, signer, hash, blocks) = (self.file, self.signer, self.digest, self.blocks);
+        // What is signed is what is written: the header as cut to fit.
+        let mut header = format::fitted(&self.header);
+        let trailer = disk::run(move || -> Result<format::Trailer, RecordingError> {
+            let d: [u8; 32] = hash.finish().as_ref().try_into().expect("SHA-256 is 32 bytes");
+            header.trailer = Some(trailer::make(&header, blocks, &d, signer.as_deref())?);
+            file.write_all_at(&format::encode_header(&header)?, 0)
+                .map_err(&io)?;
+            file.sync_all().map_err(&io)?;
+            Ok(header.trailer.take().unwrap_or_default())
+        })
+        .await??;
+        Ok(Summary {
+            path: self.path,
+            blocks,
+            data_bytes: self.data_bytes,
+            signed: trailer.signature.is_some(),
+            digest: trailer.digest,
+        })
     }
 }
