@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use crate::{build, util};
 
-const GROUPS: &[&str] = &["xdp", "policy", "ssh", "crypto"];
+const GROUPS: &[&str] = &["xdp", "policy", "ssh", "crypto", "engine"];
 
 /// What a metric is held to.
 enum Target {
@@ -40,6 +40,10 @@ const TARGETS: &[(&str, Target)] = &[
     ("seal.mib_s", Target::Against("seal.mib_s.hpke_crate")),
     ("cert.mint_per_s", Target::Min(20000.0)),
     ("hostkey.derive_per_s", Target::Min(50000.0)),
+    (
+        "engine.seal_open_mib_s.chacha20-poly1305",
+        Target::Against("engine.seal_open_mib_s.chacha20-poly1305_rustcrypto"),
+    ),
 ];
 
 /// The ssh group's targets (issue: proxied ≥ 1.4× ProxyJump and ≥ 0.8× direct, proxy CPU
@@ -147,6 +151,34 @@ fn crypto(quick: bool) -> Result<Map<String, Value>> {
     Ok(out)
 }
 
+/// The `engine` group: the SSH engine's seal + open of a 32 KiB packet per cipher, as MiB/s
+/// of payload, beside RustCrypto's ChaCha20-Poly1305 doing the same work.
+fn engine(quick: bool) -> Result<Map<String, Value>> {
+    let names = [
+        "chacha20-poly1305",
+        "aes128-gcm",
+        "aes256-gcm",
+        "aes128-ctr+hmac-sha2-256-etm",
+        "aes256-ctr+hmac-sha2-512",
+        "chacha20-poly1305_rustcrypto",
+    ];
+    let ids: Vec<String> = names
+        .iter()
+        .map(|n| format!("engine_seal_open_32k/{n}"))
+        .collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let m = criterion("engine", &ids, quick)?;
+    let mut out = Map::new();
+    for (n, id) in names.iter().zip(&ids) {
+        let ns = m[*id].as_f64().unwrap_or(f64::NAN);
+        out.insert(
+            format!("engine.seal_open_mib_s.{n}"),
+            (32768.0 / ns * 1e9 / 1048576.0).into(),
+        );
+    }
+    Ok(out)
+}
+
 /// The `policy` group: criterion medians renamed to the report's metric names.
 fn policy(quick: bool) -> Result<Map<String, Value>> {
     let m = criterion(
@@ -197,6 +229,7 @@ pub fn run(groups: &[String], quick: bool) -> Result<()> {
         eprintln!("xtask bench: {g}");
         let metrics = match *g {
             "policy" => policy(quick)?,
+            "engine" => engine(quick)?,
             "crypto" => crypto(quick)?,
             _ => {
                 let mut cmd = Command::new("target/release/portcullis-bench");
