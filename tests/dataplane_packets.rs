@@ -232,6 +232,30 @@ fn ipv4_options_and_fragments() {
     assert_eq!(k.xdp(&f.build()), XDP_DROP);
 }
 
+/// Found by the differential fuzzer: TCP behind an IPv4 authentication header was left
+/// alone (`NOT_TCP`) and so forwarded to the protected port untouched.
+#[test]
+fn ipv4_authentication_header_is_walked() {
+    let Some(k) = Kernel::new() else { return };
+    let ah = |dport: u16, next: u8| {
+        let mut f = Frame::tcp("198.18.10.10", dport).build();
+        f.splice(34..34, [next, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        f[14 + 9] = 51;
+        let total = u16::from_be_bytes([f[16], f[17]]) + 12;
+        f[16..18].copy_from_slice(&total.to_be_bytes());
+        f
+    };
+    assert_eq!(k.tc(&ah(22, 6), LO), (TC_ACT_OK, MARK_STEER | 1));
+    assert_eq!(k.tc(&ah(80, 6), LO), (TC_ACT_OK, 0));
+    assert_eq!(k.tc(&ah(22, 17), LO), (TC_ACT_OK, 0), "UDP behind AH is not TCP");
+    // Cut inside the AH or the TCP header behind it: dropped, never forwarded.
+    let full = ah(22, 6);
+    for len in [35, 40, 50] {
+        assert!(k.verdict(&full[..len]).0, "cut to {len}");
+    }
+    assert_eq!(k.xdp(&ah(22, 6)), XDP_PASS);
+}
+
 #[test]
 fn vlan_tags_select_the_vnet() {
     let Some(k) = Kernel::new() else { return };

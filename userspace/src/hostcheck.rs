@@ -215,21 +215,13 @@ impl KeyMemory {
         let mut seen = HashMap::new();
         let file = path.and_then(|p| {
             let bytes = std::fs::read(&p).unwrap_or_default();
-            let mut lines = 0;
-            for (n, line) in String::from_utf8_lossy(&bytes).lines().enumerate() {
-                lines += 1;
-                let f: Vec<&str> = line.split_whitespace().collect();
-                let parsed = match f[..] {
-                    [v, a, fp] => v.parse::<u16>().ok().zip(a.parse::<SocketAddr>().ok()).map(|k| (k, fp)),
-                    _ => None,
-                };
-                match parsed {
-                    Some((k, fp)) => {
-                        seen.insert(k, fp.to_string());
-                    }
-                    None => tracing::warn!(file = %p.display(), line = n + 1, "skipping an unreadable line"),
-                }
+            // The parser the fuzz target `target_keys` exercises.
+            let (parsed, unreadable) = parse_target_keys(&bytes);
+            seen = parsed;
+            for n in unreadable {
+                tracing::warn!(file = %p.display(), line = n, "skipping an unreadable line");
             }
+            let lines = String::from_utf8_lossy(&bytes).lines().count();
             let opened = p
                 .parent()
                 .map_or(Ok(()), std::fs::create_dir_all)

@@ -4,6 +4,7 @@
 mod bench;
 mod build;
 mod demo;
+mod fuzz;
 mod setup;
 mod util;
 
@@ -19,7 +20,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install what this machine lacks (Debian packages, nightly rust-src, bpf-linker, bpffs).
+    /// Install what this machine lacks (Debian packages, nightly rust-src, bpf-linker,
+    /// cargo-fuzz, bpffs).
     Setup,
     /// Build the eBPF object and the userspace binaries.
     Build {
@@ -27,16 +29,31 @@ enum Command {
         release: bool,
     },
     /// Everything CI checks: fmt, clippy, unit, packet and network-namespace tests (as root).
+    /// Then every fuzz target for a few seconds (not when a filter is given).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Fuzz one target (config, recording, sftp, target_keys, classify) or all, in turn.
+    Fuzz {
+        /// The target (default: all).
+        name: Option<String>,
+        /// Seconds per target.
+        #[arg(long, default_value_t = fuzz::DEFAULT_SECONDS)]
+        time: u64,
+        /// `address` or `none` (faster, for the safe-Rust parsers).
+        #[arg(long, default_value = "address")]
+        sanitizer: String,
+        /// The unoptimized build `cargo xtask test` runs (`--dev --time 5` is its share).
+        #[arg(long)]
+        dev: bool,
+    },
     /// Bring up the demo topology and show flows being steered; cleans up after itself.
     Demo,
     /// Benchmarks; writes target/bench/report.{json,md}.
     Bench {
-        /// Groups to run (default: all). Known: xdp, policy, ssh.
+        /// Groups to run (default: all). Known: xdp, policy, ssh, crypto, engine.
         groups: Vec<String>,
         /// Fewer repetitions, for a quick look.
         #[arg(long)]
@@ -53,6 +70,19 @@ fn main() -> Result<()> {
         Command::Setup => Ok(()),
         Command::Build { release } => build::all(release),
         Command::Test { args } => test(&args),
+        Command::Fuzz {
+            name,
+            time,
+            sanitizer,
+            dev,
+        } => fuzz::run_targets(
+            name.as_deref(),
+            time,
+            &fuzz::Build {
+                dev,
+                sanitizer: &sanitizer,
+            },
+        ),
         Command::Demo => demo::run(),
         Command::Bench { groups, quick } => bench::run(&groups, quick),
     }
@@ -67,5 +97,9 @@ fn test(args: &[String]) -> Result<()> {
     }
     let mut a = vec!["test"];
     a.extend(args.iter().map(String::as_str));
-    util::cargo(&a)
+    util::cargo(&a)?;
+    if args.is_empty() {
+        fuzz::quick()?;
+    }
+    Ok(())
 }

@@ -30,6 +30,7 @@ const TOOLS: &[(&str, &str)] = &[
 ];
 
 const BPF_LINKER: &str = "0.13.0";
+const CARGO_FUZZ: &str = "0.13.2";
 pub const TOOLS_DIR: &str = "target/tools";
 
 pub fn run() -> Result<()> {
@@ -37,6 +38,7 @@ pub fn run() -> Result<()> {
     let nightly = nightly_version()?;
     rust_src()?;
     bpf_linker(&nightly)?;
+    cargo_fuzz()?;
     bpffs()?;
     Ok(())
 }
@@ -150,6 +152,37 @@ fn bpf_linker(nightly: &str) -> Result<()> {
             ])
             .arg(&root)
             .env("LLVM_PREFIX", &prefix)
+            .env_remove("RUSTC")
+            .env_remove("RUSTFLAGS")
+            .env_remove("RUSTUP_TOOLCHAIN"),
+    )?;
+    fs::write(&stamp, want)?;
+    Ok(())
+}
+
+/// cargo-fuzz (the fuzz targets' runner, `cargo xtask fuzz`), from crates.io into the
+/// tools dir: about a minute and a half, once.
+fn cargo_fuzz() -> Result<()> {
+    let dir = Path::new(TOOLS_DIR);
+    let stamp = dir.join("cargo-fuzz.stamp");
+    let want = format!("cargo-fuzz {CARGO_FUZZ}");
+    if dir.join("bin/cargo-fuzz").exists()
+        && fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str())
+    {
+        return Ok(());
+    }
+    eprintln!("xtask setup: building cargo-fuzz {CARGO_FUZZ} (about a minute and a half, once)");
+    fs::create_dir_all(dir)?;
+    let root = fs::canonicalize(dir)?;
+    exec(
+        Command::new("cargo")
+            .args([
+                "install",
+                &format!("cargo-fuzz@{CARGO_FUZZ}"),
+                "--locked",
+                "--root",
+            ])
+            .arg(&root)
             .env_remove("RUSTC")
             .env_remove("RUSTFLAGS")
             .env_remove("RUSTUP_TOOLCHAIN"),
