@@ -23,6 +23,10 @@ pub const TARGETS: &[(&str, usize)] = &[
     ("sftp", 4096),
     ("target_keys", 4096),
     ("classify", 2048),
+    ("ssh_packet", 8192),
+    ("ssh_transport", 8192),
+    ("ssh_auth", 4096),
+    ("ssh_connection", 8192),
 ];
 
 /// Seconds per target in `cargo xtask test`.
