@@ -328,23 +328,6 @@ fn wait_until(mut f: impl FnMut() -> bool) {
     }
 }
 
-/// Deletes the client's veth pair and creates it again: the gateway's `cl1` comes back with
-/// a new ifindex and none of our programs (what a `wg-quick` restart or a re-created
-/// container veth does).
-fn recreate_cl1(t: &Topology) {
-    t.gw.exec("ip link del cl1");
-    portcullis_testbed::link(
-        &t.client,
-        "eth0",
-        &["198.18.1.2/24", "2001:db8:1::2/64"],
-        &t.gw,
-        "cl1",
-        &["198.18.1.1/24", "2001:db8:1::1/64"],
-    );
-    t.client
-        .exec("ip route add default via 198.18.1.1 && ip -6 route add default via 2001:db8:1::1");
-}
-
 /// Issue 11 #1: a re-created ingress interface was left without XDP/TC and its protected
 /// ports were forwarded to the target's own sshd; SIGHUP and restarts then failed on the
 /// severed links.
@@ -362,7 +345,7 @@ fn recreated_ingress_interface_is_followed_and_never_bypasses() {
     );
 
     // Re-created while the daemon runs: the link monitor re-attaches.
-    recreate_cl1(t);
+    t.recreate_client_link();
     wait_until(|| {
         fetch(&t.client, sa("198.18.10.10:22"))
             .map(|o| o.contains("portcullis: web-01 198.18.10.10:22 refused"))
@@ -379,7 +362,7 @@ fn recreated_ingress_interface_is_followed_and_never_bypasses() {
     // Second line: the daemon frozen (no re-attach possible), the interface re-created.
     // The forward guard matches the interface by name: the protected port stays closed.
     unsafe { libc::kill(d.pid() as i32, libc::SIGSTOP) };
-    recreate_cl1(t);
+    t.recreate_client_link();
     let r = fetch(&t.client, sa("198.18.10.10:22"));
     assert!(r.is_err(), "forwarded to the target while unattached: {r:?}");
     assert_eq!(t1_22.hits(), 0);
@@ -405,7 +388,7 @@ fn recreated_ingress_interface_is_followed_and_never_bypasses() {
     );
     d.kill9();
     // Dead daemon, interface re-created: the guard still holds.
-    recreate_cl1(t);
+    t.recreate_client_link();
     assert!(fetch(&t.client, sa("198.18.10.10:22")).is_err());
     let _d = bed.daemon();
     refused_by_proxy(

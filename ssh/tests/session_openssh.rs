@@ -51,37 +51,18 @@ fn openssh_client_negotiates_every_algorithm() {
         "diffie-hellman-group14-sha256",
     ];
     for k in kex {
-        let out = ssh(
-            srv.port,
-            &[
-                "-o",
-                &format!("KexAlgorithms={k}"),
-                "-v",
-                "root@127.0.0.1",
-                "echo ok",
-            ],
-        )
-        .output()
-        .unwrap();
-        let log = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n", "{k}: {log}");
-        assert!(log.contains(&format!("kex: algorithm: {k}")), "{k}: {log}");
+        negotiates(
+            &srv,
+            &[&format!("KexAlgorithms={k}")],
+            &format!("kex: algorithm: {k}"),
+        );
     }
-    let aead = [
+    for c in [
         "chacha20-poly1305@openssh.com",
         "aes128-gcm@openssh.com",
         "aes256-gcm@openssh.com",
-    ];
-    for c in aead {
-        let out = ssh(
-            srv.port,
-            &["-o", &format!("Ciphers={c}"), "-v", "root@127.0.0.1", "echo ok"],
-        )
-        .output()
-        .unwrap();
-        let log = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n", "{c}: {log}");
-        assert!(log.contains(&format!("cipher: {c}")), "{c}: {log}");
+    ] {
+        negotiates(&srv, &[&format!("Ciphers={c}")], &format!("cipher: {c}"));
     }
     for c in ["aes128-ctr", "aes192-ctr", "aes256-ctr"] {
         for m in [
@@ -90,25 +71,23 @@ fn openssh_client_negotiates_every_algorithm() {
             "hmac-sha2-256-etm@openssh.com",
             "hmac-sha2-512-etm@openssh.com",
         ] {
-            let out = ssh(
-                srv.port,
-                &[
-                    "-o",
-                    &format!("Ciphers={c}"),
-                    "-o",
-                    &format!("MACs={m}"),
-                    "-v",
-                    "root@127.0.0.1",
-                    "echo ok",
-                ],
-            )
-            .output()
-            .unwrap();
-            let log = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n", "{c} {m}: {log}");
-            assert!(log.contains(&format!("cipher: {c} MAC: {m}")), "{c} {m}: {log}");
+            negotiates(
+                &srv,
+                &[&format!("Ciphers={c}"), &format!("MACs={m}")],
+                &format!("cipher: {c} MAC: {m}"),
+            );
         }
     }
+}
+
+/// `ssh -o OPTION… -v` runs `echo ok` on the test server and its log says `expect`.
+fn negotiates(srv: &TestServer, options: &[&str], expect: &str) {
+    let mut args: Vec<&str> = options.iter().flat_map(|o| ["-o", o]).collect();
+    args.extend(["-v", "root@127.0.0.1", "echo ok"]);
+    let out = ssh(srv.port, &args).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n", "{options:?}: {log}");
+    assert!(log.contains(expect), "{options:?}: {log}");
 }
 
 /// A remote `cat` of 96 MiB of random bytes: both directions at once, with the client

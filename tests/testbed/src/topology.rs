@@ -35,14 +35,7 @@ impl Topology {
             target: Netns::new(&format!("{p}-t1")),
             target2: Netns::new(&format!("{p}-t2")),
         };
-        link(
-            &t.client,
-            "eth0",
-            &["198.18.1.2/24", "2001:db8:1::2/64"],
-            &t.gw,
-            "cl1",
-            &["198.18.1.1/24", "2001:db8:1::1/64"],
-        );
+        t.link_client();
         link(
             &t.client2,
             "eth0",
@@ -67,11 +60,8 @@ impl Topology {
             "eth0",
             &["198.18.102.2/24", "2001:db8:102::2/64"],
         );
-        for (ns, n) in [(&t.client, 1), (&t.client2, 2)] {
-            ns.exec(&format!(
-                "ip route add default via 198.18.{n}.1 && ip -6 route add default via 2001:db8:{n}::1"
-            ));
-        }
+        t.client2
+            .exec("ip route add default via 198.18.2.1 && ip -6 route add default via 2001:db8:2::1");
         for (ns, n) in [(&t.target, 101), (&t.target2, 102)] {
             ns.exec(&format!(
                 "ip addr add {TARGET_V4}/32 dev eth0 && ip addr add {TARGET_V6}/128 dev eth0 nodad \
@@ -88,6 +78,28 @@ impl Topology {
         }
         t.gw.exec(&format!("ip route add {TARGET_V4}/32 via 198.18.101.2 && ip -6 route add {TARGET_V6}/128 via 2001:db8:101::2"));
         t
+    }
+
+    /// The client's veth pair (`eth0` ↔ the gateway's `cl1`), its addresses and routes.
+    fn link_client(&self) {
+        link(
+            &self.client,
+            "eth0",
+            &["198.18.1.2/24", "2001:db8:1::2/64"],
+            &self.gw,
+            "cl1",
+            &["198.18.1.1/24", "2001:db8:1::1/64"],
+        );
+        self.client
+            .exec("ip route add default via 198.18.1.1 && ip -6 route add default via 2001:db8:1::1");
+    }
+
+    /// Deletes the client's veth pair and creates it again: the gateway's `cl1` comes back
+    /// with a new ifindex and none of portcullis's programs (what a `wg-quick` restart or a
+    /// re-created container veth does).
+    pub fn recreate_client_link(&self) {
+        self.gw.exec("ip link del cl1");
+        self.link_client();
     }
 
     /// A portcullis configuration for this topology: vnet `corp` (client) and `lab`
