@@ -24,9 +24,12 @@
 //!   stacked VLAN device).
 //! - it drops any IPv6 fragment header, atomic ones included, and chains of more than six
 //!   extension headers (`DROPPED` is always acceptable towards a target).
-//! - it walks a hop-by-hop header wherever it appears and an AH of length 0 (as Linux's
-//!   ipv6_skip_exthdr); etherparse refuses both chains. For those only the address is
-//!   compared.
+//! - it walks a hop-by-hop header wherever it appears and an AH of length 0 (IPv6, as
+//!   Linux's ipv6_skip_exthdr, and IPv4); etherparse refuses both chains. For those only the
+//!   address is compared.
+//!
+//! Regression seed: `v4-ah` (TCP behind an IPv4 authentication header, once forwarded to a
+//! protected port untouched as `NOT_TCP`).
 
 #![no_main]
 
@@ -39,17 +42,6 @@ use portcullis_common::{
     parse::{classify, Outcome, Packet, Tables},
     v4_mapped, verdict, TargetValue, INLINE_PORTS, MARK_STEER, MARK_VNET_MASK,
 };
-
-/// Known finding (reported): the classifier does not walk an IPv4 authentication header
-/// (protocol 51) to the TCP header behind it, as it does for IPv6, so such a segment to a
-/// target's protected port is forwarded untouched as `NOT_TCP` (reproducer: the seed
-/// `v4-ah`). Tolerated unless `strict()`.
-/// Known findings are held against the code too with `PORTCULLIS_FUZZ_STRICT=1` (for checking
-/// a fix: the reproducers under fuzz/artifacts/ then pass or fail).
-fn strict() -> bool {
-    static STRICT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *STRICT.get_or_init(|| std::env::var_os("PORTCULLIS_FUZZ_STRICT").is_some_and(|v| v == "1"))
-}
 
 const CONFIG: usize = 72;
 const INGRESS: u32 = 3;
@@ -180,8 +172,6 @@ struct Ip {
     chain: Result<Chain, String>,
     /// A chain etherparse refuses but the classifier walks on purpose (see the top).
     walked_on_purpose: bool,
-    /// IPv4 with an authentication header (see `strict`).
-    ipv4_ah: bool,
 }
 
 #[derive(Debug)]
@@ -244,13 +234,14 @@ fn oracle(frame: &[u8], stripped: u16) -> Seen {
                         s.payload().payload,
                     )),
                     walked_on_purpose: false,
-                    ipv4_ah: frame[off + 9] == 51,
                 },
                 Err(e) => Ip {
                     dst,
+                    walked_on_purpose: matches!(
+                        e,
+                        etherparse::err::ipv4::SliceError::Exts(ip_auth::HeaderError::ZeroPayloadLen)
+                    ),
                     chain: Err(format!("{e:?}")),
-                    walked_on_purpose: false,
-                    ipv4_ah: false,
                 },
             }
         }
@@ -270,7 +261,6 @@ fn oracle(frame: &[u8], stripped: u16) -> Seen {
                         s.payload().payload,
                     )),
                     walked_on_purpose: false,
-                    ipv4_ah: false,
                 },
                 Err(e) => {
                     use etherparse::err::ipv6::SliceError;
@@ -285,7 +275,6 @@ fn oracle(frame: &[u8], stripped: u16) -> Seen {
                         dst,
                         chain: Err(format!("{e:?}")),
                         walked_on_purpose: on_purpose,
-                        ipv4_ah: false,
                     }
                 }
             }
@@ -401,9 +390,6 @@ fn check(m: &Model, frame: &[u8], o: Outcome) {
         }
         verdict::NOT_TCP | verdict::MALFORMED => {
             if let (Some(t), Some(c)) = (target, tcp) {
-                if ip.ipv4_ah && !strict() {
-                    return;
-                }
                 fail(&format!(
                     "etherparse reads a whole TCP segment to target {} port {} at offset {}",
                     t.id,

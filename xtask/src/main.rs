@@ -35,7 +35,7 @@ enum Command {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// Fuzz one target (config, recording, sftp, target_keys, classify) or all, in turn.
+    /// Fuzz one target (listed in fuzz/README.md and xtask/src/fuzz.rs) or all, in turn.
     Fuzz {
         /// The target (default: all).
         name: Option<String>,
