@@ -177,7 +177,12 @@ fn invalid(path: &Path, text: &str, span: Option<Range<usize>>, message: &str) -
         path: path.to_owned(),
         line,
         column,
-        message: message.trim().to_string(),
+        // The TOML parser says nothing for some syntax errors (a NUL in a comment, found by
+        // fuzzing): the place alone is not an explanation.
+        message: match message.trim() {
+            "" => "invalid TOML syntax here (e.g. a control character)".to_string(),
+            m => m.to_string(),
+        },
     }
 }
 
@@ -385,6 +390,16 @@ email_prefix_login = true
         assert!(l.identities.lookup(1, "::1".parse().unwrap()).is_none());
         let e = err(&BASE.replace("198.18.1.99/32", "::ffff:0:0/64"));
         assert!(e.contains("IPv4-mapped prefix must be /96 or longer"), "{e}");
+    }
+
+    /// Found by fuzzing: some TOML syntax errors come with an empty message.
+    #[test]
+    fn syntax_errors_always_say_something() {
+        let e = err("# a comment with a \u{0} in it\n");
+        assert!(
+            e.ends_with("invalid TOML syntax here (e.g. a control character)"),
+            "{e}"
+        );
     }
 
     /// Issue 11 #4: a target no application selects would be open on every port.

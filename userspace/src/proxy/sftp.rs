@@ -78,9 +78,15 @@ impl Watcher {
                     | FXP_SYMLINK
                     | FXP_EXTENDED
             );
-            if !interesting || len == 0 {
+            if !interesting {
                 self.skip = len.saturating_sub(1);
                 self.buf.clear();
+                continue;
+            }
+            if len == 0 {
+                // sftp-server executes even this, reading the fields from what follows.
+                self.buf.clear();
+                self.malformed(kind);
                 continue;
             }
             // The names come first: an audited packet padded past MAX_PARSED is parsed from
@@ -99,11 +105,40 @@ impl Watcher {
     }
 
     fn report(&self, kind: u8, body: &[u8]) {
+        if !self.report_fields(kind, body) {
+            self.malformed(kind);
+        }
+    }
+
+    /// A request of an audited kind whose fields run past its declared length (found by
+    /// fuzzing): OpenSSH's sftp-server still executes it, reading the fields from the bytes
+    /// that follow, then exits. The watcher cannot tell what it did, so it says so rather
+    /// than stay silent.
+    fn malformed(&self, kind: u8) {
+        self.emit(
+            format!("malformed-{kind}"),
+            "a request of an audited kind whose fields run past its declared length; sftp-server may have executed it".into(),
+        );
+    }
+
+    fn emit(&self, op: String, detail: String) {
+        let mut e = self.base.clone();
+        e.time = audit::now_rfc3339();
+        e.event = "sftp";
+        e.reason = Some(op);
+        e.rule = Some(detail.chars().filter(|c| !c.is_control()).collect());
+        self.audit.emit(&e);
+    }
+
+    /// Audits the operation; false if its fields do not fit the packet.
+    fn report_fields(&self, kind: u8, body: &[u8]) -> bool {
         // body: request id (u32), then the operation's fields.
         let mut at = 4;
         let (op, detail) = match kind {
             FXP_OPEN => {
-                let Some(path) = string(body, &mut at) else { return };
+                let Some(path) = string(body, &mut at) else {
+                    return false;
+                };
                 let flags = body
                     .get(at..at + 4)
                     .map(|b| u32::from_be_bytes(b.try_into().unwrap()))
@@ -117,20 +152,23 @@ impl Watcher {
                 (format!("open-{mode}"), path)
             }
             FXP_EXTENDED => {
-                let Some(name) = string(body, &mut at) else { return };
+                let Some(name) = string(body, &mut at) else {
+                    return false;
+                };
                 let op = match name.as_str() {
                     "posix-rename@openssh.com" => "rename",
                     "hardlink@openssh.com" => "hardlink",
-                    _ => return,
+                    // Other extensions name no file we audit.
+                    _ => return true,
                 };
                 let (Some(a), Some(b)) = (string(body, &mut at), string(body, &mut at)) else {
-                    return;
+                    return false;
                 };
                 (op.to_string(), format!("{a} -> {b}"))
             }
             FXP_RENAME | FXP_SYMLINK => {
                 let (Some(a), Some(b)) = (string(body, &mut at), string(body, &mut at)) else {
-                    return;
+                    return false;
                 };
                 (
                     if kind == FXP_RENAME { "rename" } else { "symlink" }.to_string(),
@@ -138,7 +176,9 @@ impl Watcher {
                 )
             }
             _ => {
-                let Some(path) = string(body, &mut at) else { return };
+                let Some(path) = string(body, &mut at) else {
+                    return false;
+                };
                 let op = match kind {
                     FXP_SETSTAT => "setstat",
                     FXP_OPENDIR => "opendir",
@@ -149,12 +189,8 @@ impl Watcher {
                 (op.to_string(), path)
             }
         };
-        let mut e = self.base.clone();
-        e.time = audit::now_rfc3339();
-        e.event = "sftp";
-        e.reason = Some(op);
-        e.rule = Some(detail.chars().filter(|c| !c.is_control()).collect());
-        self.audit.emit(&e);
+        self.emit(op, detail);
+        true
     }
 }
 
@@ -229,6 +265,17 @@ mod tests {
             ]
         );
         assert!(w.buf.capacity() < MAX_PARSED, "file data is not buffered");
+        // A remove whose declared length is shorter than its path, and one of length 0:
+        // sftp-server executes both (reading past the packet), so neither passes silently.
+        let mut short = packet(FXP_REMOVE, &[&s("/etc/important")]);
+        short[..4].copy_from_slice(&7u32.to_be_bytes());
+        w.feed(&short);
+        // (sftp-server exits after such a request; what follows it is not a stream any more.)
+        let mut w2 = Watcher::new(w.audit.clone(), Event::new("connect", "s"));
+        w2.feed(&[0, 0, 0, 0, FXP_REMOVE]);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let malformed = text.lines().filter(|l| l.contains("\"malformed-13\"")).count();
+        assert_eq!(malformed, 2, "{text}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
