@@ -7,7 +7,7 @@ use bytes::Bytes;
 use ssh_key::{Certificate, HashAlg, PrivateKey};
 
 use super::pubkey;
-use super::wire::{signed_data, Rd, Wr};
+use super::wire::{expect_userauth_service, message_number, signed_data, Rd, Wr};
 use super::{AuthError, SERVICE_CONNECTION, SERVICE_USERAUTH};
 use crate::msg;
 
@@ -121,12 +121,7 @@ impl ClientAuth {
     /// Process one received payload (messages 6 and 50–79). `session_id` is H of the first
     /// key exchange. An error is fatal: disconnect with [`AuthError::disconnect_reason`].
     pub fn handle(&mut self, payload: &[u8], session_id: &[u8]) -> Result<(), AuthError> {
-        let Some(&number) = payload.first() else {
-            return Err(AuthError::UnexpectedMessage {
-                number: 0,
-                state: "empty payload",
-            });
-        };
+        let number = message_number(payload)?;
         let unexpected = |state: State| AuthError::UnexpectedMessage {
             number,
             state: state.describe(),
@@ -140,14 +135,7 @@ impl ClientAuth {
         }
         match (number, self.state) {
             (msg::SERVICE_ACCEPT, State::AwaitServiceAccept) => {
-                let mut rd = Rd::new(&payload[1..], "SERVICE_ACCEPT");
-                let service = rd.bytes("service name")?;
-                rd.finish()?;
-                if service != SERVICE_USERAUTH.as_bytes() {
-                    return Err(AuthError::ServiceNotAvailable {
-                        message: "SERVICE_ACCEPT",
-                    });
-                }
+                expect_userauth_service(payload, "SERVICE_ACCEPT")?;
                 let request = self.request(session_id)?;
                 self.transmit.push_back(request);
                 self.state = State::AwaitResult;

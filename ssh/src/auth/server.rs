@@ -6,7 +6,7 @@ use bytes::Bytes;
 use ssh_key::{Certificate, PublicKey};
 
 use super::pubkey::{self, SecurityKeySignature};
-use super::wire::{signed_data, Rd, Wr};
+use super::wire::{expect_userauth_service, message_number, signed_data, Rd, Wr};
 use super::{AuthError, SERVICE_CONNECTION, SERVICE_USERAUTH};
 use crate::msg;
 
@@ -162,12 +162,7 @@ impl ServerAuth {
     /// Process one received payload. `session_id` is the exchange hash H of the first key
     /// exchange. An error is fatal: disconnect with [`AuthError::disconnect_reason`].
     pub fn handle(&mut self, payload: &[u8], session_id: &[u8]) -> Result<(), AuthError> {
-        let Some(&number) = payload.first() else {
-            return Err(AuthError::UnexpectedMessage {
-                number: 0,
-                state: "empty payload",
-            });
-        };
+        let number = message_number(payload)?;
         let unexpected = |state: State| AuthError::UnexpectedMessage {
             number,
             state: state.describe(),
@@ -183,14 +178,7 @@ impl ServerAuth {
         }
         match (number, self.state) {
             (msg::SERVICE_REQUEST, State::AwaitService) => {
-                let mut rd = Rd::new(&payload[1..], "SERVICE_REQUEST");
-                let service = rd.bytes("service name")?;
-                rd.finish()?;
-                if service != SERVICE_USERAUTH.as_bytes() {
-                    return Err(AuthError::ServiceNotAvailable {
-                        message: "SERVICE_REQUEST",
-                    });
-                }
+                expect_userauth_service(payload, "SERVICE_REQUEST")?;
                 self.transmit
                     .push_back(Wr::new(msg::SERVICE_ACCEPT).string(SERVICE_USERAUTH).finish());
                 self.state = State::Ready;

@@ -88,6 +88,26 @@ impl<'a> Rd<'a> {
 }
 
 /// Builds one payload.
+/// The message number of a received payload (an empty one is an error in either role).
+pub(crate) fn message_number(payload: &[u8]) -> Result<u8, AuthError> {
+    payload.first().copied().ok_or(AuthError::UnexpectedMessage {
+        number: 0,
+        state: "empty payload",
+    })
+}
+
+/// Reads SERVICE_REQUEST / SERVICE_ACCEPT (`message` names it) and checks that it names
+/// `ssh-userauth`, the only service this layer runs.
+pub(crate) fn expect_userauth_service(payload: &[u8], message: &'static str) -> Result<(), AuthError> {
+    let mut rd = Rd::new(&payload[1..], message);
+    let service = rd.bytes("service name")?;
+    rd.finish()?;
+    if service != super::SERVICE_USERAUTH.as_bytes() {
+        return Err(AuthError::ServiceNotAvailable { message });
+    }
+    Ok(())
+}
+
 pub(crate) struct Wr(BytesMut);
 
 impl Wr {
