@@ -93,7 +93,7 @@ fn read_to_close(s: &mut TcpStream) -> String {
 }
 
 /// The first line the gateway sends: the SSH identification of an admitted connection
-/// (russh's), or the refusal's (`SSH-2.0-portcullis`, then a disconnect).
+/// (`SSH-2.0-portcullis_<version>`), or the refusal's (`SSH-2.0-portcullis`, then a disconnect).
 fn first_line(s: &mut TcpStream) -> String {
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut line = Vec::new();
@@ -107,10 +107,10 @@ fn first_line(s: &mut TcpStream) -> String {
     String::from_utf8_lossy(&line).into_owned()
 }
 
-/// Admitted: the proxy's SSH server greets it (after dialling the target).
+/// Admitted: the proxy's SSH server greets it (`SSH-2.0-portcullis_<version>`); a refusal
+/// says `SSH-2.0-portcullis` and disconnects.
 fn admitted(s: &mut TcpStream) -> bool {
-    let l = first_line(s);
-    l.starts_with("SSH-2.0-") && !l.starts_with("SSH-2.0-portcullis")
+    first_line(s).starts_with("SSH-2.0-portcullis_")
 }
 
 fn fds(pid: u32) -> usize {

@@ -3,6 +3,9 @@
 //! ProxyJump (client → bastion sshd → target sshd). The same cipher on every hop (the servers
 //! are restarted with `Ciphers` set to it) and curve25519-sha256 key exchange. Variants are
 //! interleaved so that every ratio compares figures from the same minutes.
+//!
+//! `PORTCULLIS_BENCH_BASELINE=/path/to/an/older/portcullis` adds the variant `baseline`: the
+//! same gateway run by that binary, measured in the same rounds (a before/after in one run).
 
 use std::{
     path::{Path, PathBuf},
@@ -88,6 +91,9 @@ struct Bed {
     bastion: Option<Proc>,
     proxy: Option<Proc>,
     rec_proxy: Option<Proc>,
+    /// `PORTCULLIS_BENCH_BASELINE`'s gateway and its port.
+    base_proxy: Option<Proc>,
+    base: Option<(PathBuf, u16)>,
     ca_line: String,
     portcullis: PathBuf,
 }
@@ -170,6 +176,27 @@ port = {mixed_port}
             )
             + &format!("[recording]\ndir = \"{}/rec\"\n", dir.display());
         std::fs::write(dir.join("portcullis-rec.toml"), rec)?;
+        let base = match std::env::var_os("PORTCULLIS_BENCH_BASELINE") {
+            Some(bin) => {
+                let port = free_port();
+                let cfg = config
+                    .replace(
+                        &format!("instance = \"bench{}\"", std::process::id()),
+                        &format!("instance = \"benchbase{}\"", std::process::id()),
+                    )
+                    .replace(
+                        &format!("listen = \"127.0.0.1:{proxy_port}\""),
+                        &format!("listen = \"127.0.0.1:{port}\""),
+                    )
+                    .replace(
+                        &format!("listen = \"127.0.0.1:{mixed_proxy_port}\""),
+                        &format!("listen = \"127.0.0.1:{}\"", free_port()),
+                    );
+                std::fs::write(dir.join("portcullis-base.toml"), cfg)?;
+                Some((PathBuf::from(bin), port))
+            }
+            None => None,
+        };
         let out = Command::new(portcullis)
             .args(["ca", "init", "--config"])
             .arg(dir.join("portcullis.toml"))
@@ -197,6 +224,8 @@ port = {mixed_port}
             bastion: None,
             proxy: None,
             rec_proxy: None,
+            base_proxy: None,
+            base,
             ca_line,
             portcullis: portcullis.to_owned(),
         })
@@ -252,6 +281,16 @@ port = {mixed_port}
                 .spawn()?;
             wait_port(self.rec_port)?;
             self.rec_proxy = Some(Proc(child));
+            if let Some((bin, port)) = &self.base {
+                let child = Command::new(bin)
+                    .args(["run", "--config"])
+                    .arg(self.dir.join("portcullis-base.toml"))
+                    .env("PORTCULLIS_LOG", "warn")
+                    .stdout(Stdio::null())
+                    .spawn()?;
+                wait_port(*port)?;
+                self.base_proxy = Some(Proc(child));
+            }
         }
         let _ = &self.ca_line;
         Ok(())
@@ -289,6 +328,7 @@ port = {mixed_port}
             "proxied" => a.extend(["-p".into(), self.proxy_port.to_string()]),
             "mixed" => a.extend(["-p".into(), self.mixed_proxy_port.to_string()]),
             "recorded" => a.extend(["-p".into(), self.rec_port.to_string()]),
+            "baseline" => a.extend(["-p".into(), self.base.as_ref().map_or(0, |b| b.1).to_string()]),
             _ => {
                 let hop = format!(
                     "ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
@@ -328,6 +368,25 @@ port = {mixed_port}
         Ok(t.elapsed().as_secs_f64())
     }
 
+    /// Seconds for `bytes` to go up and come back down at once (`cat` on the target).
+    fn transfer_bidir(&self, variant: &str, cipher: &str, bytes: u64) -> Result<f64> {
+        let args = self
+            .ssh(variant, cipher)
+            .iter()
+            .map(|a| shell_quote(a))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let line = format!("head -c {bytes} /dev/zero | ssh {args} cat | wc -c");
+        let t = Instant::now();
+        let out = Command::new("sh").args(["-c", &line]).output()?;
+        let secs = t.elapsed().as_secs_f64();
+        let got: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+        if got != bytes {
+            bail!("{variant}: two-way cat returned {got} of {bytes} bytes");
+        }
+        Ok(secs)
+    }
+
     fn connect_ms(&self, variant: &str, cipher: &str) -> Result<f64> {
         let t = Instant::now();
         run(Command::new("ssh").args(self.ssh(variant, cipher)).arg("true"))?;
@@ -339,6 +398,7 @@ impl Drop for Bed {
     fn drop(&mut self) {
         self.proxy = None;
         self.rec_proxy = None;
+        self.base_proxy = None;
         self.target = None;
         self.mixed_target = None;
         self.bastion = None;
@@ -360,11 +420,14 @@ pub fn run_group(quick: bool, portcullis: &Path) -> Result<Map<String, Value>> {
         bed.start(cipher)?;
         // "mixed": a target offering both ciphers, so the upstream hop is the proxy's own
         // choice (AES-GCM with hardware AES) while the client's hop stays `cipher`.
-        let variants: &[&str] = if cname == "chacha" {
-            &["direct", "proxied", "proxyjump", "recorded", "mixed"]
-        } else {
-            &["direct", "proxied", "proxyjump", "recorded"]
-        };
+        let mut variants: Vec<&str> = vec!["direct", "proxied", "proxyjump", "recorded"];
+        if cname == "chacha" {
+            variants.push("mixed");
+        }
+        if bed.base.is_some() {
+            variants.push("baseline");
+        }
+        let variants = &variants[..];
         for dir in ["down", "up"] {
             let mut tput: std::collections::HashMap<&str, Vec<f64>> = Default::default();
             let mut cpu: std::collections::HashMap<&str, (f64, f64)> = Default::default();
@@ -421,18 +484,40 @@ pub fn run_group(quick: bool, portcullis: &Path) -> Result<Map<String, Value>> {
             }
         }
         if cname == "chacha" {
+            // Both directions at once: what a remote filter (`cat`, `gzip -c`) does.
+            let mut bidir: std::collections::HashMap<&str, Vec<f64>> = Default::default();
+            let both: Vec<&str> = ["direct", "proxied", "baseline"]
+                .into_iter()
+                .filter(|v| *v != "baseline" || bed.base.is_some())
+                .collect();
+            for _ in 0..rounds {
+                for &v in &both {
+                    let secs = bed.transfer_bidir(v, cipher, bytes)?;
+                    bidir
+                        .entry(v)
+                        .or_default()
+                        .push(bytes as f64 / (1 << 20) as f64 / secs);
+                }
+            }
+            for &v in &both {
+                m.insert(
+                    format!("ssh.throughput_mibs.{v}.bidir"),
+                    median(bidir[v].clone()).into(),
+                );
+            }
+            let mut connected = vec!["direct", "proxied", "proxyjump"];
+            if bed.base.is_some() {
+                connected.push("baseline");
+            }
             for _ in 0..(if quick { 5 } else { 15 }) {
-                for v in ["direct", "proxied", "proxyjump"] {
+                for &v in &connected {
                     connect.entry(v).or_default().push(bed.connect_ms(v, cipher)?);
                 }
             }
         }
     }
-    for v in ["direct", "proxied", "proxyjump"] {
-        m.insert(
-            format!("ssh.connect_ms_p50.{v}"),
-            median(connect[v].clone()).into(),
-        );
+    for (v, times) in connect {
+        m.insert(format!("ssh.connect_ms_p50.{v}"), median(times).into());
     }
     Ok(m)
 }

@@ -110,6 +110,30 @@ impl Session {
         }
     }
 
+    /// A client end whose login is given later with [`Session::login`]: the key exchange
+    /// (and the server's host key) comes first, as a relay needs.
+    pub fn client_deferred(transport: TransportConfig, conn: ConnectionConfig) -> Self {
+        debug_assert_eq!(transport.role, Role::Client);
+        Session {
+            transport: Transport::new(transport),
+            auth: Auth::Client(Box::new(ClientAuth::deferred())),
+            conn: Connection::new(conn),
+            events: VecDeque::new(),
+            failed: false,
+        }
+    }
+
+    /// Client role, made with [`Session::client_deferred`]: log in as `user` with
+    /// `credential` (once; later calls are ignored). Call [`flush`](Self::flush) after.
+    pub fn login(&mut self, user: String, credential: ClientCredential) -> Result<(), SessionError> {
+        let sid = self.transport.session_id().unwrap_or_default().to_vec();
+        if let Auth::Client(a) = &mut self.auth {
+            let r = a.login(user, credential, &sid).map_err(SessionError::from);
+            return self.fail_on(r);
+        }
+        Ok(())
+    }
+
     /// Feeds received bytes (any split). On an error the session is finished: write what
     /// [`output`](Self::output) still holds (a DISCONNECT naming the reason) and close.
     pub fn recv(&mut self, data: &[u8]) -> Result<(), SessionError> {

@@ -566,7 +566,9 @@ mod connection {
         let (cid2, sid2) = p.session();
         assert_eq!((cid2, sid2), (cid, sid));
 
-        // Messages from the peer for a channel we closed (before its CLOSE) are ignored.
+        // Messages from the peer for a channel we closed (before its CLOSE) are ignored,
+        // except requests (an exit-status after a client's early CLOSE is still news),
+        // which can no longer be answered.
         p.client.close(cid2);
         assert_eq!(p.server.send_data(sid2, b"in flight"), 9);
         p.server
@@ -576,7 +578,20 @@ mod connection {
         for m in in_flight {
             p.client.handle(m).unwrap();
         }
-        assert_eq!(p.client.poll_event(), None, "ignored after our CLOSE");
+        assert_eq!(
+            p.client.poll_event(),
+            Some(ConnectionEvent::Request {
+                id: cid2,
+                request: ChannelRequest::ExitStatus { status: 1 },
+                want_reply: false,
+            }),
+            "requests still delivered after our CLOSE, unanswerable"
+        );
+        assert_eq!(
+            p.client.poll_event(),
+            None,
+            "data and EOF ignored after our CLOSE"
+        );
         p.pump();
         assert_eq!(p.next(Side::Server), ConnectionEvent::Closed { id: sid2 });
         assert_eq!(p.next(Side::Client), ConnectionEvent::Closed { id: cid2 });
@@ -738,5 +753,39 @@ mod connection {
             },
         );
         p.assert_quiet();
+    }
+
+    /// A relay's server side (`answer_close` off) answers a client's early CLOSE only when
+    /// it says so, after sending what it still has (an exit-status), as sshd does.
+    #[test]
+    fn early_close_is_answered_by_the_application_when_answer_close_is_off() {
+        let server = ConnectionConfig {
+            answer_close: false,
+            ..ConnectionConfig::new(Side::Server)
+        };
+        let mut p = Pair::with(ConnectionConfig::new(Side::Client), server);
+        let (cid, sid) = p.session();
+        p.client.close(cid);
+        p.pump();
+        assert_eq!(p.next(Side::Server), ConnectionEvent::PeerClosed { id: sid });
+        p.assert_quiet();
+        // The peer's data is no longer taken; requests can still go out to it.
+        assert!(p.server.is_open(sid));
+        p.server
+            .request(sid, ChannelRequest::ExitStatus { status: 3 }, false);
+        p.server.close(sid);
+        assert_eq!(p.server.poll_event(), Some(ConnectionEvent::Closed { id: sid }));
+        p.pump();
+        assert_eq!(
+            p.next(Side::Client),
+            ConnectionEvent::Request {
+                id: cid,
+                request: ChannelRequest::ExitStatus { status: 3 },
+                want_reply: false,
+            }
+        );
+        assert_eq!(p.next(Side::Client), ConnectionEvent::Closed { id: cid });
+        p.assert_quiet();
+        assert_eq!((p.client.channel_count(), p.server.channel_count()), (0, 0));
     }
 }

@@ -9,7 +9,7 @@ use std::{
 };
 
 use rand::RngExt;
-use russh::keys::{ssh_key, ssh_key::LineEnding, Algorithm, PrivateKey};
+use ssh_key::{Algorithm, LineEnding, PrivateKey};
 
 use crate::config::Account;
 

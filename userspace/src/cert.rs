@@ -5,11 +5,8 @@
 //! `[ca] source_address` it also carries the `source-address` critical option, so targets
 //! accept it only from the gateway.
 
-use russh::keys::{
-    ssh_key::{
-        self,
-        certificate::{Builder, CertType},
-    },
+use ssh_key::{
+    certificate::{Builder, CertType},
     Algorithm, Certificate, PrivateKey,
 };
 

@@ -14,11 +14,9 @@ use crate::{
     audit::Audit,
     config,
     dataplane::{Dataplane, DataplaneError},
-    identity::Registry,
-    policy::Engine,
     proxy::{self, Context, Incoming},
+    snapshot::Snapshot,
     steer,
-    targets::TargetSet,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -125,45 +123,6 @@ fn context(l: &config::Loaded, audit: &Arc<Audit>) -> Result<Option<Arc<Context>
     ))))
 }
 
-/// What a connection is judged against; replaced whole on reload, so a connection sees
-/// one consistent configuration.
-pub struct Snapshot {
-    pub targets: TargetSet,
-    /// (vnet, address) → index into `targets.addrs`: a connection's target in one lookup,
-    /// however many targets there are.
-    target_index: std::collections::HashMap<(u16, std::net::IpAddr), usize>,
-    pub host_keys: crate::hostcheck::Rules,
-    pub auth: crate::proxy::AuthMethods,
-    pub identities: Registry,
-    pub policies: Engine,
-}
-
-impl Snapshot {
-    fn from(l: config::Loaded) -> Self {
-        let target_index = l
-            .targets
-            .addrs
-            .iter()
-            .enumerate()
-            .map(|(i, t)| ((t.vnet, crate::targets::canonical(t.addr)), i))
-            .collect();
-        Self {
-            target_index,
-            targets: l.targets,
-            host_keys: l.host_keys,
-            auth: l.auth,
-            identities: l.identities,
-            policies: l.policies,
-        }
-    }
-
-    /// The target that owns `addr` in vnet `vnet`, if any.
-    pub fn target(&self, vnet: u16, addr: std::net::IpAddr) -> Option<&crate::targets::TargetAddr> {
-        let i = self.target_index.get(&(vnet, crate::targets::canonical(addr)))?;
-        self.targets.addrs.get(*i)
-    }
-}
-
 pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
     let loaded = config::load(config_path)?;
     for w in &loaded.warnings {
@@ -244,7 +203,7 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
         pins = %dp.as_ref().map(|d| d.paths().root.display().to_string()).unwrap_or_default(),
         "dataplane up; serving steered connections"
     );
-    let state = Arc::new(ArcSwap::from_pointee(Snapshot::from(loaded)));
+    let state = Arc::new(ArcSwap::from_pointee(Snapshot::new(loaded)));
     let sig = |k| {
         signal(k).map_err(|source| DaemonError::Io {
             what: "install signal handler",
@@ -537,7 +496,7 @@ async fn reload(path: &Path, dp: Option<&mut Dataplane>, state: &ArcSwap<Snapsho
                     tracing::warn!("{}: {w}", path.display());
                 }
                 admission.set_limits(limits(&new.config.limits, descriptor_limit()));
-                state.store(Arc::new(Snapshot::from(new)));
+                state.store(Arc::new(Snapshot::new(new)));
             }
             Err(e) => {
                 tracing::error!(error = %e, "reload failed while updating the dataplane; previous policy keeps serving")
@@ -577,7 +536,7 @@ ipv4 = "198.18.10.10"
 ipv6 = "2001:db8::10"
 vnet = "lab"
 "#;
-        let snap = Snapshot::from(config::parse(Path::new("t.toml"), text).unwrap());
+        let snap = Snapshot::new(config::parse(Path::new("t.toml"), text).unwrap());
         let name = |v, a: &str| snap.target(v, a.parse().unwrap()).map(|t| t.target.as_str());
         assert_eq!(name(1, "198.18.10.10"), Some("web-01"));
         assert_eq!(name(2, "198.18.10.10"), Some("lab-01"));

@@ -17,10 +17,7 @@ use std::{
     sync::Mutex,
 };
 
-use russh::keys::{
-    ssh_key::{certificate::CertType, Fingerprint, HashAlg},
-    PublicKey, PublicKeyOrCertificate,
-};
+use ssh_key::{certificate::CertType, Certificate, Fingerprint, HashAlg, PublicKey};
 
 /// The configuration's host-key rules (part of the reloadable snapshot).
 #[derive(Clone, Debug, Default)]
@@ -57,8 +54,9 @@ impl Check {
     }
 
     /// `Ok`, or why the key is refused (told to the user and audited).
-    pub fn verify(&self, shown: &PublicKeyOrCertificate, unix_now: u64) -> Result<(), String> {
-        let fp = shown.public_key().fingerprint(HashAlg::Sha256);
+    /// `key` is the key that signed the exchange; `cert` the host certificate shown with it.
+    pub fn verify(&self, key: &PublicKey, cert: Option<&Certificate>, unix_now: u64) -> Result<(), String> {
+        let fp = key.fingerprint(HashAlg::Sha256);
         if !self.pins.is_empty() {
             return match self.pins.contains(&fp) {
                 true => Ok(()),
@@ -68,7 +66,7 @@ impl Check {
         if self.cas.is_empty() {
             return Ok(());
         }
-        let PublicKeyOrCertificate::Certificate(cert) = shown else {
+        let Some(cert) = cert else {
             return Err(format!(
                 "host key {fp} comes without a certificate, and [upstream] host_ca_keys requires one"
             ));
@@ -283,10 +281,7 @@ impl KeyMemory {
 
 #[cfg(test)]
 mod tests {
-    use russh::keys::{
-        ssh_key::{certificate::Builder, Algorithm},
-        PrivateKey,
-    };
+    use ssh_key::{certificate::Builder, Algorithm, PrivateKey};
 
     use std::os::unix::fs::PermissionsExt;
 
@@ -296,12 +291,7 @@ mod tests {
         PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap()
     }
 
-    fn cert(
-        ca: &PrivateKey,
-        subject: &PrivateKey,
-        kind: CertType,
-        principals: &[&str],
-    ) -> PublicKeyOrCertificate {
+    fn cert(ca: &PrivateKey, subject: &PrivateKey, kind: CertType, principals: &[&str]) -> Shown {
         let mut b =
             Builder::new_with_random_nonce(&mut rand::rng(), subject.public_key(), 1_000, 3_000).unwrap();
         b.cert_type(kind).unwrap();
@@ -311,14 +301,22 @@ mod tests {
         if principals.is_empty() {
             b.all_principals_valid().unwrap();
         }
-        PublicKeyOrCertificate::Certificate(b.sign(ca).unwrap())
+        shown_cert(b.sign(ca).unwrap())
     }
 
-    fn plain(k: &PrivateKey) -> PublicKeyOrCertificate {
-        PublicKeyOrCertificate::PublicKey {
-            key: k.public_key().clone(),
-            hash_alg: None,
-        }
+    /// What a target shows: its key, and a host certificate for it or not.
+    type Shown = (PublicKey, Option<Certificate>);
+
+    fn shown_cert(c: Certificate) -> Shown {
+        (PublicKey::from(c.public_key().clone()), Some(c))
+    }
+
+    fn plain(k: &PrivateKey) -> Shown {
+        (k.public_key().clone(), None)
+    }
+
+    fn verify(c: &Check, (key, cert): &Shown, now: u64) -> Result<(), String> {
+        c.verify(key, cert.as_ref(), now)
     }
 
     #[test]
@@ -396,7 +394,7 @@ mod tests {
         let addr: IpAddr = "198.18.10.10".parse().unwrap();
         let c = Rules::default().for_target(1, addr, "web-01");
         assert!(!c.wants_certificate());
-        assert_eq!(c.verify(&plain(&key()), 2_000), Ok(()));
+        assert_eq!(verify(&c, &plain(&key()), 2_000), Ok(()));
     }
 
     #[test]
@@ -412,12 +410,12 @@ mod tests {
             .insert((1, addr), vec![host.public_key().fingerprint(HashAlg::Sha256)]);
         let c = rules.for_target(1, addr, "web-01");
         assert!(!c.wants_certificate(), "pins take precedence over the CA");
-        assert_eq!(c.verify(&plain(&host), 2_000), Ok(()));
+        assert_eq!(verify(&c, &plain(&host), 2_000), Ok(()));
         assert_eq!(
-            c.verify(&cert(&ca, &host, CertType::Host, &["web-01"]), 2_000),
+            verify(&c, &cert(&ca, &host, CertType::Host, &["web-01"]), 2_000),
             Ok(())
         );
-        let e = c.verify(&plain(&other), 2_000).unwrap_err();
+        let e = verify(&c, &plain(&other), 2_000).unwrap_err();
         assert!(e.contains("not pinned"), "{e}");
         // Another address of the same vnet has no pins: the CA rule applies there.
         assert!(rules
@@ -435,7 +433,7 @@ mod tests {
         };
         let c = rules.for_target(1, addr, "Web-01");
         assert!(c.wants_certificate());
-        let ok = |shown: PublicKeyOrCertificate, now| c.verify(&shown, now);
+        let ok = |shown: Shown, now| verify(&c, &shown, now);
         assert_eq!(ok(cert(&ca, &host, CertType::Host, &["web-01"]), 2_000), Ok(()));
         assert_eq!(
             ok(cert(&ca, &host, CertType::Host, &["198.18.10.10"]), 2_000),
@@ -447,7 +445,7 @@ mod tests {
         b.cert_type(CertType::Host).unwrap();
         b.valid_principal("web-01").unwrap();
         b.critical_option("force-command", "true").unwrap();
-        let optioned = PublicKeyOrCertificate::Certificate(b.sign(&ca).unwrap());
+        let optioned = shown_cert(b.sign(&ca).unwrap());
         for (shown, now, why) in [
             (optioned, 2_000, "critical options"),
             (plain(&host), 2_000, "without a certificate"),

@@ -5,11 +5,8 @@
 //! derived key, and the client's own host-key warning fires as if it had connected directly.
 
 use hkdf::Hkdf;
-use russh::keys::{
-    ssh_key::{self, private::Ed25519Keypair},
-    PrivateKey, PublicKey,
-};
 use sha2::Sha256;
+use ssh_key::{private::Ed25519Keypair, PrivateKey, PublicKey};
 
 /// Domain separation: a key derived for another purpose from the same secret differs.
 const SALT: &[u8] = b"portcullis hostkey v1";
@@ -42,7 +39,7 @@ pub fn derive(secret: &[u8], target: &PublicKey) -> Result<PrivateKey, DeriveErr
 
 #[cfg(test)]
 mod tests {
-    use russh::keys::HashAlg;
+    use ssh_key::HashAlg;
 
     use super::*;
 

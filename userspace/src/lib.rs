@@ -25,6 +25,7 @@ pub mod identity;
 pub mod policy;
 pub mod proxy;
 pub mod recording;
+pub mod snapshot;
 pub mod split_tunnel;
 pub mod steer;
 pub mod targets;

@@ -79,6 +79,10 @@ fn ssh_targets() -> Vec<(String, Target)> {
         }
     }
     t.push((
+        "ssh.throughput_mibs.proxied.bidir".into(),
+        Target::MinRatio("ssh.throughput_mibs.direct.bidir", 0.8),
+    ));
+    t.push((
         "ssh.connect_ms_p50.proxied".into(),
         Target::Ratio("ssh.connect_ms_p50.direct", 1.0),
     ));

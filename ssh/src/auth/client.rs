@@ -56,6 +56,8 @@ pub enum ClientAuthEvent {
 enum State {
     Idle,
     AwaitServiceAccept,
+    /// The service is accepted; the login is not known yet (see [`ClientAuth::deferred`]).
+    AwaitCredential,
     AwaitResult,
     Failed,
     Done,
@@ -66,6 +68,7 @@ impl State {
         match self {
             State::Idle => "not started",
             State::AwaitServiceAccept => "awaiting SERVICE_ACCEPT",
+            State::AwaitCredential => "awaiting the application's login",
             State::AwaitResult => "awaiting the answer to USERAUTH_REQUEST",
             State::Failed => "authentication failed",
             State::Done => "authenticated",
@@ -79,6 +82,8 @@ pub struct ClientAuth {
     user: String,
     credential: ClientCredential,
     rsa_hash: HashAlg,
+    /// `false` until the application gave the login (a [`ClientAuth::deferred`] one).
+    ready: bool,
     state: State,
     transmit: VecDeque<Bytes>,
     events: VecDeque<ClientAuthEvent>,
@@ -90,10 +95,43 @@ impl ClientAuth {
             user,
             credential,
             rsa_hash: HashAlg::Sha512,
+            ready: true,
             state: State::Idle,
             transmit: VecDeque::new(),
             events: VecDeque::new(),
         }
+    }
+
+    /// A client that learns whom to log in as only later ([`ClientAuth::login`]): a relay
+    /// connects to its target (whose host key it needs) before its own client has said who
+    /// it is. `SERVICE_REQUEST` still goes out after the first key exchange.
+    pub fn deferred() -> Self {
+        ClientAuth {
+            ready: false,
+            ..ClientAuth::new(String::new(), ClientCredential::None)
+        }
+    }
+
+    /// Gives a deferred client its login; the request goes out as soon as the service is
+    /// accepted (at once if it was). Ignored once a login was given.
+    pub fn login(
+        &mut self,
+        user: String,
+        credential: ClientCredential,
+        session_id: &[u8],
+    ) -> Result<(), AuthError> {
+        if self.ready {
+            return Ok(());
+        }
+        self.user = user;
+        self.credential = credential;
+        self.ready = true;
+        if self.state == State::AwaitCredential {
+            let request = self.request(session_id)?;
+            self.transmit.push_back(request);
+            self.state = State::AwaitResult;
+        }
+        Ok(())
     }
 
     /// Tell the client the server's `server-sig-algs` (RFC 8308), before `SERVICE_ACCEPT`
@@ -136,12 +174,19 @@ impl ClientAuth {
         match (number, self.state) {
             (msg::SERVICE_ACCEPT, State::AwaitServiceAccept) => {
                 expect_userauth_service(payload, "SERVICE_ACCEPT")?;
+                if !self.ready {
+                    self.state = State::AwaitCredential;
+                    return Ok(());
+                }
                 let request = self.request(session_id)?;
                 self.transmit.push_back(request);
                 self.state = State::AwaitResult;
                 Ok(())
             }
-            (msg::USERAUTH_BANNER, State::AwaitServiceAccept | State::AwaitResult | State::Failed) => {
+            (
+                msg::USERAUTH_BANNER,
+                State::AwaitServiceAccept | State::AwaitCredential | State::AwaitResult | State::Failed,
+            ) => {
                 let mut rd = Rd::new(&payload[1..], "USERAUTH_BANNER");
                 let text = rd.bytes("message")?;
                 rd.bytes("language tag")?;

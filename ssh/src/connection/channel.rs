@@ -52,6 +52,8 @@ pub(crate) struct Channel {
     pub(crate) sent_eof: bool,
     pub(crate) recv_eof: bool,
     pub(crate) sent_close: bool,
+    /// The peer's CLOSE arrived and is not answered yet (`answer_close` off).
+    pub(crate) recv_close: bool,
     /// `eof()` / `close()` called before the peer confirmed our open.
     pub(crate) eof_pending: bool,
     pub(crate) close_pending: bool,
@@ -80,6 +82,7 @@ impl Channel {
             sent_eof: false,
             recv_eof: false,
             sent_close: false,
+            recv_close: false,
             eof_pending: false,
             close_pending: false,
             our_pending: 0,

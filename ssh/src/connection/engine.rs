@@ -262,7 +262,19 @@ impl Connection {
                 let id = r.u32("recipient channel")?;
                 r.end()?;
                 // Not `expect_open`: the peer's CLOSE is what we wait for after ours.
+                let answer_close = self.cfg.answer_close;
                 let ch = self.expect(name, id, State::Open)?;
+                if ch.recv_close {
+                    // A second CLOSE while the first awaits our answer: nothing new.
+                    return Ok(());
+                }
+                ch.peer_pending.clear();
+                if !ch.sent_close && !answer_close {
+                    ch.recv_close = true;
+                    self.events
+                        .push_back(ConnectionEvent::PeerClosed { id: ChannelId(id) });
+                    return Ok(());
+                }
                 let answer = !ch.sent_close;
                 ch.sent_close = true;
                 ch.state = State::Dead;
@@ -283,9 +295,14 @@ impl Connection {
                 let want_reply = r.bool("want reply")?;
                 let request = ChannelRequest::parse(req_name, r.rest())?;
                 let max = self.cfg.max_pending_requests;
-                let Some(ch) = self.expect_open(name, id)? else {
+                // Requests still count after our CLOSE (a server sends exit-status after a
+                // client's early CLOSE; OpenSSH's client takes it), but can no longer be
+                // answered.
+                let ch = self.expect(name, id, State::Open)?;
+                if ch.recv_close {
                     return Ok(());
-                };
+                }
+                let want_reply = want_reply && !ch.sent_close;
                 if want_reply {
                     if ch.peer_pending.len() >= max {
                         return Err(ConnectionError::TooManyPendingRequests { msg: name, max });
@@ -378,7 +395,11 @@ impl Connection {
     /// sent our CLOSE already (the message is then ignored, RFC 4254 §5.3).
     fn expect_open(&mut self, msg: &'static str, id: u32) -> Result<Option<&mut Channel>, ConnectionError> {
         let ch = self.expect(msg, id, State::Open)?;
-        Ok(if ch.sent_close { None } else { Some(ch) })
+        Ok(if ch.sent_close || ch.recv_close {
+            None
+        } else {
+            Some(ch)
+        })
     }
 
     // ---- opening --------------------------------------------------------------------------
@@ -558,10 +579,18 @@ impl Connection {
                 ch.sent_close = true;
                 ch.peer_pending.clear();
                 let peer_id = ch.peer_id;
+                // Our answer to the peer's CLOSE (`answer_close` off): the channel is done.
+                let done = ch.recv_close;
+                if done {
+                    ch.state = State::Dead;
+                }
                 self.queue(5, |out| {
                     out.put_u8(msg::CHANNEL_CLOSE);
                     out.put_u32(peer_id);
                 });
+                if done {
+                    self.events.push_back(ConnectionEvent::Closed { id });
+                }
             }
             _ => {}
         }

@@ -69,6 +69,10 @@ pub struct ConnectionConfig {
     pub max_pending_requests: usize,
     /// The most peer global requests awaiting our reply. Default 64.
     pub max_pending_global_requests: usize,
+    /// Answer the peer's CHANNEL_CLOSE at once (default). A relay sets `false`: it gets
+    /// `PeerClosed` and closes when the other side has said what it still has to say (as
+    /// sshd sends a command's exit-status before answering a client's early CLOSE).
+    pub answer_close: bool,
 }
 
 impl ConnectionConfig {
@@ -81,6 +85,7 @@ impl ConnectionConfig {
             max_channels: 256,
             max_pending_requests: 64,
             max_pending_global_requests: 64,
+            answer_close: true,
         }
     }
 }
@@ -115,7 +120,7 @@ pub enum OpenFailure {
 
 impl OpenFailure {
     /// The code on the wire.
-    pub fn code(self) -> u32 {
+    pub const fn code(self) -> u32 {
         self as u32
     }
 
@@ -153,6 +158,10 @@ pub enum ConnectionEvent {
     WindowAvailable { id: ChannelId },
     /// The peer will send no more data on the channel.
     Eof { id: ChannelId },
+    /// The peer sent CHANNEL_CLOSE and `answer_close` is off: send what is left (requests
+    /// such as exit-status), then `close`; `Closed` follows at once. The peer's data is no
+    /// longer accepted.
+    PeerClosed { id: ChannelId },
     /// Both sides sent CHANNEL_CLOSE; the id is free once this event is polled.
     Closed { id: ChannelId },
     /// A channel request. If `want_reply`, answer with `reply` (or `reply_to`).

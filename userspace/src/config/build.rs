@@ -39,7 +39,7 @@ pub struct Listener {
 
 pub(super) struct Built {
     pub targets: TargetSet,
-    pub auth: crate::proxy::AuthMethods,
+    pub auth: crate::config::AuthMethods,
     pub host_keys: crate::hostcheck::Rules,
     pub identities: Registry,
     pub policies: Engine,
@@ -613,8 +613,8 @@ fn shared_address(
     None
 }
 
-fn auth_methods(c: &Config) -> R<crate::proxy::AuthMethods> {
-    let mut m = crate::proxy::AuthMethods {
+fn auth_methods(c: &Config) -> R<crate::config::AuthMethods> {
+    let mut m = crate::config::AuthMethods {
         none: false,
         publickey: false,
         keyboard_interactive: false,
@@ -649,7 +649,7 @@ fn auth_methods(c: &Config) -> R<crate::proxy::AuthMethods> {
 
 /// Pinned host keys per (vnet, address) and the host CAs; see `hostcheck`.
 fn host_keys(c: &Config, names: &HashMap<String, u16>) -> R<crate::hostcheck::Rules> {
-    use russh::keys::{ssh_key::Fingerprint, PublicKey};
+    use ssh_key::{Fingerprint, PublicKey};
     let key_line = |s: &toml::Spanned<String>, what: &str| {
         PublicKey::from_openssh(s.get_ref().trim()).map_err(|e| {
             Bad::at(
@@ -677,7 +677,7 @@ fn host_keys(c: &Config, names: &HashMap<String, u16>) -> R<crate::hostcheck::Ru
                     )
                 })?
             } else {
-                key_line(k, "target.host_keys")?.fingerprint(russh::keys::HashAlg::Sha256)
+                key_line(k, "target.host_keys")?.fingerprint(ssh_key::HashAlg::Sha256)
             };
             pins.push(fp);
         }
@@ -694,7 +694,7 @@ fn host_keys(c: &Config, names: &HashMap<String, u16>) -> R<crate::hostcheck::Ru
     for k in &c.upstream.host_ca_keys {
         rules
             .cas
-            .push(key_line(k, "upstream.host_ca_keys")?.fingerprint(russh::keys::HashAlg::Sha256));
+            .push(key_line(k, "upstream.host_ca_keys")?.fingerprint(ssh_key::HashAlg::Sha256));
     }
     Ok(rules)
 }

@@ -2,8 +2,10 @@
 //! (`file:line:column: field: what was expected`), and the domain objects the rest of the
 //! gateway runs on — the target set, the identity registry, the policy engine.
 
+mod auth_methods;
 mod build;
 pub mod schema;
+pub use auth_methods::AuthMethods;
 
 use std::{
     ops::Range,
@@ -42,7 +44,7 @@ pub struct Loaded {
     /// Which host keys targets may present.
     pub host_keys: crate::hostcheck::Rules,
     /// How clients may authenticate.
-    pub auth: crate::proxy::AuthMethods,
+    pub auth: crate::config::AuthMethods,
     pub identities: Registry,
     pub policies: Engine,
     pub account: Option<Account>,
@@ -460,7 +462,7 @@ email_prefix_login = true
 
     #[test]
     fn auth_methods_default_to_all_three_and_never_password() {
-        assert_eq!(p(BASE).unwrap().auth, crate::proxy::AuthMethods::default());
+        assert_eq!(p(BASE).unwrap().auth, crate::config::AuthMethods::default());
         let l = p(&format!("{BASE}\n[auth]\nmethods = [\"publickey\"]\n")).unwrap();
         assert!(l.auth.publickey && !l.auth.none && !l.auth.keyboard_interactive);
         for (methods, says) in [

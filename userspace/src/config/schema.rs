@@ -57,6 +57,13 @@ pub struct LimitsConfig {
     /// Refusals of one source and reason beyond the first few in this many seconds are
     /// audited together, as one `refused.flood` event with a count. Default: 10.
     pub refusal_audit_interval_secs: Option<Spanned<u64>>,
+    /// Connections to one target the proxy may have in progress (dialled, not logged in
+    /// yet) for one identity; more wait up to 10 s for a slot, then are refused. Each is an
+    /// unauthenticated connection on the target's sshd, which turns new ones away past its
+    /// `MaxStartups` (10 by default). Default: 4.
+    pub upstream_dials_per_identity: Option<Spanned<usize>>,
+    /// The same per target, from all identities. Default: 8.
+    pub upstream_dials_per_target: Option<Spanned<usize>>,
 }
 
 /// How clients may authenticate to the gateway. None of it is identity (that comes from

@@ -43,9 +43,19 @@ const IDENTIFICATION: &[u8] = b"SSH-2.0-portcullis\r\n";
 /// Sends the identification and a disconnect saying `text`, then closes: after the client
 /// had `LINGER` to read it if `linger`, at once otherwise (the gateway is under pressure and
 /// the connection's descriptor is worth more than the client seeing the text).
-pub async fn refuse(mut s: TcpStream, reason: Reason, text: &str, linger: bool) {
+pub async fn refuse(s: TcpStream, reason: Reason, text: &str, linger: bool) {
     let mut out = IDENTIFICATION.to_vec();
     out.extend_from_slice(&disconnect_packet(reason, text));
+    send_and_close(s, out, linger).await
+}
+
+/// The same, after the proxy's own identification went out already (the connection was
+/// admitted, then the target failed): only the disconnect follows.
+pub async fn refuse_after_hello(s: TcpStream, reason: Reason, text: &str, linger: bool) {
+    send_and_close(s, disconnect_packet(reason, text), linger).await
+}
+
+async fn send_and_close(mut s: TcpStream, out: Vec<u8>, linger: bool) {
     if s.write_all(&out).await.is_err() || s.shutdown().await.is_err() || !linger {
         return;
     }

@@ -1,22 +1,22 @@
 //! The proxy's own SSH connection to the target: dialled inside the target's vnet
-//! (SO_MARK 0x40000000 | vnet selects its routing table), key exchange as a client, and the
-//! target's host key learned for the derivation.
+//! (SO_MARK 0x40000000 | vnet selects its routing table), and taken through its first key
+//! exchange as a client, which yields the target's host key — the input of the key the
+//! proxy shows the client (`hostkey`). The login follows later, once the client has said
+//! who it logs in as ([`Session::login`]).
 
-use std::{
-    net::SocketAddr,
-    sync::{atomic::Ordering, Arc, Mutex},
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 
 use portcullis_common::MARK_UPSTREAM;
-use russh::server::Handle;
-
-use super::link::Link;
-use russh::{
-    client,
-    keys::{PublicKey, PublicKeyOrCertificate},
+use portcullis_ssh::{
+    connection::{ConnectionConfig, Side},
+    session::{Session, SessionEvent},
+    transport::{TransportConfig, TransportEvent},
 };
-use tokio::net::TcpSocket;
+use ssh_key::{Certificate, PublicKey};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpSocket, TcpStream},
+};
 
 /// Why the target could not be reached; shown to the user and audited.
 #[derive(Debug, thiserror::Error)]
@@ -26,147 +26,39 @@ pub enum UpstreamError {
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     #[error("SSH handshake failed: {0}")]
-    Ssh(#[source] russh::Error),
+    Ssh(String),
     #[error("{0}")]
     HostKey(String),
 }
 
-pub struct Up {
-    key: Arc<Mutex<Option<PublicKey>>>,
-    check: crate::hostcheck::Check,
-    /// Why `check` refused the target's key, for the user and the audit.
-    rejected: Arc<Mutex<Option<String>>>,
-    /// Shared with the client's side: its session, what it was granted, its relays.
-    link: Arc<super::link::Link>,
-}
-
-impl client::Handler for Up {
-    type Error = russh::Error;
-
-    async fn check_server_key(&mut self, k: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
-        // Pins and host CAs are checked here; without them trust on first use is the
-        // client's decision (it sees the derived key). The target's key is recorded for the
-        // derivation and the hostkey.changed audit.
-        if let Err(why) = self.check.verify(k, crate::audit::unix_secs()) {
-            *self.rejected.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
-            return Ok(false);
-        }
-        *self.key.lock().unwrap_or_else(|e| e.into_inner()) = Some(k.public_key().clone());
-        Ok(true)
-    }
-
-    /// The target wants the client's agent (only after a forwarded `ssh -A`, which the
-    /// policy must allow): open an agent channel to the client and join them.
-    async fn server_channel_open_agent_forward(
-        &mut self,
-        channel: russh::Channel<client::Msg>,
-        reply: client::ChannelOpenHandle,
-        _session: &mut client::Session,
-    ) -> Result<(), Self::Error> {
-        let open = move |f: Handle| async move { f.channel_open_agent().await };
-        let granted = self.link.agent.load(Ordering::Relaxed);
-        bridge(&self.link, "agent_channel", None, granted, open, channel, reply);
-        Ok(())
-    }
-
-    /// An X client on the target connected to the forwarded display (only after a forwarded
-    /// `ssh -X`, which the policy must allow): open an X11 channel to the client and join them.
-    async fn server_channel_open_x11(
-        &mut self,
-        channel: russh::Channel<client::Msg>,
-        originator_address: &str,
-        originator_port: u32,
-        reply: client::ChannelOpenHandle,
-        _session: &mut client::Session,
-    ) -> Result<(), Self::Error> {
-        let from = originator_address.to_owned();
-        let what = Some(format!("{from}:{originator_port}"));
-        let open = move |f: Handle| async move { f.channel_open_x11(from, originator_port).await };
-        let granted = self.link.x11.load(Ordering::Relaxed);
-        bridge(&self.link, "x11_channel", what, granted, open, channel, reply);
-        Ok(())
-    }
-
-    /// The target accepted a connection on a port forwarded with `ssh -R` (only requested
-    /// when the policy allows it): open the matching channel to the client and join them.
-    async fn server_channel_open_forwarded_tcpip(
-        &mut self,
-        channel: russh::Channel<client::Msg>,
-        connected_address: &str,
-        connected_port: u32,
-        originator_address: &str,
-        originator_port: u32,
-        reply: client::ChannelOpenHandle,
-        _session: &mut client::Session,
-    ) -> Result<(), Self::Error> {
-        let (to, from) = (connected_address.to_owned(), originator_address.to_owned());
-        let what = Some(format!("{to}:{connected_port} from {from}:{originator_port}"));
-        let open = move |f: Handle| async move {
-            f.channel_open_forwarded_tcpip(to, connected_port, from, originator_port)
-                .await
-        };
-        // Only for a listen the client asked for and the target granted (address as the
-        // client wrote it, which sshd echoes, and the bound port): a target that reports
-        // anything else is not forwarding what this client set up, and is refused.
-        let granted = self.link.remote_granted(connected_address, connected_port);
-        bridge(&self.link, "forwarded_tcpip", what, granted, open, channel, reply);
-        Ok(())
-    }
-}
-
-/// Answers a channel the target opened: `open`s its twin on the client's session and joins
-/// the two; refused when the forwarding was not `granted`, there is no client session yet,
-/// or the client said no. In a task: this session's loop must not wait for the client's
-/// (see `answers`).
-fn bridge<F, Fut>(
-    link: &Arc<Link>,
-    kind: &'static str,
-    detail: Option<String>,
-    granted: bool,
-    open: F,
-    up: russh::Channel<client::Msg>,
-    reply: client::ChannelOpenHandle,
-) where
-    F: FnOnce(Handle) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<russh::Channel<russh::server::Msg>, russh::Error>> + Send,
-{
-    let link = link.clone();
-    tokio::spawn(async move {
-        let front = link.front.get().cloned().filter(|_| granted);
-        let Some(front) = front else {
-            link.channel_event(&format!("{kind}_refused"), detail);
-            return reply
-                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
-        };
-        match super::answers::within(open(front)).await {
-            Ok(down) => {
-                link.channel_event(kind, detail);
-                reply.accept().await;
-                link.track(super::tunnel::join(down, up));
-            }
-            Err(why) => {
-                link.channel_event(&format!("{kind}_failed"), Some(why));
-                reply.reject(russh::ChannelOpenFailure::ConnectFailed).await
-            }
-        }
-    });
-}
-
-pub struct Connected {
-    pub handle: client::Handle<Up>,
+/// A target connection through its first key exchange, not logged in yet.
+pub struct Dialled {
+    pub stream: TcpStream,
+    pub session: Session,
+    /// The key that signed the exchange (a host certificate's subject key).
     pub host_key: PublicKey,
 }
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connecting and the first key exchange together.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn connect(
+pub async fn dial(
     addr: SocketAddr,
     vnet: u16,
-    config: Arc<client::Config>,
-    check: crate::hostcheck::Check,
-    link: Arc<super::link::Link>,
-) -> Result<Connected, UpstreamError> {
+    transport: TransportConfig,
+    check: &crate::hostcheck::Check,
+) -> Result<Dialled, UpstreamError> {
+    tokio::time::timeout(CONNECT_TIMEOUT, dial_inner(addr, vnet, transport, check))
+        .await
+        .map_err(|_| UpstreamError::Timeout(CONNECT_TIMEOUT))?
+}
+
+async fn dial_inner(
+    addr: SocketAddr,
+    vnet: u16,
+    transport: TransportConfig,
+    check: &crate::hostcheck::Check,
+) -> Result<Dialled, UpstreamError> {
     let sock = if addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
@@ -181,34 +73,91 @@ pub async fn connect(
     )
     .map_err(UpstreamError::Connect)?;
     sock.set_nodelay(true).map_err(UpstreamError::Connect)?;
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, sock.connect(addr))
-        .await
-        .map_err(|_| UpstreamError::Timeout(CONNECT_TIMEOUT))?
-        .map_err(UpstreamError::Connect)?;
-    let key = Arc::new(Mutex::new(None));
-    let rejected = Arc::new(Mutex::new(None));
-    let up = Up {
-        key: key.clone(),
-        check,
-        rejected: rejected.clone(),
-        link,
-    };
-    let handle = tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        client::connect_stream(config, crate::proxy::buffered(stream), up),
-    )
-    .await
-    .map_err(|_| UpstreamError::Timeout(CONNECT_TIMEOUT))?
-    .map_err(
-        |e| match rejected.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            Some(why) => UpstreamError::HostKey(why),
-            None => UpstreamError::Ssh(e),
-        },
-    )?;
-    let host_key = key
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take()
-        .ok_or(UpstreamError::Ssh(russh::Error::UnknownKey))?;
-    Ok(Connected { handle, host_key })
+    let mut stream = sock.connect(addr).await.map_err(UpstreamError::Connect)?;
+    let mut session = Session::client_deferred(transport, ConnectionConfig::new(Side::Client));
+    let mut cert: Option<Certificate> = None;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        while let Some(ev) = session.poll_event() {
+            match ev {
+                SessionEvent::Transport(TransportEvent::PeerHostCertificate(c)) => cert = Some(*c),
+                SessionEvent::Transport(TransportEvent::PeerHostKey(key)) => {
+                    // Pins and host CAs are checked here; without them trust on first use
+                    // is the client's decision (it sees the derived key).
+                    let verdict = check.verify(&key, cert.as_ref(), crate::audit::unix_secs());
+                    session.transport().host_key_verdict(verdict.is_ok());
+                    if let Err(why) = verdict {
+                        let _ = write_all(&mut stream, &mut session).await;
+                        return Err(UpstreamError::HostKey(why));
+                    }
+                    session.flush().map_err(|e| UpstreamError::Ssh(e.to_string()))?;
+                    return finish_kex(stream, session, key, &mut buf).await;
+                }
+                SessionEvent::Transport(TransportEvent::Disconnected { description, .. }) => {
+                    return Err(UpstreamError::Ssh(format!(
+                        "the target disconnected: {description}"
+                    )));
+                }
+                _ => {}
+            }
+        }
+        write_all(&mut stream, &mut session).await?;
+        let n = stream.read(&mut buf).await.map_err(UpstreamError::Connect)?;
+        if n == 0 {
+            return Err(UpstreamError::Ssh("the target closed the connection".into()));
+        }
+        if let Err(e) = session.recv(&buf[..n]) {
+            let _ = write_all(&mut stream, &mut session).await;
+            return Err(UpstreamError::Ssh(e.to_string()));
+        }
+    }
+}
+
+/// After the verdict: on until both NEWKEYS, so that the relay starts on a settled transport.
+async fn finish_kex(
+    mut stream: TcpStream,
+    mut session: Session,
+    host_key: PublicKey,
+    buf: &mut [u8],
+) -> Result<Dialled, UpstreamError> {
+    loop {
+        while let Some(ev) = session.poll_event() {
+            match ev {
+                SessionEvent::Transport(TransportEvent::KexDone { first: true, .. }) => {
+                    write_all(&mut stream, &mut session).await?;
+                    return Ok(Dialled {
+                        stream,
+                        session,
+                        host_key,
+                    });
+                }
+                SessionEvent::Transport(TransportEvent::Disconnected { description, .. }) => {
+                    return Err(UpstreamError::Ssh(format!(
+                        "the target disconnected: {description}"
+                    )));
+                }
+                _ => {}
+            }
+        }
+        write_all(&mut stream, &mut session).await?;
+        let n = stream.read(buf).await.map_err(UpstreamError::Connect)?;
+        if n == 0 {
+            return Err(UpstreamError::Ssh("the target closed the connection".into()));
+        }
+        if let Err(e) = session.recv(&buf[..n]) {
+            let _ = write_all(&mut stream, &mut session).await;
+            return Err(UpstreamError::Ssh(e.to_string()));
+        }
+    }
+}
+
+async fn write_all(stream: &mut TcpStream, session: &mut Session) -> Result<(), UpstreamError> {
+    while !session.output().is_empty() {
+        let n = stream
+            .write(session.output())
+            .await
+            .map_err(UpstreamError::Connect)?;
+        session.advance_output(n);
+    }
+    Ok(())
 }

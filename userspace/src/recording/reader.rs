@@ -7,7 +7,7 @@ use std::{io::Write, path::Path, time::Duration};
 
 use hpke::{aead::ChaCha20Poly1305, kdf::HkdfSha256, kem::X25519HkdfSha256, Deserializable, OpModeR};
 
-use russh::keys::PublicKey as SignerKey;
+use ssh_key::PublicKey as SignerKey;
 
 use super::{
     format::{self, Header, Record, SOURCE_CLIENT, SOURCE_TARGET},

@@ -11,11 +11,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use russh::keys::{
-    signature::{Signer, Verifier},
-    ssh_key::{self, HashAlg, LineEnding, Signature},
-    Algorithm, PrivateKey, PublicKey,
-};
+use signature::{Signer, Verifier};
+use ssh_key::{Algorithm, HashAlg, LineEnding, PrivateKey, PublicKey, Signature};
 
 /// The comment on the public line, so an operator can tell it from the CA's.
 const COMMENT: &str = "portcullis-recording";

@@ -14,7 +14,7 @@ use std::ops::Range;
 
 use aws_lc_rs::digest;
 use base64::{engine::general_purpose::STANDARD, Engine};
-use russh::keys::PublicKey;
+use ssh_key::PublicKey;
 
 use super::{
     format::{self, Header, Trailer},

@@ -8,7 +8,7 @@
 //! (`trailer.rs`), then the file is synced. No thread is held per recording.
 //!
 //! Memory per recording is bounded: at most [`QUEUE`] records waiting (each one SSH data
-//! message, which holds its `Bytes` — at most russh's 32 KiB maximum packet) plus one
+//! message, which holds its `Bytes` — at most the engine's 32 KiB maximum packet) plus one
 //! block buffer of at most [`BLOCK`] + one record + 20 bytes, shrunk back to
 //! [`IDLE_BUFFER`] whenever the recording goes idle; and a task, a file descriptor, the
 //! header and a hash state.
@@ -147,6 +147,15 @@ pub struct Recorder {
     failed: Arc<AtomicBool>,
 }
 
+/// Why [`Recorder::try_record`] did not take a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TryRecord {
+    /// The writer is behind; try again after [`Recorder::ready`].
+    Full,
+    /// The writer stopped (its write failed).
+    Stopped,
+}
+
 /// What a finished recording wrote.
 #[derive(Debug, Clone)]
 pub struct Summary {
@@ -232,6 +241,40 @@ impl Recorder {
             })
             .await
             .map_err(|_| RecordingError::Stopped("writer gone".into()))
+    }
+
+    /// Records bytes without waiting: `Full` when the writer is behind (the relay holds the
+    /// bytes, and the window they came with, until [`Recorder::ready`]).
+    pub fn try_record(&self, source: u8, code: u32, data: Bytes) -> Result<(), TryRecord> {
+        let item = Item::Data {
+            source,
+            code,
+            at: Instant::now(),
+            data,
+        };
+        self.tx.try_send(item).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => TryRecord::Full,
+            mpsc::error::TrySendError::Closed(_) => TryRecord::Stopped,
+        })
+    }
+
+    /// Resolves once the writer has room for a record (or is gone).
+    pub fn ready(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let tx = self.tx.clone();
+        async move {
+            let _ = tx.reserve().await;
+        }
+    }
+
+    /// The exit data, without waiting: if the queue is full it is handed over by a task
+    /// (which keeps the log open until then).
+    pub fn exit_now(&self, e: ExitData) {
+        if let Err(mpsc::error::TrySendError::Full(item)) = self.tx.try_send(Item::Exit(e)) {
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(item).await;
+            });
+        }
     }
 
     /// Whether a write already failed (the relay stops offering records).

@@ -1,0 +1,404 @@
+//! Each client channel joined to its target channel, and the bytes on their way between
+//! them.
+//!
+//! Bytes a session delivers (`Data`, a zero-copy slice of the decrypted packet) wait in the
+//! pair's flow towards the other hop until that session takes them (`send_data` takes what
+//! the receiver's window allows); only then are they consumed on the sending side, which
+//! credits the sender's window. So what a channel holds is bounded by the window the proxy
+//! granted its sender, a stopped reader stops only its own channel's writer, and nothing
+//! waits on anything else. Recording takes each chunk before any of it is sent on: every
+//! byte that reaches the other side is in the log.
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::{Buf, Bytes};
+use portcullis_ssh::connection::{ChannelId, OpenFailure};
+
+use super::{Hop, Relay};
+use crate::recording::{
+    format::{PtyInfo, CODE_DATA, CODE_EXTENDED, SOURCE_CLIENT, SOURCE_TARGET},
+    writer::{Recorder, TryRecord},
+};
+
+/// Data or extended data (with its code), as received.
+pub(super) type Item = (Option<u32>, Bytes);
+
+/// The bytes on their way to one hop, and what follows them.
+#[derive(Default)]
+pub(super) struct Flow {
+    pub queue: VecDeque<Item>,
+    /// The recording has the head of `queue` (parts of it may be sent already).
+    pub head_recorded: bool,
+    /// The sender sent EOF: pass it on once `queue` is empty.
+    pub eof: bool,
+    pub eof_sent: bool,
+    /// The sender's channel is closed: close this side once `queue` is empty.
+    pub close: bool,
+    pub close_sent: bool,
+    /// The receiver closed its side: bytes for it are dropped (its window given back).
+    pub discard: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Kind {
+    /// A session channel: shell, exec or subsystem, recorded.
+    Session,
+    /// A forwarded connection, agent or X11 channel: bytes joined, not recorded.
+    Tunnel,
+}
+
+pub(super) struct Pair {
+    /// The channel on each hop ([front, up]); `None` once that channel is gone (or for a
+    /// refused session, which has no target side).
+    pub ids: [Option<ChannelId>; 2],
+    /// The hop whose confirmation of our open is awaited (the other hop opened).
+    pub awaiting: Option<Hop>,
+    pub kind: Kind,
+    /// Audited when the open is confirmed (`<kind>`) or fails (`<kind>_failed`).
+    pub audit_open: Option<(&'static str, Option<String>)>,
+    /// `toward[h]`: bytes on their way to hop `h`.
+    pub toward: [Flow; 2],
+    /// Client bytes sent before the shell, command or subsystem started: held (their window
+    /// not credited) until then, so that the recording and the SFTP audit see them first.
+    pub held: VecDeque<Item>,
+    pub started: bool,
+    /// A refused session (or one that may not run unrecorded): it only carries the
+    /// explanation, nothing reaches the target.
+    pub refused: bool,
+    pub rec: Option<Recorder>,
+    /// A wake-up is registered for when `rec` has room.
+    pub rec_waiting: bool,
+    pub sftp: Option<crate::proxy::sftp::Watcher>,
+    pub pty: Option<PtyInfo>,
+    /// Requests with a reply wanted received from each hop (the engine's `reply_to` seq).
+    pub seq: [u64; 2],
+    /// `routes[h]`: what to do with each answer hop `h` owes us, in order.
+    pub routes: [VecDeque<super::requests::Route>; 2],
+}
+
+impl Pair {
+    pub fn new(kind: Kind, ids: [Option<ChannelId>; 2], awaiting: Option<Hop>) -> Self {
+        Pair {
+            ids,
+            awaiting,
+            kind,
+            audit_open: None,
+            toward: Default::default(),
+            held: VecDeque::new(),
+            started: false,
+            refused: false,
+            rec: None,
+            rec_waiting: false,
+            sftp: None,
+            pty: None,
+            seq: [0; 2],
+            routes: Default::default(),
+        }
+    }
+}
+
+/// The pairs of one connection, found by either hop's channel id.
+#[derive(Default)]
+pub(super) struct Pairs {
+    slab: Vec<Option<Pair>>,
+    free: Vec<usize>,
+    by: [HashMap<ChannelId, usize>; 2],
+    dirty: VecDeque<usize>,
+    /// Indexed like `slab`: already in `dirty`.
+    queued: Vec<bool>,
+}
+
+impl Pairs {
+    pub fn insert(&mut self, p: Pair) -> usize {
+        let ids = p.ids;
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.slab[i] = Some(p);
+                i
+            }
+            None => {
+                self.slab.push(Some(p));
+                self.queued.push(false);
+                self.slab.len() - 1
+            }
+        };
+        for (h, id) in ids.iter().enumerate() {
+            if let Some(id) = id {
+                self.by[h].insert(*id, i);
+            }
+        }
+        i
+    }
+
+    pub fn find(&self, h: Hop, id: ChannelId) -> Option<usize> {
+        self.by[h.i()].get(&id).copied()
+    }
+
+    pub fn get(&mut self, i: usize) -> Option<&mut Pair> {
+        self.slab.get_mut(i).and_then(Option::as_mut)
+    }
+
+    /// The pair's channel on `h` is gone (its id is free for reuse); the pair goes with its
+    /// last channel.
+    pub fn forget(&mut self, i: usize, h: Hop) {
+        let Some(p) = self.get(i) else { return };
+        let id = p.ids[h.i()].take();
+        let empty = p.ids.iter().all(Option::is_none);
+        if let Some(id) = id {
+            self.by[h.i()].remove(&id);
+        }
+        if empty {
+            self.slab[i] = None;
+            self.free.push(i);
+        }
+    }
+
+    pub fn mark(&mut self, i: usize) {
+        if let Some(q) = self.queued.get_mut(i) {
+            if !*q {
+                *q = true;
+                self.dirty.push_back(i);
+            }
+        }
+    }
+
+    pub fn mark_all(&mut self) {
+        for i in 0..self.slab.len() {
+            if self.slab[i].is_some() {
+                self.mark(i);
+            }
+        }
+    }
+
+    pub fn recorder_ready(&mut self, i: usize) {
+        if let Some(p) = self.get(i) {
+            p.rec_waiting = false;
+        }
+        self.mark(i);
+    }
+
+    fn take_dirty(&mut self) -> Option<usize> {
+        let i = self.dirty.pop_front()?;
+        self.queued[i] = false;
+        Some(i)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slab.len() == self.free.len()
+    }
+
+    pub fn indices(&self) -> Vec<usize> {
+        (0..self.slab.len()).filter(|&i| self.slab[i].is_some()).collect()
+    }
+}
+
+impl Relay {
+    /// Data (or extended data) from hop `h` on its channel `id`.
+    pub(super) fn on_data(&mut self, h: Hop, id: ChannelId, code: Option<u32>, data: Bytes) {
+        let Some(i) = self.pairs.find(h, id) else {
+            self.hops[h.i()].session.connection().consume(id, data.len());
+            return;
+        };
+        let Some(p) = self.pairs.get(i) else { return };
+        let to = h.other();
+        if p.refused || p.ids[to.i()].is_none() || p.toward[to.i()].discard {
+            // Nowhere to go: dropped, and the window given back.
+            self.hops[h.i()].session.connection().consume(id, data.len());
+            return;
+        }
+        if h == Hop::Front && p.kind == Kind::Session && !p.started {
+            p.held.push_back((code, data));
+            return;
+        }
+        p.toward[to.i()].queue.push_back((code, data));
+        self.pairs.mark(i);
+    }
+
+    pub(super) fn on_eof(&mut self, h: Hop, id: ChannelId) {
+        let Some(i) = self.pairs.find(h, id) else { return };
+        if let Some(p) = self.pairs.get(i) {
+            p.toward[h.other().i()].eof = true;
+        }
+        self.pairs.mark(i);
+    }
+
+    /// The client closed channel `id` first (the front hop does not answer a CLOSE at
+    /// once): the target's side is closed, and the client's is closed when the target's
+    /// is — after the target's last words, such as the exit status, were passed on.
+    pub(super) fn on_peer_closed(&mut self, h: Hop, id: ChannelId) {
+        let Some(i) = self.pairs.find(h, id) else {
+            self.hops[h.i()].session.connection().close(id);
+            return;
+        };
+        let Some(p) = self.pairs.get(i) else { return };
+        p.toward[h.other().i()].close = true;
+        p.held.clear();
+        let to_h = &mut p.toward[h.i()];
+        to_h.discard = true;
+        to_h.queue.clear();
+        if p.ids[h.other().i()].is_none() || p.refused {
+            // No twin to wait for.
+            to_h.close = true;
+        }
+        self.pairs.mark(i);
+    }
+
+    /// Both sides of hop `h` closed the channel (the engine answered the peer's CLOSE): its
+    /// twin is closed once the bytes on their way to it are through.
+    pub(super) fn on_closed(&mut self, h: Hop, id: ChannelId) {
+        let Some(i) = self.pairs.find(h, id) else { return };
+        if let Some(p) = self.pairs.get(i) {
+            p.toward[h.other().i()].close = true;
+            p.toward[h.i()].queue.clear();
+            p.held.clear();
+        }
+        self.pairs.forget(i, h);
+        self.pairs.mark(i);
+    }
+
+    /// Hop `h` is gone: its channels with it; their twins drain and close.
+    pub(super) fn hop_gone(&mut self, h: Hop) {
+        for i in self.pairs.indices() {
+            let Some(p) = self.pairs.get(i) else { continue };
+            if h == Hop::Up && p.kind == Kind::Session && p.ids[h.i()].is_some() && !p.refused {
+                // The target's side ended without closing: say so rather than end silently.
+                let lost = Bytes::from_static(b"\r\nportcullis: the connection to the target was lost\r\n");
+                p.toward[Hop::Front.i()].queue.push_back((Some(1), lost));
+            }
+            p.toward[h.i()].queue.clear();
+            p.toward[h.other().i()].close = true;
+            p.held.clear();
+            let awaited = p.awaiting == Some(h);
+            let twin = p.ids[h.other().i()];
+            if awaited {
+                // The open we made on `h` will never be answered: refuse the twin's.
+                if let Some(t) = twin {
+                    self.hops[h.other().i()].session.connection().reject_open(
+                        t,
+                        OpenFailure::ConnectFailed.code(),
+                        "the other side is gone",
+                    );
+                    self.pairs.forget(i, h.other());
+                }
+            }
+            self.pairs.forget(i, h);
+            self.pairs.mark(i);
+        }
+    }
+
+    pub(super) fn flush_pairs(&mut self) {
+        while let Some(i) = self.pairs.take_dirty() {
+            self.flush_flow(i, Hop::Up);
+            self.flush_flow(i, Hop::Front);
+        }
+    }
+
+    /// Moves what pair `i` has on its way to hop `d` into `d`'s session, as far as the
+    /// receiver's window, `d`'s unsent output and the recording allow.
+    fn flush_flow(&mut self, i: usize, d: Hop) {
+        let s = d.other();
+        let fail_closed = self.conn.ctx.recording.as_ref().is_some_and(|r| r.fail_closed);
+        let Relay {
+            pairs,
+            hops,
+            totals,
+            recorder_waits,
+            conn,
+            ..
+        } = self;
+        let Some(p) = pairs.get(i) else { return };
+        let Some(dst) = p.ids[d.i()] else {
+            p.toward[d.i()].queue.clear();
+            return;
+        };
+        if p.awaiting.is_some() {
+            return;
+        }
+        let src = p.ids[s.i()];
+        let flow = &mut p.toward[d.i()];
+        let mut abort = false;
+        loop {
+            if hops[d.i()].backlog() >= super::HIGH_WATER {
+                hops[d.i()].blocked = true;
+                break;
+            }
+            let Some((code, data)) = flow.queue.front_mut() else {
+                break;
+            };
+            if let Some(rec) = p.rec.as_ref().filter(|r| !flow.head_recorded && !r.failed()) {
+                let source = if d == Hop::Up {
+                    SOURCE_CLIENT
+                } else {
+                    SOURCE_TARGET
+                };
+                let kind = if code.is_some() { CODE_EXTENDED } else { CODE_DATA };
+                match rec.try_record(source, kind, data.clone()) {
+                    Ok(()) => flow.head_recorded = true,
+                    Err(TryRecord::Full) => {
+                        if !p.rec_waiting {
+                            p.rec_waiting = true;
+                            let ready = rec.ready();
+                            recorder_waits.push(Box::pin(async move {
+                                ready.await;
+                                i
+                            }));
+                        }
+                        break;
+                    }
+                    Err(TryRecord::Stopped) => {
+                        rec.mark_failed();
+                        tracing::error!(session = %conn.session, recording = %rec.path.display(), "recording failed");
+                        if fail_closed {
+                            abort = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            let c = hops[d.i()].session.connection();
+            let n = match code {
+                None => c.send_data(dst, data),
+                Some(code) => c.send_extended_data(dst, *code, data),
+            };
+            if n == 0 {
+                break;
+            }
+            if let Some(src) = src {
+                hops[s.i()].session.connection().consume(src, n);
+            }
+            if d == Hop::Up && code.is_none() {
+                if let Some(w) = p.sftp.as_mut() {
+                    w.feed(&data[..n]);
+                }
+            }
+            totals.to[d.i()] += n as u64;
+            if n == data.len() {
+                flow.queue.pop_front();
+                flow.head_recorded = false;
+            } else {
+                data.advance(n);
+            }
+        }
+        if abort {
+            // The session may not go on unrecorded: both sides closed, nothing more passes.
+            for h in [Hop::Front, Hop::Up] {
+                p.toward[h.i()].queue.clear();
+                if let Some(id) = p.ids[h.i()] {
+                    hops[h.i()].session.connection().close(id);
+                }
+            }
+            return;
+        }
+        if flow.queue.is_empty() {
+            let c = hops[d.i()].session.connection();
+            if flow.eof && !flow.eof_sent {
+                flow.eof_sent = true;
+                c.eof(dst);
+            }
+            if flow.close && !flow.close_sent {
+                flow.close_sent = true;
+                c.close(dst);
+            }
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! What a connection is judged against: the parts of the loaded configuration the proxy
+//! reads, swapped whole on reload (the daemon holds it in an `ArcSwap`).
+
+use crate::{config, identity::Registry, policy::Engine, targets::TargetSet};
+
+/// What a connection is judged against; replaced whole on reload, so a connection sees
+/// one consistent configuration.
+pub struct Snapshot {
+    pub targets: TargetSet,
+    /// (vnet, address) → index into `targets.addrs`: a connection's target in one lookup,
+    /// however many targets there are.
+    target_index: std::collections::HashMap<(u16, std::net::IpAddr), usize>,
+    pub host_keys: crate::hostcheck::Rules,
+    pub auth: config::AuthMethods,
+    pub identities: Registry,
+    pub policies: Engine,
+    /// `[limits] upstream_dials_per_*`.
+    pub dial_caps: crate::proxy::dial_slots::Caps,
+}
+
+impl Snapshot {
+    pub fn new(l: config::Loaded) -> Self {
+        let target_index = l
+            .targets
+            .addrs
+            .iter()
+            .enumerate()
+            .map(|(i, t)| ((t.vnet, crate::targets::canonical(t.addr)), i))
+            .collect();
+        Self {
+            target_index,
+            targets: l.targets,
+            host_keys: l.host_keys,
+            auth: l.auth,
+            identities: l.identities,
+            policies: l.policies,
+            dial_caps: dial_caps(&l.config.limits),
+        }
+    }
+
+    /// The target that owns `addr` in vnet `vnet`, if any.
+    pub fn target(&self, vnet: u16, addr: std::net::IpAddr) -> Option<&crate::targets::TargetAddr> {
+        let i = self.target_index.get(&(vnet, crate::targets::canonical(addr)))?;
+        self.targets.addrs.get(*i)
+    }
+}
+
+fn dial_caps(l: &config::schema::LimitsConfig) -> crate::proxy::dial_slots::Caps {
+    let d = crate::proxy::dial_slots::Caps::default();
+    crate::proxy::dial_slots::Caps {
+        per_identity: l
+            .upstream_dials_per_identity
+            .as_ref()
+            .map_or(d.per_identity, |v| *v.get_ref()),
+        per_target: l
+            .upstream_dials_per_target
+            .as_ref()
+            .map_or(d.per_target, |v| *v.get_ref()),
+    }
+}
