@@ -29,6 +29,7 @@ use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -609,4 +610,127 @@ fn idle_tcp_connections_do_not_dial_the_target() {
     let _ = idle[0].read_exact(&mut line);
     assert_eq!(&line, b"SSH-2.0-", "{}", diagnostics(&g));
     drop(idle);
+}
+
+/// Connections that did send an identification line, and then nothing: each has a target
+/// connection being set up (an unauthenticated one on sshd, counted towards its
+/// `MaxStartups`), at most `[limits] upstream_dials_per_identity` (4) at once per identity.
+#[test]
+fn identified_idle_connections_are_bounded_per_identity() {
+    let Some(g) = gateway(GatewayOptions {
+        extra: "\n[limits]\nunauthenticated = 256\nunauthenticated_per_source = 64\n".into(),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let before = established_to(g.target);
+    let idle: Vec<TcpStream> = (0..10)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", g.proxy_port)).expect("connect to the gateway");
+            s.write_all(b"SSH-2.0-test\r\n").unwrap();
+            s
+        })
+        .collect();
+    let four = poll(5, || (established_to(g.target) == before + 4).then_some(()));
+    assert!(
+        four.is_some(),
+        "10 identified idle connections: {} connections to the target (before: {before}){}",
+        established_to(g.target),
+        diagnostics(&g)
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        established_to(g.target),
+        before + 4,
+        "the cap holds{}",
+        diagnostics(&g)
+    );
+    drop(idle);
+    // Given back when they go: no connection to the target is left behind.
+    let back = poll(10, || (established_to(g.target) == before).then_some(()));
+    assert!(
+        back.is_some(),
+        "slots and connections released{}",
+        diagnostics(&g)
+    );
+}
+
+/// A login the policy refuses: the client is let in to read why, but the target connection
+/// (unauthenticated on sshd) is closed at once, not held while the client lingers.
+#[test]
+fn a_refused_login_does_not_hold_a_target_connection() {
+    let Some(g) = gateway(GatewayOptions::default()) else {
+        return;
+    };
+    let before = established_to(g.target);
+    let mut c = g.ssh(&[], &["-N", "nobody@127.0.0.1"]);
+    let mut child = c
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let denied = poll(10, || {
+        g.audit()
+            .iter()
+            .any(|e| e["event"] == "deny" && e["login"] == "nobody")
+            .then_some(())
+    });
+    assert!(denied.is_some(), "the refusal is audited{}", diagnostics(&g));
+    let gone = poll(5, || (established_to(g.target) == before).then_some(()));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        gone.is_some(),
+        "a refused client holds {} connections to the target (before: {before}){}",
+        established_to(g.target),
+        diagnostics(&g)
+    );
+}
+
+/// `sftp -s /usr/lib/openssh/sftp-server` runs the SFTP server as a command (an exec, not
+/// the `sftp` subsystem), as does any session on a target with `ForceCommand internal-sftp`:
+/// the session's first bytes (an SFTP INIT) give it away, and its file operations are
+/// audited all the same.
+#[test]
+fn sftp_server_run_as_a_command_is_audited() {
+    let server = "/usr/lib/openssh/sftp-server";
+    if !Path::new(server).exists() {
+        eprintln!("skipping: no {server}");
+        return;
+    }
+    let Some(g) = gateway(GatewayOptions::default()) else {
+        return;
+    };
+    let victim = g.dir.join("victim-of-exec-sftp");
+    std::fs::write(&victim, "x").unwrap();
+    let batch = g.dir.join("batch-exec-sftp");
+    std::fs::write(&batch, format!("rm {}\n", victim.display())).unwrap();
+    let opts = portcullis_testbed::ssh_opts(&g.dir.join("known_hosts"));
+    let o = Command::new("sftp")
+        .args(&opts)
+        .args(["-s", server, "-P", &g.proxy_port.to_string(), "-b"])
+        .arg(&batch)
+        .arg("root@127.0.0.1")
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stderr),
+        diagnostics(&g)
+    );
+    assert!(!victim.exists(), "the remove ran");
+    let audited = poll(5, || {
+        g.audit()
+            .iter()
+            .any(|e| {
+                e["event"] == "sftp"
+                    && e["reason"] == "remove"
+                    && e["rule"]
+                        .as_str()
+                        .is_some_and(|r| r.contains("victim-of-exec-sftp"))
+            })
+            .then_some(())
+    });
+    assert!(audited.is_some(), "the remove is audited{}", diagnostics(&g));
 }

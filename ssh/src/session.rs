@@ -177,6 +177,19 @@ impl Session {
         self.transport.output()
     }
 
+    /// Everything on its way out and not written yet: the output, payloads the transport
+    /// holds during a key exchange, and the connection layer's queue. A relay stops handing
+    /// over data while this is high (a peer that does not read, or stalls a key exchange,
+    /// must not make us buffer).
+    pub fn backlog(&self) -> usize {
+        self.transport.output().len() + self.transport.held_bytes() + self.conn.queued_transmit_bytes()
+    }
+
+    /// A key exchange is in progress (a relay bounds how long it may take).
+    pub fn is_kex_in_progress(&self) -> bool {
+        self.transport.is_kex_in_progress()
+    }
+
     /// The caller wrote `n` bytes of [`output`](Self::output).
     pub fn advance_output(&mut self, n: usize) {
         self.transport.advance_output(n)

@@ -73,6 +73,43 @@ impl Limits {
     }
 }
 
+/// Defaults of `[limits] upstream_dials_per_identity` / `upstream_dials_per_target`:
+/// below OpenSSH's `MaxStartups` start of 10.
+pub const DEFAULT_DIALS_PER_IDENTITY: usize = 4;
+pub const DEFAULT_DIALS_PER_TARGET: usize = 8;
+/// Caps on upstream connections in progress (`proxy::dial_slots`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DialCaps {
+    pub per_identity: usize,
+    pub per_target: usize,
+}
+
+impl Default for DialCaps {
+    fn default() -> Self {
+        Self {
+            per_identity: DEFAULT_DIALS_PER_IDENTITY,
+            per_target: DEFAULT_DIALS_PER_TARGET,
+        }
+    }
+}
+
+impl DialCaps {
+    /// `[limits] upstream_dials_per_*`, defaults for what is not set.
+    pub fn resolve(l: &LimitsConfig) -> Self {
+        let d = Self::default();
+        Self {
+            per_identity: l
+                .upstream_dials_per_identity
+                .as_ref()
+                .map_or(d.per_identity, |v| *v.get_ref()),
+            per_target: l
+                .upstream_dials_per_target
+                .as_ref()
+                .map_or(d.per_target, |v| *v.get_ref()),
+        }
+    }
+}
+
 /// Why a connection was not admitted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refused {

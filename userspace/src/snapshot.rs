@@ -15,7 +15,7 @@ pub struct Snapshot {
     pub identities: Registry,
     pub policies: Engine,
     /// `[limits] upstream_dials_per_*`.
-    pub dial_caps: crate::proxy::dial_slots::Caps,
+    pub dial_caps: crate::admission::DialCaps,
 }
 
 impl Snapshot {
@@ -34,7 +34,7 @@ impl Snapshot {
             auth: l.auth,
             identities: l.identities,
             policies: l.policies,
-            dial_caps: dial_caps(&l.config.limits),
+            dial_caps: crate::admission::DialCaps::resolve(&l.config.limits),
         }
     }
 
@@ -42,19 +42,5 @@ impl Snapshot {
     pub fn target(&self, vnet: u16, addr: std::net::IpAddr) -> Option<&crate::targets::TargetAddr> {
         let i = self.target_index.get(&(vnet, crate::targets::canonical(addr)))?;
         self.targets.addrs.get(*i)
-    }
-}
-
-fn dial_caps(l: &config::schema::LimitsConfig) -> crate::proxy::dial_slots::Caps {
-    let d = crate::proxy::dial_slots::Caps::default();
-    crate::proxy::dial_slots::Caps {
-        per_identity: l
-            .upstream_dials_per_identity
-            .as_ref()
-            .map_or(d.per_identity, |v| *v.get_ref()),
-        per_target: l
-            .upstream_dials_per_target
-            .as_ref()
-            .map_or(d.per_target, |v| *v.get_ref()),
     }
 }

@@ -419,6 +419,11 @@ impl Transport {
     }
 
     /// A key exchange is running.
+    /// Bytes of upper-layer payloads held until the key exchange in progress completes.
+    pub fn held_bytes(&self) -> usize {
+        self.held.len()
+    }
+
     pub fn is_kex_in_progress(&self) -> bool {
         self.kex.is_some()
     }

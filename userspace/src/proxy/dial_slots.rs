@@ -13,27 +13,10 @@ use std::{
 
 use tokio::sync::Notify;
 
-/// Defaults of `[limits] upstream_dials_per_identity` / `upstream_dials_per_target`:
-/// below OpenSSH's `MaxStartups` start of 10.
-pub const DEFAULT_PER_IDENTITY: usize = 4;
-pub const DEFAULT_PER_TARGET: usize = 8;
+pub use crate::admission::DialCaps as Caps;
+
 /// How long a connection waits for a slot.
 pub const WAIT: Duration = Duration::from_secs(10);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Caps {
-    pub per_identity: usize,
-    pub per_target: usize,
-}
-
-impl Default for Caps {
-    fn default() -> Self {
-        Self {
-            per_identity: DEFAULT_PER_IDENTITY,
-            per_target: DEFAULT_PER_TARGET,
-        }
-    }
-}
 
 type TargetKey = (u16, IpAddr);
 

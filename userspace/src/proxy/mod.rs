@@ -281,6 +281,9 @@ pub async fn serve(inc: Incoming, snap: Arc<Snapshot>, ctx: Option<Arc<Context>>
         Ok(k) => k,
         Err(e) => {
             tracing::error!(error = %e, "host key derivation failed");
+            let mut d = conn.deny("hostkey_derivation_failed");
+            d.rule = Some(e.to_string());
+            conn.ctx.audit.emit(&d);
             return;
         }
     };

@@ -158,6 +158,14 @@ impl Watcher {
                 let op = match name.as_str() {
                     "posix-rename@openssh.com" => "rename",
                     "hardlink@openssh.com" => "hardlink",
+                    // Attributes of a path, without following a symlink: one name.
+                    "lsetstat@openssh.com" => {
+                        let Some(path) = string(body, &mut at) else {
+                            return false;
+                        };
+                        self.emit("lsetstat".into(), path);
+                        return true;
+                    }
                     // Other extensions name no file we audit.
                     _ => return true,
                 };

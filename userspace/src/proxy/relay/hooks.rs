@@ -36,20 +36,21 @@ impl Relay {
         if !self.start_recording(i, id, request, seq) {
             return false;
         }
-        if matches!(req, ChannelRequest::Subsystem { name } if name == "sftp") {
-            let w = crate::proxy::sftp::Watcher::new(self.conn.ctx.audit.clone(), self.conn.event("sftp"));
-            if let Some(p) = self.pairs.get(i) {
-                p.sftp = Some(w);
-            }
-        }
+        let sftp = matches!(req, ChannelRequest::Subsystem { name } if name == "sftp");
+        let w = sftp
+            .then(|| crate::proxy::sftp::Watcher::new(self.conn.ctx.audit.clone(), self.conn.event("sftp")));
         self.channel_event(label, detail);
         if let Some(p) = self.pairs.get(i) {
             p.started = true;
-            let held = std::mem::take(&mut p.held);
-            let q = &mut p.toward[Hop::Up.i()].queue;
-            for item in held.into_iter().rev() {
-                q.push_front(item);
+            if w.is_none() {
+                p.sniff = Some(Vec::with_capacity(9));
             }
+            p.sftp = w;
+            // Nothing was queued towards the target before the start: the held bytes are
+            // the flow.
+            let held = std::mem::take(&mut p.held);
+            p.toward[Hop::Up.i()] = held;
+            p.toward[Hop::Up.i()].eof = std::mem::take(&mut p.held_eof);
         }
         self.pairs.mark(i);
         true

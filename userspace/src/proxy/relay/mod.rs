@@ -55,6 +55,12 @@ pub const READ_PAUSE: usize = 4 * 1024 * 1024;
 pub const AUTH: Duration = Duration::from_secs(60);
 /// Once one side is gone, how long the other's channels may take to drain.
 pub const DRAIN: Duration = Duration::from_secs(30);
+/// How long a key exchange after the first may take (while it runs, data to that side is
+/// held by its transport: a peer must not stall one to make us buffer).
+pub const KEX: Duration = Duration::from_secs(60);
+/// `channel.open` events audited per connection; the rest are counted for `session.end`
+/// (a client opening refused channels in a loop must not flood the trail).
+pub const CHANNEL_EVENTS: u32 = 256;
 /// One socket read.
 const READ_CHUNK: usize = 256 * 1024;
 
@@ -98,7 +104,7 @@ struct HopIo {
 
 impl HopIo {
     fn backlog(&mut self) -> usize {
-        self.session.output().len() + self.session.connection().queued_transmit_bytes()
+        self.session.backlog()
     }
 
     /// Gone and nothing left to write.
@@ -162,7 +168,22 @@ pub struct Relay {
     auth_timed_out: bool,
     /// Set once a hop is gone: the rest drains until then.
     drain_deadline: Option<Instant>,
+    /// When each hop's key exchange in progress started.
+    kex_since: [Option<Instant>; 2],
+    /// `channel.open` events audited, and suppressed past [`CHANNEL_EVENTS`].
+    channel_events: std::cell::Cell<(u32, u64)>,
     started: std::time::Instant,
+}
+
+/// TCP keepalives on a relayed socket: a peer that vanished without closing (a laptop
+/// closed, a network gone) is noticed within about two minutes of silence, and its session
+/// ends instead of holding both connections for the kernel's default two hours.
+fn keepalive(s: &TcpStream) {
+    use crate::steer::set_sockopt;
+    let _ = set_sockopt(s, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+    let _ = set_sockopt(s, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 60);
+    let _ = set_sockopt(s, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 15);
+    let _ = set_sockopt(s, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 4);
 }
 
 /// `[auth] methods` as the engine's server authentication settings.
@@ -217,6 +238,8 @@ impl Relay {
             auth_deadline: Instant::now() + AUTH,
             auth_timed_out: false,
             drain_deadline: None,
+            kex_since: [None; 2],
+            channel_events: Default::default(),
             started: std::time::Instant::now(),
         };
         if let Some(e) = fed {
@@ -226,6 +249,9 @@ impl Relay {
     }
 
     pub async fn run(mut self) {
+        for io in &self.hops {
+            keepalive(&io.stream);
+        }
         loop {
             self.process();
             if self.hops.iter().all(HopIo::finished) {
@@ -236,8 +262,7 @@ impl Relay {
             }
             let read = [self.can_read(Hop::Front), self.can_read(Hop::Up)];
             let write = [self.can_write(Hop::Front), self.can_write(Hop::Up)];
-            let authenticating = !self.auth_timed_out && !matches!(self.auth, AuthState::Authorized { .. });
-            let (auth_deadline, drain_deadline) = (self.auth_deadline, self.drain_deadline);
+            let next = self.next_deadline();
             let [front, up] = &self.hops;
             tokio::select! {
                 r = front.stream.readable(), if read[0] => self.read(Hop::Front, r),
@@ -247,11 +272,55 @@ impl Relay {
                 Some(i) = self.recorder_waits.next(), if !self.recorder_waits.is_empty() => {
                     self.pairs.recorder_ready(i);
                 }
-                () = tokio::time::sleep_until(auth_deadline), if authenticating => self.auth_timeout(),
-                () = tokio::time::sleep_until(drain_deadline.unwrap_or(auth_deadline)), if drain_deadline.is_some() => {}
+                () = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => self.on_timer(),
             }
         }
         self.end();
+    }
+
+    /// The earliest of the authentication deadline (until authenticated), the drain
+    /// deadline and the key exchanges' deadlines.
+    fn next_deadline(&mut self) -> Option<Instant> {
+        let now = Instant::now();
+        for (h, since) in self.kex_since.iter_mut().enumerate() {
+            match self.hops[h].session.is_kex_in_progress() {
+                true => {
+                    since.get_or_insert(now);
+                }
+                false => *since = None,
+            }
+        }
+        let authenticating = !self.auth_timed_out && !matches!(self.auth, AuthState::Authorized { .. });
+        [
+            authenticating.then_some(self.auth_deadline),
+            self.drain_deadline,
+            self.kex_since[0].map(|t| t + KEX),
+            self.kex_since[1].map(|t| t + KEX),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn on_timer(&mut self) {
+        let now = Instant::now();
+        let authenticating = !self.auth_timed_out && !matches!(self.auth, AuthState::Authorized { .. });
+        if authenticating && self.auth_deadline <= now {
+            self.auth_timeout();
+        }
+        for h in [Hop::Front, Hop::Up] {
+            // The first key exchange of the client's hop is bounded by the authentication
+            // deadline already.
+            let authenticated = matches!(self.auth, AuthState::Authorized { .. });
+            if self.kex_since[h.i()].is_some_and(|t| t + KEX <= now) && (h == Hop::Up || authenticated) {
+                tracing::info!(session = %self.conn.session, hop = ?h, "a key exchange took too long");
+                self.hops[h.i()]
+                    .session
+                    .disconnect(disconnect::BY_APPLICATION, "key exchange timed out");
+                self.kex_since[h.i()] = None;
+                self.gone(h);
+            }
+        }
     }
 
     fn can_read(&mut self, h: Hop) -> bool {
@@ -333,6 +402,12 @@ impl Relay {
                 if let Err(e) = self.hops[h.i()].session.flush() {
                     self.session_failed(h, &e);
                 }
+                // What the flush produced (a channel's `Closed`, say) is handled now, not at
+                // the next wake-up.
+                while let Some(ev) = self.hops[h.i()].session.poll_event() {
+                    progressed = true;
+                    self.on_event(h, ev);
+                }
             }
             if !progressed {
                 break;
@@ -377,7 +452,7 @@ impl Relay {
         match authorize::decide(&self.conn, &user) {
             Decision::Refuse { why } => {
                 self.auth = AuthState::Refused { why };
-                self.slot = None;
+                self.drop_upstream("refused");
                 self.accept_front();
             }
             Decision::Allow {
@@ -405,6 +480,11 @@ impl Relay {
             return;
         };
         match ev {
+            ClientAuthEvent::Success if self.hops[0].gone => {
+                // The client left (or timed out) while the target was logging in.
+                self.auth = AuthState::Open;
+                self.drop_upstream("the client is gone");
+            }
             ClientAuthEvent::Success => {
                 let AuthState::LoggingIn {
                     login,
@@ -437,11 +517,23 @@ impl Relay {
                 self.conn.ctx.audit.emit(&ev);
                 let why = authorize::upstream_refused(&self.conn, login);
                 self.auth = AuthState::Refused { why };
-                self.slot = None;
+                self.drop_upstream("refused");
                 self.accept_front();
             }
             _ => {}
         }
+    }
+
+    /// A refused (or abandoned) connection's target connection is closed at once: it is an
+    /// unauthenticated connection on the target's sshd, which counts towards `MaxStartups`.
+    /// The client stays to read why (until it leaves or the authentication deadline).
+    fn drop_upstream(&mut self, why: &str) {
+        let up = &mut self.hops[1];
+        if !up.gone {
+            up.session.disconnect(disconnect::BY_APPLICATION, why);
+            up.gone = true;
+        }
+        self.slot = None;
     }
 
     fn accept_front(&mut self) {
@@ -514,6 +606,10 @@ impl Relay {
             return;
         }
         for h in [Hop::Front, Hop::Up] {
+            // A refused client stays to read why; its target connection went at once.
+            if h == Hop::Front && matches!(self.auth, AuthState::Refused { .. }) {
+                continue;
+            }
             let other = &self.hops[h.other().i()];
             if other.gone && !self.hops[h.i()].gone {
                 let text = match h {
@@ -534,13 +630,18 @@ impl Relay {
         };
         let mut e = self.conn.event("session.end");
         let t = &self.totals;
+        let suppressed = self.channel_events.get().1;
         e.reason = Some(format!(
-            "bytes_from_client={} bytes_from_target={} exit_status={} duration_ms={}",
+            "bytes_from_client={} bytes_from_target={} exit_status={} duration_ms={}{}",
             t.to[Hop::Up.i()],
             t.to[Hop::Front.i()],
             t.exit_status
                 .map_or_else(|| "none".to_string(), |s| s.to_string()),
-            self.started.elapsed().as_millis()
+            self.started.elapsed().as_millis(),
+            match suppressed {
+                0 => String::new(),
+                n => format!(" channel_events_not_audited={n}"),
+            }
         ));
         self.conn.ctx.audit.emit(&e);
     }

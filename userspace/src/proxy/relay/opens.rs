@@ -173,6 +173,12 @@ impl Relay {
 
     /// Audits `channel.open` with `kind` as its reason and `detail` as its rule.
     pub(super) fn channel_event(&self, kind: &str, detail: Option<String>) {
+        let (audited, suppressed) = self.channel_events.get();
+        if audited >= super::CHANNEL_EVENTS {
+            self.channel_events.set((audited, suppressed + 1));
+            return;
+        }
+        self.channel_events.set((audited + 1, suppressed));
         let mut e = self.conn.event("channel.open");
         e.reason = Some(kind.to_string());
         e.rule = detail;

@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use portcullis_ssh::connection::{ChannelId, OpenFailure};
 
 use super::{Hop, Relay};
@@ -23,10 +23,19 @@ use crate::recording::{
 /// Data or extended data (with its code), as received.
 pub(super) type Item = (Option<u32>, Bytes);
 
+/// Chunks up to this size are copied together (one item, one allocation) instead of kept
+/// as slices of their packets: a peer sending its window in tiny packets must not turn
+/// 2 MiB of window into millions of queue entries, each pinning a receive buffer.
+const SMALL: usize = 2048;
+/// The most one coalesced item holds.
+const TAIL_MAX: usize = 64 * 1024;
+
 /// The bytes on their way to one hop, and what follows them.
 #[derive(Default)]
 pub(super) struct Flow {
     pub queue: VecDeque<Item>,
+    /// Small chunks being coalesced, after `queue`.
+    tail: Option<(Option<u32>, BytesMut)>,
     /// The recording has the head of `queue` (parts of it may be sent already).
     pub head_recorded: bool,
     /// The sender sent EOF: pass it on once `queue` is empty.
@@ -37,6 +46,47 @@ pub(super) struct Flow {
     pub close_sent: bool,
     /// The receiver closed its side: bytes for it are dropped (its window given back).
     pub discard: bool,
+    /// The sender closed early: what the receiver cannot take now is dropped, not waited for.
+    pub abandon: bool,
+}
+
+impl Flow {
+    /// Adds received bytes, after what is queued.
+    pub fn push(&mut self, code: Option<u32>, data: Bytes) {
+        if data.len() > SMALL {
+            self.seal();
+            self.queue.push_back((code, data));
+            return;
+        }
+        match &mut self.tail {
+            Some((c, buf)) if *c == code && buf.len() + data.len() <= TAIL_MAX => {
+                buf.extend_from_slice(&data)
+            }
+            _ => {
+                self.seal();
+                let mut buf = BytesMut::with_capacity(data.len().max(SMALL));
+                buf.extend_from_slice(&data);
+                self.tail = Some((code, buf));
+            }
+        }
+    }
+
+    /// Moves the coalesced chunks into the queue.
+    fn seal(&mut self) {
+        if let Some((code, buf)) = self.tail.take() {
+            self.queue.push_back((code, buf.freeze()));
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty() && self.tail.is_none()
+    }
+
+    pub fn clear(&mut self) {
+        self.queue.clear();
+        self.tail = None;
+        self.head_recorded = false;
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,7 +110,9 @@ pub(super) struct Pair {
     pub toward: [Flow; 2],
     /// Client bytes sent before the shell, command or subsystem started: held (their window
     /// not credited) until then, so that the recording and the SFTP audit see them first.
-    pub held: VecDeque<Item>,
+    pub held: Flow,
+    /// The client sent EOF before the session started: passed on after the held bytes.
+    pub held_eof: bool,
     pub started: bool,
     /// A refused session (or one that may not run unrecorded): it only carries the
     /// explanation, nothing reaches the target.
@@ -69,6 +121,10 @@ pub(super) struct Pair {
     /// A wake-up is registered for when `rec` has room.
     pub rec_waiting: bool,
     pub sftp: Option<crate::proxy::sftp::Watcher>,
+    /// The first client bytes of a started session without a watcher: if they are an SFTP
+    /// INIT, the session runs an SFTP server (`ForceCommand internal-sftp`, `sftp -s
+    /// /path/sftp-server` as an exec) and gets a watcher after all.
+    pub sniff: Option<Vec<u8>>,
     pub pty: Option<PtyInfo>,
     /// Requests with a reply wanted received from each hop (the engine's `reply_to` seq).
     pub seq: [u64; 2],
@@ -84,12 +140,14 @@ impl Pair {
             kind,
             audit_open: None,
             toward: Default::default(),
-            held: VecDeque::new(),
+            held: Flow::default(),
+            held_eof: false,
             started: false,
             refused: false,
             rec: None,
             rec_waiting: false,
             sftp: None,
+            sniff: None,
             pty: None,
             seq: [0; 2],
             routes: Default::default(),
@@ -207,16 +265,21 @@ impl Relay {
             return;
         }
         if h == Hop::Front && p.kind == Kind::Session && !p.started {
-            p.held.push_back((code, data));
+            p.held.push(code, data);
             return;
         }
-        p.toward[to.i()].queue.push_back((code, data));
+        p.toward[to.i()].push(code, data);
         self.pairs.mark(i);
     }
 
     pub(super) fn on_eof(&mut self, h: Hop, id: ChannelId) {
         let Some(i) = self.pairs.find(h, id) else { return };
         if let Some(p) = self.pairs.get(i) {
+            if h == Hop::Front && p.kind == Kind::Session && !p.started {
+                // After the held bytes, once the session starts.
+                p.held_eof = true;
+                return;
+            }
             p.toward[h.other().i()].eof = true;
         }
         self.pairs.mark(i);
@@ -231,11 +294,13 @@ impl Relay {
             return;
         };
         let Some(p) = self.pairs.get(i) else { return };
-        p.toward[h.other().i()].close = true;
+        let to_twin = &mut p.toward[h.other().i()];
+        to_twin.close = true;
+        to_twin.abandon = true;
         p.held.clear();
         let to_h = &mut p.toward[h.i()];
         to_h.discard = true;
-        to_h.queue.clear();
+        to_h.clear();
         if p.ids[h.other().i()].is_none() || p.refused {
             // No twin to wait for.
             to_h.close = true;
@@ -249,7 +314,7 @@ impl Relay {
         let Some(i) = self.pairs.find(h, id) else { return };
         if let Some(p) = self.pairs.get(i) {
             p.toward[h.other().i()].close = true;
-            p.toward[h.i()].queue.clear();
+            p.toward[h.i()].clear();
             p.held.clear();
         }
         self.pairs.forget(i, h);
@@ -265,7 +330,7 @@ impl Relay {
                 let lost = Bytes::from_static(b"\r\nportcullis: the connection to the target was lost\r\n");
                 p.toward[Hop::Front.i()].queue.push_back((Some(1), lost));
             }
-            p.toward[h.i()].queue.clear();
+            p.toward[h.i()].clear();
             p.toward[h.other().i()].close = true;
             p.held.clear();
             let awaited = p.awaiting == Some(h);
@@ -308,7 +373,7 @@ impl Relay {
         } = self;
         let Some(p) = pairs.get(i) else { return };
         let Some(dst) = p.ids[d.i()] else {
-            p.toward[d.i()].queue.clear();
+            p.toward[d.i()].clear();
             return;
         };
         if p.awaiting.is_some() {
@@ -321,6 +386,9 @@ impl Relay {
             if hops[d.i()].backlog() >= super::HIGH_WATER {
                 hops[d.i()].blocked = true;
                 break;
+            }
+            if flow.queue.is_empty() {
+                flow.seal();
             }
             let Some((code, data)) = flow.queue.front_mut() else {
                 break;
@@ -367,8 +435,8 @@ impl Relay {
                 hops[s.i()].session.connection().consume(src, n);
             }
             if d == Hop::Up && code.is_none() {
-                if let Some(w) = p.sftp.as_mut() {
-                    w.feed(&data[..n]);
+                if let Some(w) = watch_sftp(p.sftp.as_mut(), &mut p.sniff, &data[..n], conn) {
+                    p.sftp = Some(w);
                 }
             }
             totals.to[d.i()] += n as u64;
@@ -382,14 +450,17 @@ impl Relay {
         if abort {
             // The session may not go on unrecorded: both sides closed, nothing more passes.
             for h in [Hop::Front, Hop::Up] {
-                p.toward[h.i()].queue.clear();
+                p.toward[h.i()].clear();
                 if let Some(id) = p.ids[h.i()] {
                     hops[h.i()].session.connection().close(id);
                 }
             }
             return;
         }
-        if flow.queue.is_empty() {
+        if flow.abandon {
+            flow.clear();
+        }
+        if flow.is_empty() {
             let c = hops[d.i()].session.connection();
             if flow.eof && !flow.eof_sent {
                 flow.eof_sent = true;
@@ -400,5 +471,98 @@ impl Relay {
                 c.close(dst);
             }
         }
+    }
+}
+
+/// An SFTP client's first packet: SSH_FXP_INIT (length 5, type 1) for version 3.
+const SFTP_INIT: [u8; 9] = [0, 0, 0, 5, 1, 0, 0, 0, 3];
+
+/// Looks at the next client bytes for an SFTP INIT: `Some(taken)` once recognised (the
+/// first `taken` bytes of `sent` completed it; the sniffer is done), `None` while undecided
+/// or once ruled out (then `sniff` is `None`).
+fn sniff_step(sniff: &mut Option<Vec<u8>>, sent: &[u8]) -> Option<usize> {
+    let buf = sniff.as_mut()?;
+    let take = (SFTP_INIT.len() - buf.len()).min(sent.len());
+    buf.extend_from_slice(&sent[..take]);
+    if !SFTP_INIT.starts_with(buf) {
+        *sniff = None;
+        return None;
+    }
+    if buf.len() < SFTP_INIT.len() {
+        return None;
+    }
+    *sniff = None;
+    Some(take)
+}
+
+/// Feeds `sent` (client bytes that reached the target) to the session's SFTP watcher, or
+/// to the sniffer that decides whether the session speaks SFTP; returns a watcher the
+/// sniffer just recognised (fed what it saw).
+fn watch_sftp(
+    watcher: Option<&mut crate::proxy::sftp::Watcher>,
+    sniff: &mut Option<Vec<u8>>,
+    sent: &[u8],
+    conn: &crate::proxy::Conn,
+) -> Option<crate::proxy::sftp::Watcher> {
+    if let Some(w) = watcher {
+        w.feed(sent);
+        return None;
+    }
+    let take = sniff_step(sniff, sent)?;
+    let mut w = crate::proxy::sftp::Watcher::new(conn.ctx.audit.clone(), conn.event("sftp"));
+    w.feed(&SFTP_INIT);
+    w.feed(&sent[take..]);
+    Some(w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_chunks_are_coalesced_and_large_ones_kept_whole_in_order() {
+        let mut f = Flow::default();
+        for _ in 0..10_000 {
+            f.push(None, Bytes::from_static(b"x"));
+        }
+        f.push(Some(1), Bytes::from_static(b"err"));
+        f.push(None, Bytes::from(vec![7u8; SMALL + 1]));
+        f.push(None, Bytes::from_static(b"y"));
+        f.seal();
+        let items: Vec<(Option<u32>, usize)> = f.queue.iter().map(|(c, b)| (*c, b.len())).collect();
+        assert_eq!(
+            items,
+            vec![(None, 10_000), (Some(1), 3), (None, SMALL + 1), (None, 1)],
+            "tiny packets cost one item, kinds and order are kept"
+        );
+        // A coalesced item never grows past TAIL_MAX.
+        let mut f = Flow::default();
+        for _ in 0..(3 * TAIL_MAX / SMALL) {
+            f.push(None, Bytes::from(vec![0u8; SMALL]));
+        }
+        f.seal();
+        assert!(f.queue.iter().all(|(_, b)| b.len() <= TAIL_MAX));
+        assert_eq!(f.queue.iter().map(|(_, b)| b.len()).sum::<usize>(), 3 * TAIL_MAX);
+    }
+
+    #[test]
+    fn the_sftp_sniffer_recognises_an_init_split_anywhere() {
+        let init = SFTP_INIT;
+        for cut in 0..=init.len() {
+            let mut sniff = Some(Vec::new());
+            let mut got = None;
+            for part in [&init[..cut], &init[cut..]] {
+                if got.is_none() {
+                    got = sniff_step(&mut sniff, part);
+                }
+            }
+            // The part that completes the INIT says how much of it was taken.
+            let completing = if cut == init.len() { cut } else { init.len() - cut };
+            assert_eq!(got, Some(completing), "cut at {cut}");
+            assert!(sniff.is_none());
+        }
+        let mut sniff = Some(Vec::new());
+        assert_eq!(sniff_step(&mut sniff, b"ls -la\n"), None);
+        assert!(sniff.is_none(), "not SFTP: no more looking");
     }
 }

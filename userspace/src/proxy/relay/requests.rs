@@ -99,6 +99,7 @@ impl Relay {
             self.refused_request(i, id, &req, seq);
             return;
         }
+        let unstarted = p.kind == super::pairs::Kind::Session && !p.started;
         match &req {
             ChannelRequest::PtyReq {
                 term,
@@ -109,8 +110,10 @@ impl Relay {
             } => {
                 p.pty = Some(super::hooks::pty_info(term, *cols, *rows, modes));
             }
+            // Once per session channel: a second start request (which sshd refuses) must not
+            // restart the SFTP audit mid-stream or log a command that never ran.
             ChannelRequest::Shell | ChannelRequest::Exec { .. } | ChannelRequest::Subsystem { .. }
-                if !self.start_session(i, id, &req, seq) =>
+                if unstarted && !self.start_session(i, id, &req, seq) =>
             {
                 return;
             }
@@ -263,7 +266,10 @@ impl Relay {
             self.globals.client.push_back(None);
             self.globals.base + self.globals.client.len() as u64 - 1
         });
-        let up_gone = self.hops[1].gone || self.globals.up.len() >= MAX_GLOBAL;
+        // Only a logged-in target is asked anything on the client's behalf.
+        let up_gone = self.hops[1].gone
+            || self.globals.up.len() >= MAX_GLOBAL
+            || !matches!(self.auth, super::AuthState::Authorized { .. });
         match req {
             GlobalRequest::TcpipForward { address, port } => {
                 let what = format!("{address}:{port}");
