@@ -346,21 +346,43 @@ fn debug_target(bed: &Bed) -> Guard {
 }
 
 /// `len` random bytes in the bed's file `name`; returns its path and SHA-256 (hex).
-fn random_file(bed: &Bed, name: &str, len: u64) -> (PathBuf, String) {
-    let p = bed.path(name);
-    let started = Instant::now();
-    let o = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "head -c {len} /dev/urandom | tee {} | sha256sum",
-            p.display()
-        ))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "random data: {}", stderr(&o));
-    assert_eq!(std::fs::metadata(&p).unwrap().len(), len, "random data");
-    eprintln!("{} of random data in {:.1?}", mib(len), started.elapsed());
-    (p, stdout(&o).split_whitespace().next().unwrap().to_string())
+fn random_file(name: &str, len: u64) -> (PathBuf, String) {
+    // Made once and kept in cargo's scratch directory for integration tests (under
+    // target/): the tests of this file, and later runs, share it instead of spending
+    // seconds each on 1 GiB of /dev/urandom.
+    static MADE: Mutex<Option<(PathBuf, String)>> = Mutex::new(None);
+    let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((p, sha)) = made.as_ref() {
+        return (p.clone(), sha.clone());
+    }
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let p = dir.join(format!("relay-{name}-{len}"));
+    let sha_file = p.with_extension("sha256");
+    let kept = std::fs::read_to_string(&sha_file)
+        .ok()
+        .filter(|_| std::fs::metadata(&p).map(|m| m.len() == len).unwrap_or(false));
+    let sha = match kept {
+        Some(sha) => sha.trim().to_string(),
+        None => {
+            let started = Instant::now();
+            let o = Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "head -c {len} /dev/urandom | tee {} | sha256sum",
+                    p.display()
+                ))
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "random data: {}", stderr(&o));
+            assert_eq!(std::fs::metadata(&p).unwrap().len(), len, "random data");
+            eprintln!("{} of random data in {:.1?}", mib(len), started.elapsed());
+            let sha = stdout(&o).split_whitespace().next().unwrap().to_string();
+            std::fs::write(&sha_file, &sha).unwrap();
+            sha
+        }
+    };
+    *made = Some((p.clone(), sha.clone()));
+    (p, sha)
 }
 
 /// Runs `c` — a client whose remote command is `cat` — with the first `len` bytes of `data`
@@ -604,7 +626,7 @@ fn one_gib_cat_round_trips_with_every_openssh_cipher() {
     let Some(bed) = Bed::new(GatewayOptions::default()) else {
         return;
     };
-    let (data, sha) = random_file(&bed, "random.bin", GIB);
+    let (data, sha) = random_file("random.bin", GIB);
     let etm = "hmac-sha2-256-etm@openssh.com";
     let runs: [(&str, &[&str]); 5] = [
         (
@@ -645,7 +667,7 @@ fn rekeys_mid_transfer_on_both_hops() {
         return;
     };
     let _sshd = debug_target(&bed);
-    let (data, sha) = random_file(&bed, "random.bin", GIB);
+    let (data, sha) = random_file("random.bin", GIB);
     let from = bed.sshd.log().len();
     let mut c = bed.ssh(&["LogLevel=DEBUG1", "RekeyLimit=64M"], &[]);
     c.arg("cat");
@@ -690,7 +712,7 @@ fn plink_and_dbclient_cat_one_gib() {
     let Some(bed) = Bed::new(GatewayOptions::default()) else {
         return;
     };
-    let (data, sha) = random_file(&bed, "random.bin", GIB);
+    let (data, sha) = random_file("random.bin", GIB);
     let port = bed.proxy_port.to_string();
 
     // plink in batch mode wants the host key's fingerprint given.

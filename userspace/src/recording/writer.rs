@@ -258,11 +258,13 @@ impl Recorder {
         })
     }
 
-    /// Resolves once the writer has room for a record (or is gone).
+    /// Resolves once the writer has room for half a queue of records (or is gone): waking
+    /// the relay for every single free slot would make it and the writer take turns a
+    /// record at a time.
     pub fn ready(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let tx = self.tx.clone();
         async move {
-            let _ = tx.reserve().await;
+            let _ = tx.reserve_many(QUEUE / 2).await;
         }
     }
 
