@@ -7,11 +7,11 @@
 //! At the end the header is rewritten in place with the exit data and the trailer
 //! (`trailer.rs`), then the file is synced. No thread is held per recording.
 //!
-//! Memory per recording is bounded: at most [`QUEUE`] records waiting (each one SSH data
-//! message, which holds its `Bytes` — at most the engine's 32 KiB maximum packet) plus one
-//! block buffer of at most [`BLOCK`] + one record + 20 bytes, shrunk back to
-//! [`IDLE_BUFFER`] whenever the recording goes idle; and a task, a file descriptor, the
-//! header and a hash state.
+//! Memory per recording is bounded: at most [`QUEUE`] records waiting (each a chunk the
+//! relay passed on, which holds its `Bytes` — at most 64 KiB) plus one block buffer of at
+//! most [`BLOCK`] + one record + 20 bytes and, when the writer is behind, sealed blocks of
+//! about 1 MiB awaiting one write, both shrunk back to [`IDLE_BUFFER`] whenever the
+//! recording goes idle; and a task, a file descriptor, the header and a hash state.
 
 use std::{
     fs::{File, OpenOptions},
@@ -42,6 +42,8 @@ use super::{
 pub const BLOCK: usize = 64 * 1024;
 /// Records a recording may have waiting before the relay waits for it.
 pub const QUEUE: usize = 64;
+/// Sealed blocks written together when the writer is behind, at most about this much.
+const BATCH: usize = 1024 * 1024;
 /// What an idle recording keeps of its block buffer.
 pub const IDLE_BUFFER: usize = 4096;
 /// A block starts with its big-endian length, filled in once it is sealed.
@@ -212,6 +214,7 @@ impl Recorder {
             signer,
             start: Instant::now(),
             block: vec![0; LEN],
+            sealed: Vec::new(),
             digest: digest::Context::new(&digest::SHA256),
             blocks: 0,
             data_bytes: 0,
@@ -321,6 +324,10 @@ struct Writer {
     /// The block being filled: `LEN` bytes for its length, then whole records. Sealed in
     /// place, lent to the I/O pool for the write and returned.
     block: Vec<u8>,
+    /// Sealed blocks not written yet: when records are queued (the writer is behind), several
+    /// blocks go to the pool in one job and one `write`, instead of a thread hand-off each.
+    /// Lent to the pool for the write and returned.
+    sealed: Vec<u8>,
     /// SHA-256 of the blocks written so far; travels with each write.
     digest: digest::Context,
     blocks: u64,
@@ -349,16 +356,24 @@ impl Writer {
             };
             let Some(item) = item else { break };
             self.take(item);
-            // Batch what is already queued, up to a block.
-            while self.block.len() < LEN + BLOCK {
-                match rx.try_recv() {
-                    Ok(item) => self.take(item),
-                    Err(_) => break,
+            // Batch what is already queued: blocks of up to BLOCK, and up to BATCH of them
+            // for one write.
+            loop {
+                while self.block.len() < LEN + BLOCK {
+                    match rx.try_recv() {
+                        Ok(item) => self.take(item),
+                        Err(_) => break,
+                    }
+                }
+                self.seal()?;
+                if rx.is_empty() || self.sealed.len() >= BATCH {
+                    break;
                 }
             }
-            self.flush().await?;
+            self.write_sealed().await?;
             if rx.is_empty() {
                 self.block.shrink_to(IDLE_BUFFER);
+                self.sealed.shrink_to(IDLE_BUFFER);
             }
         }
         // Told to close while the session runs: what is queued still goes in.
@@ -398,6 +413,12 @@ impl Writer {
 
     /// Seals the pending records as one block and has the pool write it.
     async fn flush(&mut self) -> Result<(), RecordingError> {
+        self.seal()?;
+        self.write_sealed().await
+    }
+
+    /// Seals the pending records (if any) as one block, after the sealed ones.
+    fn seal(&mut self) -> Result<(), RecordingError> {
         if self.block.len() == LEN {
             return Ok(());
         }
@@ -406,22 +427,38 @@ impl Writer {
         let len = u32::try_from(self.block.len() - LEN)
             .map_err(|_| RecordingError::Stopped("a block over 4 GiB".into()))?;
         self.block[..LEN].copy_from_slice(&len.to_be_bytes());
-        let mut block = std::mem::take(&mut self.block);
+        if self.sealed.is_empty() {
+            // The common case, one block: handed over as is, no copy.
+            std::mem::swap(&mut self.sealed, &mut self.block);
+        } else {
+            self.sealed.extend_from_slice(&self.block);
+        }
+        self.block.clear();
+        self.block.extend_from_slice(&[0; LEN]);
+        self.blocks += 1;
+        Ok(())
+    }
+
+    /// Has the pool write the sealed blocks, with one `write` (whole blocks only: a killed
+    /// daemon leaves whole blocks), and add them to the digest.
+    async fn write_sealed(&mut self) -> Result<(), RecordingError> {
+        if self.sealed.is_empty() {
+            return Ok(());
+        }
+        let mut sealed = std::mem::take(&mut self.sealed);
         let mut hash = std::mem::replace(&mut self.digest, digest::Context::new(&digest::SHA256));
         let file = self.file.clone();
-        let (mut block, hash, written) = disk::run(move || {
+        let (sealed, hash, written) = disk::run(move || {
             // `write_all` is one `write` unless the kernel takes less (a full disk).
-            let r = (&*file).write_all(&block);
-            hash.update(&block);
-            block.clear();
-            (block, hash, r)
+            let r = (&*file).write_all(&sealed);
+            hash.update(&sealed);
+            sealed.clear();
+            (sealed, hash, r)
         })
         .await?;
         written.map_err(self.io())?;
-        block.extend_from_slice(&[0; LEN]);
-        self.block = block;
+        self.sealed = sealed;
         self.digest = hash;
-        self.blocks += 1;
         Ok(())
     }
 
