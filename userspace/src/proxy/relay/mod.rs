@@ -433,7 +433,7 @@ impl Relay {
         self.tried_auth = true;
         match &self.auth {
             AuthState::Open => {}
-            AuthState::Authorized { login } | AuthState::LoggingIn { login, .. } => {
+            AuthState::Authorized { login } => {
                 let same = *login == user;
                 if let Some(a) = self.hops[0].session.server_auth() {
                     if same {
@@ -441,6 +441,14 @@ impl Relay {
                     } else {
                         a.reject(false)
                     }
+                }
+                return;
+            }
+            // The engine holds one attempt at a time, so this does not happen; should it, the
+            // client is not let in before the target has taken the certificate.
+            AuthState::LoggingIn { .. } => {
+                if let Some(a) = self.hops[0].session.server_auth() {
+                    a.reject(false);
                 }
                 return;
             }
