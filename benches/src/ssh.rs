@@ -159,42 +159,31 @@ port = {mixed_port}
         run(Command::new(portcullis)
             .args(["keygen", "--output"])
             .arg(dir.join("reckeys")))?;
-        let rec = config
-            .replace(
-                "ca_key = \"keys/ca\"\n",
-                "ca_key = \"keys/ca\"\nrecording_public_key = \"reckeys/sshkey.pub\"\n",
-            )
-            .replace(
-                &format!("instance = \"bench{}\"", std::process::id()),
-                &format!("instance = \"benchrec{}\"", std::process::id()),
-            )
-            .replace(
-                &format!("listen = \"127.0.0.1:{proxy_port}\""),
-                &format!("listen = \"127.0.0.1:{rec_port}\""),
-            )
-            .replace(
-                &format!("listen = \"127.0.0.1:{mixed_proxy_port}\""),
-                &format!("listen = \"127.0.0.1:{}\"", free_port()),
-            )
-            + &format!("[recording]\ndir = \"{}/rec\"\n", dir.display());
+        // A second gateway from the same configuration: its own instance and listen ports.
+        let another = |tag: &str, port: u16| {
+            config
+                .replace(
+                    &format!("instance = \"bench{}\"", std::process::id()),
+                    &format!("instance = \"bench{tag}{}\"", std::process::id()),
+                )
+                .replace(
+                    &format!("listen = \"127.0.0.1:{proxy_port}\""),
+                    &format!("listen = \"127.0.0.1:{port}\""),
+                )
+                .replace(
+                    &format!("listen = \"127.0.0.1:{mixed_proxy_port}\""),
+                    &format!("listen = \"127.0.0.1:{}\"", free_port()),
+                )
+        };
+        let rec = another("rec", rec_port).replace(
+            "ca_key = \"keys/ca\"\n",
+            "ca_key = \"keys/ca\"\nrecording_public_key = \"reckeys/sshkey.pub\"\n",
+        ) + &format!("[recording]\ndir = \"{}/rec\"\n", dir.display());
         std::fs::write(dir.join("portcullis-rec.toml"), rec)?;
         let base = match std::env::var_os("PORTCULLIS_BENCH_BASELINE") {
             Some(bin) => {
                 let port = free_port();
-                let cfg = config
-                    .replace(
-                        &format!("instance = \"bench{}\"", std::process::id()),
-                        &format!("instance = \"benchbase{}\"", std::process::id()),
-                    )
-                    .replace(
-                        &format!("listen = \"127.0.0.1:{proxy_port}\""),
-                        &format!("listen = \"127.0.0.1:{port}\""),
-                    )
-                    .replace(
-                        &format!("listen = \"127.0.0.1:{mixed_proxy_port}\""),
-                        &format!("listen = \"127.0.0.1:{}\"", free_port()),
-                    );
-                std::fs::write(dir.join("portcullis-base.toml"), cfg)?;
+                std::fs::write(dir.join("portcullis-base.toml"), another("base", port))?;
                 Some((PathBuf::from(bin), port))
             }
             None => None,

@@ -76,7 +76,10 @@ async fn dial_inner(
     let mut stream = sock.connect(addr).await.map_err(UpstreamError::Connect)?;
     let mut session = Session::client_deferred(transport, ConnectionConfig::new(Side::Client));
     let mut cert: Option<Certificate> = None;
+    let mut host_key: Option<PublicKey> = None;
     let mut buf = vec![0u8; 16 * 1024];
+    // Until both NEWKEYS of the first exchange, so that the relay starts on a settled
+    // transport.
     loop {
         while let Some(ev) = session.poll_event() {
             match ev {
@@ -91,39 +94,13 @@ async fn dial_inner(
                         return Err(UpstreamError::HostKey(why));
                     }
                     session.flush().map_err(|e| UpstreamError::Ssh(e.to_string()))?;
-                    return finish_kex(stream, session, key, &mut buf).await;
+                    host_key = Some(key);
                 }
-                SessionEvent::Transport(TransportEvent::Disconnected { description, .. }) => {
-                    return Err(UpstreamError::Ssh(format!(
-                        "the target disconnected: {description}"
-                    )));
-                }
-                _ => {}
-            }
-        }
-        write_all(&mut stream, &mut session).await?;
-        let n = stream.read(&mut buf).await.map_err(UpstreamError::Connect)?;
-        if n == 0 {
-            return Err(UpstreamError::Ssh("the target closed the connection".into()));
-        }
-        if let Err(e) = session.recv(&buf[..n]) {
-            let _ = write_all(&mut stream, &mut session).await;
-            return Err(UpstreamError::Ssh(e.to_string()));
-        }
-    }
-}
-
-/// After the verdict: on until both NEWKEYS, so that the relay starts on a settled transport.
-async fn finish_kex(
-    mut stream: TcpStream,
-    mut session: Session,
-    host_key: PublicKey,
-    buf: &mut [u8],
-) -> Result<Dialled, UpstreamError> {
-    loop {
-        while let Some(ev) = session.poll_event() {
-            match ev {
                 SessionEvent::Transport(TransportEvent::KexDone { first: true, .. }) => {
+                    // The transport emits KexDone only after a verdict on the host key.
+                    let host_key = host_key
+                        .take()
+                        .ok_or_else(|| UpstreamError::Ssh("key exchange without a host key".into()))?;
                     write_all(&mut stream, &mut session).await?;
                     return Ok(Dialled {
                         stream,
@@ -140,7 +117,7 @@ async fn finish_kex(
             }
         }
         write_all(&mut stream, &mut session).await?;
-        let n = stream.read(buf).await.map_err(UpstreamError::Connect)?;
+        let n = stream.read(&mut buf).await.map_err(UpstreamError::Connect)?;
         if n == 0 {
             return Err(UpstreamError::Ssh("the target closed the connection".into()));
         }

@@ -132,13 +132,7 @@ impl Relay {
 
     /// A request on a refused session's channel: accepted; one that starts the session is
     /// answered with the refusal on stderr and exit status 1.
-    pub(super) fn refused_request(
-        &mut self,
-        _i: usize,
-        id: ChannelId,
-        req: &ChannelRequest,
-        seq: Option<u64>,
-    ) {
+    pub(super) fn refused_request(&mut self, id: ChannelId, req: &ChannelRequest, seq: Option<u64>) {
         let starts = matches!(
             req,
             ChannelRequest::Shell | ChannelRequest::Exec { .. } | ChannelRequest::Subsystem { .. }

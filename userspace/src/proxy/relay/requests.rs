@@ -96,7 +96,7 @@ impl Relay {
     fn client_request(&mut self, i: usize, id: ChannelId, req: ChannelRequest, seq: Option<u64>) {
         let Some(p) = self.pairs.get(i) else { return };
         if p.refused {
-            self.refused_request(i, id, &req, seq);
+            self.refused_request(id, &req, seq);
             return;
         }
         let unstarted = p.kind == super::pairs::Kind::Session && !p.started;
