@@ -39,6 +39,8 @@ pub struct Event {
     pub cert_serial: Option<u64>,
     /// How many connections an aggregate event (`refused.flood`) stands for.
     pub count: Option<u64>,
+    /// Who asked for an operator's action (`session.terminated`), e.g. `uid 0 pid 4242`.
+    pub requested_by: Option<String>,
 }
 
 impl Event {
@@ -130,6 +132,7 @@ impl Audit {
 
     /// Writes one event; a failure to write is logged, never silent.
     pub fn emit(&self, e: &Event) {
+        count(e);
         let mut line = match serde_json::to_vec(e) {
             Ok(l) => l,
             Err(err) => {
@@ -148,6 +151,20 @@ impl Audit {
             let mut out = std::io::stdout().lock();
             let _ = out.write_all(&line).and_then(|_| out.flush());
         }
+    }
+}
+
+/// Every event counted in the metrics; decisions also by reason.
+fn count(e: &Event) {
+    let m = crate::metrics::get();
+    m.audit_events
+        .get_or_create(&crate::metrics::EventLabels { event: e.event })
+        .inc();
+    match e.event {
+        "deny" => m.decided(e.decision.unwrap_or("deny"), e.reason.as_deref().unwrap_or(""), 1),
+        "session.start" => m.decided("allow", "policy", 1),
+        "refused.flood" => m.decided("deny", e.reason.as_deref().unwrap_or(""), e.count.unwrap_or(0)),
+        _ => {}
     }
 }
 

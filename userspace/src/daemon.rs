@@ -39,6 +39,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Ca(#[from] crate::ca::CaError),
+    #[error("the control socket: {0}")]
+    Control(#[from] crate::control::ControlError),
     #[error("{path}: the account secret holds {len} bytes; at least {min} random bytes are needed, as anyone could derive the gateway's host keys from a shorter one (move it away and run `portcullis ca init`)", min = crate::hostkey::MIN_SECRET_BYTES)]
     ShortSecret { path: PathBuf, len: usize },
     #[error("[ca] source_address: {0}")]
@@ -137,6 +139,16 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
         })?,
     );
     let ctx = context(&loaded, &audit)?;
+    // The metrics endpoint comes up first, so that /readyz says "not ready" while the
+    // dataplane is being installed.
+    let metrics_listener = match loaded.config.metrics.listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| DaemonError::Listen { addr, source })?,
+        ),
+        None => None,
+    };
     // Plain listeners ([[listener]]): the same pipeline without steering.
     let (tx, mut plain) = tokio::sync::mpsc::channel::<Incoming>(64);
     for l in &loaded.listeners {
@@ -203,7 +215,25 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
         pins = %dp.as_ref().map(|d| d.paths().root.display().to_string()).unwrap_or_default(),
         "dataplane up; serving steered connections"
     );
+    let control = crate::control::bind(&loaded.config.dataplane)?;
+    let dataplane_cfg = steering.then(|| loaded.config.dataplane.clone());
     let state = Arc::new(ArcSwap::from_pointee(Snapshot::new(loaded)));
+    let endpoint = Arc::new(crate::metrics::http::Endpoint {
+        ready: std::sync::atomic::AtomicBool::new(false),
+        daemon: {
+            let mut r = prometheus_client::registry::Registry::default();
+            r.register_collector(Box::new(crate::metrics::scrape::Gauges {
+                admission: admission.clone(),
+                snapshot: state.clone(),
+                dataplane: dataplane_cfg,
+            }));
+            r
+        },
+    });
+    if let Some(l) = metrics_listener {
+        tracing::info!(listen = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "metrics endpoint up");
+        tokio::spawn(crate::metrics::http::serve(l, endpoint.clone()));
+    }
     let sig = |k| {
         signal(k).map_err(|source| DaemonError::Io {
             what: "install signal handler",
@@ -218,7 +248,7 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
     // Reloads run beside the accept loop: parsing a large configuration and syncing the maps
     // take a second or more, and connections keep being served meanwhile. One pending
     // request is enough — a reload always reads the file as it is then.
-    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<crate::control::ReloadRequest>(1);
     // Interface churn: the same task owns the dataplane, so a re-attach never races a reload.
     let mut links = match dp.is_some() {
         true => Some(crate::dataplane::monitor::spawn()?),
@@ -231,7 +261,12 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
             loop {
                 tokio::select! {
                     r = reload_rx.recv() => match r {
-                        Some(()) => reload(&path, dp.as_mut(), &state, &admission).await,
+                        Some(answer) => {
+                            let outcome = reload(&path, dp.as_mut(), &state, &admission).await;
+                            if let Some(answer) = answer {
+                                let _ = answer.send(outcome);
+                            }
+                        }
                         None => break,
                     },
                     Some(ev) = recv_opt(links.as_mut()) => {
@@ -244,6 +279,12 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
             dp
         })
     };
+    tokio::spawn(crate::control::serve(
+        control,
+        reload_tx.downgrade(),
+        audit.clone(),
+    ));
+    endpoint.ready.store(true, std::sync::atomic::Ordering::Relaxed);
     // Repeated refusals are audited together once per interval (`admission`).
     let period = admission.limits().audit_interval;
     // The first tick one period on (`interval` would tick at once and open a new interval).
@@ -266,7 +307,7 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
                 if let Err(e) = audit.reopen() {
                     tracing::error!(error = %e, "reopening the audit file failed; still writing to the old one");
                 }
-                if let Err(tokio::sync::mpsc::error::TrySendError::Closed(())) = reload_tx.try_send(()) {
+                if let Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) = reload_tx.try_send(None) {
                     tracing::error!("the reloader has stopped; restart the daemon to apply configuration changes");
                 }
                 continue;
@@ -300,6 +341,7 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
             }
         }
     }
+    endpoint.ready.store(false, std::sync::atomic::Ordering::Relaxed);
     // Refusals counted since the last aggregate are not lost with the daemon.
     audit_floods(&admission, &audit);
     // Open recordings are closed — trailer written and signed — before the runtime drops
@@ -469,40 +511,50 @@ async fn accept_opt(
 
 /// Parses and validates the whole configuration first; only then updates the dataplane and
 /// swaps the snapshot. Anything invalid is rejected and the old configuration keeps serving;
-/// connections in flight keep the snapshot they started with.
-async fn reload(path: &Path, dp: Option<&mut Dataplane>, state: &ArcSwap<Snapshot>, admission: &Admission) {
+/// connections in flight keep the snapshot they started with. Returns the new configuration
+/// generation, or why the file was refused.
+async fn reload(
+    path: &Path,
+    dp: Option<&mut Dataplane>,
+    state: &ArcSwap<Snapshot>,
+    admission: &Admission,
+) -> Result<i64, String> {
     let p = path.to_owned();
-    let loaded = match tokio::task::spawn_blocking(move || config::load(&p)).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(error = %e, "reload failed; the previous configuration keeps serving");
-            return;
+    let outcome = match tokio::task::spawn_blocking(move || config::load(&p)).await {
+        Err(e) => Err(format!("reload failed: {e}")),
+        Ok(Err(e)) => Err(format!("reload rejected: {e}")),
+        Ok(Ok(new)) => {
+            let applied = match dp {
+                Some(dp) => dp.apply(&new.targets).await,
+                None => Ok(()),
+            };
+            match applied {
+                Ok(()) => {
+                    tracing::info!(
+                        targets = new.targets.addrs.len(),
+                        identities = new.identities.len(),
+                        policies = new.policies.len(),
+                        "configuration reloaded"
+                    );
+                    for w in &new.warnings {
+                        tracing::warn!("{}: {w}", path.display());
+                    }
+                    admission.set_limits(limits(&new.config.limits, descriptor_limit()));
+                    state.store(Arc::new(Snapshot::new(new)));
+                    Ok(())
+                }
+                Err(e) => Err(format!("reload failed while updating the dataplane: {e}")),
+            }
         }
     };
-    let applied = match (&loaded, dp) {
-        (Ok(new), Some(dp)) => dp.apply(&new.targets).await,
-        _ => Ok(()),
-    };
-    match loaded {
-        Ok(new) => match applied {
-            Ok(()) => {
-                tracing::info!(
-                    targets = new.targets.addrs.len(),
-                    identities = new.identities.len(),
-                    policies = new.policies.len(),
-                    "configuration reloaded"
-                );
-                for w in &new.warnings {
-                    tracing::warn!("{}: {w}", path.display());
-                }
-                admission.set_limits(limits(&new.config.limits, descriptor_limit()));
-                state.store(Arc::new(Snapshot::new(new)));
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "reload failed while updating the dataplane; previous policy keeps serving")
-            }
-        },
-        Err(e) => tracing::error!(error = %e, "reload rejected; the previous configuration keeps serving"),
+    let m = crate::metrics::get();
+    m.reloaded(outcome.is_ok());
+    match outcome {
+        Ok(()) => Ok(m.config_generation.get()),
+        Err(e) => {
+            tracing::error!(error = %e, "the previous configuration keeps serving");
+            Err(e)
+        }
     }
 }
 

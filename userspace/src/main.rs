@@ -1,11 +1,12 @@
 //! The `portcullis` command line. Exit codes: 0 success, 1 runtime failure, 2 invalid
+//! configuration or usage (for `reload`: the daemon refused the new configuration),
 //! configuration or usage, 3 `policy explain` denied the request.
 
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use portcullis::{ca, config, daemon, dataplane, policy, recording, split_tunnel};
+use portcullis::{ca, config, control, daemon, dataplane, policy, recording, split_tunnel};
 use portcullis_common::verdict;
 
 #[derive(Parser)]
@@ -33,10 +34,31 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Ask a running daemon to reload its configuration (same as SIGHUP).
+    /// Ask a running daemon to reload its configuration and say whether it took it: exit 0
+    /// accepted (the new generation is printed), 2 refused (the previous one keeps serving).
+    /// Without a control socket (an older daemon), the daemon is sent SIGHUP.
     Reload {
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// List the sessions a running daemon is relaying now.
+    Sessions {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// End a live session: the user sees the reason; audited as `session.terminated` with
+    /// who asked. Exit 1 if no such session is live.
+    Terminate {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The session id (`portcullis sessions`, the audit trail's `session`).
+        session: String,
+        /// Shown to the user and audited.
+        #[arg(long)]
+        reason: Option<String>,
     },
     /// Policy tools.
     #[command(subcommand)]
@@ -195,7 +217,13 @@ fn main() -> ExitCode {
         }
         Command::Down { config } => runtime().and_then(|rt| rt.block_on(down(&config))),
         Command::Stats { config, json } => stats(&config, json),
-        Command::Reload { config } => reload(&config),
+        Command::Reload { config } => return reload(&config),
+        Command::Sessions { config, json } => sessions(&config, json),
+        Command::Terminate {
+            config,
+            session,
+            reason,
+        } => terminate(&config, session, reason),
         Command::Keygen { output } => keygen(&output),
         Command::Decrypt(f) => decrypt(&f),
         Command::Export(ExportCommand::Asciicast(f)) => export_cast(&f),
@@ -321,8 +349,65 @@ fn stats(path: &std::path::Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn reload(path: &std::path::Path) -> anyhow::Result<()> {
+/// Sends `req` to the daemon of the configuration at `path`.
+fn ask(path: &std::path::Path, req: &control::Request) -> anyhow::Result<control::Answer> {
     let l = config::load(path)?;
+    let socket = control::path(&l.config.dataplane);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    Ok(rt.block_on(control::ask(&socket, req))?)
+}
+
+fn reload(path: &std::path::Path) -> ExitCode {
+    let l = match config::load(path) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("portcullis: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let socket = control::path(&l.config.dataplane);
+    let answer = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| Ok(rt.block_on(control::ask(&socket, &control::Request::Reload))?));
+    match answer {
+        Ok(control::Answer::Reloaded { generation }) => {
+            println!("reloaded: configuration generation {generation} is in force");
+            ExitCode::SUCCESS
+        }
+        Ok(control::Answer::ReloadRejected { error }) => {
+            eprintln!(
+                "portcullis: the daemon refused the configuration; the previous one keeps serving: {error}"
+            );
+            ExitCode::from(2)
+        }
+        Ok(other) => {
+            eprintln!("portcullis: unexpected answer: {other:?}");
+            ExitCode::FAILURE
+        }
+        // No control socket: a daemon from before it, asked the old way.
+        Err(e) if !socket.exists() => match sighup(&l) {
+            Ok(pid) => {
+                println!("configuration is valid; asked the daemon (pid {pid}) to reload (no control socket: {e:#})");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("portcullis: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("portcullis: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn sighup(l: &config::Loaded) -> anyhow::Result<i32> {
     let lock = l
         .config
         .dataplane
@@ -337,8 +422,66 @@ fn reload(path: &std::path::Path) -> anyhow::Result<()> {
     if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
         anyhow::bail!("signal pid {pid}: {}", std::io::Error::last_os_error());
     }
-    println!("configuration is valid; asked the daemon (pid {pid}) to reload");
+    Ok(pid)
+}
+
+fn sessions(path: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let list = match ask(path, &control::Request::Sessions)? {
+        control::Answer::Sessions { sessions } => sessions,
+        control::Answer::Error { error } => anyhow::bail!("{error}"),
+        other => anyhow::bail!("unexpected answer: {other:?}"),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    println!(
+        "{:<26} {:<24} {:<22} {:<8} {:<16} {:<10} {:<20} {:>12} {:>12} {:>4}  recording",
+        "session",
+        "identity",
+        "source",
+        "vnet",
+        "target",
+        "login",
+        "started",
+        "to_client",
+        "to_target",
+        "chan"
+    );
+    for s in &list {
+        let w = &s.who;
+        println!(
+            "{:<26} {:<24} {:<22} {:<8} {:<16} {:<10} {:<20} {:>12} {:>12} {:>4}  {}",
+            w.session,
+            w.identity,
+            w.source.to_string(),
+            w.vnet,
+            w.target,
+            w.login,
+            w.started,
+            s.bytes_to_client,
+            s.bytes_to_target,
+            s.channels,
+            s.recordings
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+    }
     Ok(())
+}
+
+fn terminate(path: &std::path::Path, session: String, reason: Option<String>) -> anyhow::Result<()> {
+    match ask(path, &control::Request::Terminate { session, reason })? {
+        control::Answer::Terminated { session } => {
+            println!("session {session} is ending");
+            Ok(())
+        }
+        control::Answer::NoSuchSession { session } => anyhow::bail!("no live session {session}"),
+        control::Answer::Error { error } => anyhow::bail!("{error}"),
+        other => anyhow::bail!("unexpected answer: {other:?}"),
+    }
 }
 
 fn split(include: &[String], exclude: &[String]) -> anyhow::Result<()> {

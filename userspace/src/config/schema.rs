@@ -40,6 +40,17 @@ pub struct Config {
     pub auth: AuthConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// The Prometheus endpoint: off unless `listen` is set.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// e.g. `127.0.0.1:9186`: `/metrics`, `/healthz`, `/readyz` over plain HTTP, no
+    /// authentication — a loopback or management address.
+    pub listen: Option<SocketAddr>,
 }
 
 /// Bounds on connections that have not authenticated yet: each holds descriptors (the

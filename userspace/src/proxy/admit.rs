@@ -104,6 +104,7 @@ pub async fn admit(inc: Incoming, snap: Arc<Snapshot>, ctx: Option<Arc<Context>>
         base: ev,
         snap: snap.clone(),
         ctx,
+        accepted: std::time::Instant::now(),
     };
     Some(Admitted {
         stream: inc.stream,

@@ -170,6 +170,8 @@ pub struct Conn {
     pub base: Event,
     pub snap: Arc<Snapshot>,
     pub ctx: Arc<Context>,
+    /// When the connection was admitted (for the handshake latency).
+    pub accepted: std::time::Instant,
 }
 
 impl Conn {
@@ -247,15 +249,26 @@ pub async fn serve(inc: Incoming, snap: Arc<Snapshot>, ctx: Option<Arc<Context>>
         .host_keys
         .for_target(conn.vnet_id, conn.target_addr.ip(), &conn.target);
     let transport = upstream_transport(check.wants_certificate());
-    let up = match upstream::dial(conn.target_addr, conn.vnet_id, transport, &check).await {
+    let dialling = std::time::Instant::now();
+    let dialled = upstream::dial(conn.target_addr, conn.vnet_id, transport, &check).await;
+    let m = crate::metrics::get();
+    m.upstream_connect.observe(dialling.elapsed().as_secs_f64());
+    let up = match dialled {
         Ok(up) => up,
         Err(e) => {
-            let (reason, code) = match e {
-                upstream::UpstreamError::HostKey(_) => {
-                    ("hostkey_rejected", refusal::Reason::HostKeyNotVerifiable)
-                }
-                _ => ("upstream_failed", refusal::Reason::ServiceNotAvailable),
+            let (reason, code, kind) = match e {
+                upstream::UpstreamError::HostKey(_) => (
+                    "hostkey_rejected",
+                    refusal::Reason::HostKeyNotVerifiable,
+                    crate::metrics::UpstreamFailure::hostkey,
+                ),
+                _ => (
+                    "upstream_failed",
+                    refusal::Reason::ServiceNotAvailable,
+                    crate::metrics::UpstreamFailure::connect,
+                ),
             };
+            m.upstream_failed(kind);
             let text = format!(
                 "portcullis: target {} {}: {e} ({reason}) [session {}]",
                 conn.target, conn.target_addr, conn.session

@@ -140,6 +140,32 @@ enum Item {
     Exit(ExitData),
 }
 
+impl Item {
+    /// Counted in `portcullis_recording_queued_bytes` from here until dropped (taken into
+    /// a block, or discarded with a stopped writer's queue).
+    fn data(source: u8, code: u32, data: Bytes) -> Self {
+        crate::metrics::get()
+            .recording_queued_bytes
+            .inc_by(data.len() as i64);
+        Item::Data {
+            source,
+            code,
+            at: Instant::now(),
+            data,
+        }
+    }
+}
+
+impl Drop for Item {
+    fn drop(&mut self) {
+        if let Item::Data { data, .. } = self {
+            crate::metrics::get()
+                .recording_queued_bytes
+                .dec_by(data.len() as i64);
+        }
+    }
+}
+
 /// The relay's end of a recording. Cloned into both directions' tasks; the log is finished
 /// when every clone is dropped.
 #[derive(Clone)]
@@ -236,12 +262,7 @@ impl Recorder {
     /// Records bytes that crossed the relay; waits when the writer is behind.
     pub async fn record(&self, source: u8, code: u32, data: Bytes) -> Result<(), RecordingError> {
         self.tx
-            .send(Item::Data {
-                source,
-                code,
-                at: Instant::now(),
-                data,
-            })
+            .send(Item::data(source, code, data))
             .await
             .map_err(|_| RecordingError::Stopped("writer gone".into()))
     }
@@ -249,12 +270,7 @@ impl Recorder {
     /// Records bytes without waiting: `Full` when the writer is behind (the relay holds the
     /// bytes, and the window they came with, until [`Recorder::ready`]).
     pub fn try_record(&self, source: u8, code: u32, data: Bytes) -> Result<(), TryRecord> {
-        let item = Item::Data {
-            source,
-            code,
-            at: Instant::now(),
-            data,
-        };
+        let item = Item::data(source, code, data);
         self.tx.try_send(item).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => TryRecord::Full,
             mpsc::error::TrySendError::Closed(_) => TryRecord::Stopped,
@@ -396,7 +412,7 @@ impl Writer {
     }
 
     fn take(&mut self, item: Item) {
-        match item {
+        match &item {
             Item::Data {
                 source,
                 code,
@@ -405,9 +421,9 @@ impl Writer {
             } => {
                 let us = at.saturating_duration_since(self.start).as_micros() as u64;
                 self.data_bytes += data.len() as u64;
-                format::push_record(&mut self.block, source, code, us, &data);
+                format::push_record(&mut self.block, *source, *code, us, data);
             }
-            Item::Exit(e) => self.header.exit_data = Some(e),
+            Item::Exit(e) => self.header.exit_data = Some(e.clone()),
         }
     }
 
@@ -436,6 +452,7 @@ impl Writer {
         self.block.clear();
         self.block.extend_from_slice(&[0; LEN]);
         self.blocks += 1;
+        crate::metrics::get().recording_blocks.inc();
         Ok(())
     }
 
@@ -446,6 +463,7 @@ impl Writer {
             return Ok(());
         }
         let mut sealed = std::mem::take(&mut self.sealed);
+        let n = sealed.len() as u64;
         let mut hash = std::mem::replace(&mut self.digest, digest::Context::new(&digest::SHA256));
         let file = self.file.clone();
         let (sealed, hash, written) = disk::run(move || {
@@ -457,6 +475,7 @@ impl Writer {
         })
         .await?;
         written.map_err(self.io())?;
+        crate::metrics::get().recording_bytes.inc_by(n);
         self.sealed = sealed;
         self.digest = hash;
         Ok(())

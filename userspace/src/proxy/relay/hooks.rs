@@ -83,6 +83,9 @@ impl Relay {
             Ok((r, task)) => {
                 let mut e = self.conn.event("recording.start");
                 e.reason = Some(r.path.display().to_string());
+                if let Some(live) = &self.live {
+                    live.recording_started(r.path.clone());
+                }
                 ctx.audit.emit(&e);
                 p.rec = Some(r);
                 let mut end = self.conn.event("recording.end");
@@ -99,8 +102,14 @@ impl Relay {
                             sum.digest,
                             if sum.signed { "" } else { " unsigned" }
                         ),
-                        Ok(Err(e)) => format!("failed: {e}"),
-                        Err(e) => format!("failed: {e}"),
+                        Ok(Err(e)) => {
+                            crate::metrics::get().recording_failures.inc();
+                            format!("failed: {e}")
+                        }
+                        Err(e) => {
+                            crate::metrics::get().recording_failures.inc();
+                            format!("failed: {e}")
+                        }
                     });
                     end.time = audit::now_rfc3339();
                     audit.emit(&end);
@@ -108,6 +117,7 @@ impl Relay {
                 true
             }
             Err(e) => {
+                crate::metrics::get().recording_failures.inc();
                 let mut ev = self.conn.event("deny");
                 ev.decision = Some(if setup.fail_closed { "deny" } else { "allow" });
                 ev.reason = Some("recording_failed".into());

@@ -123,6 +123,14 @@ pub struct Totals {
 
 type Wake = Pin<Box<dyn Future<Output = usize> + Send>>;
 
+/// Resolves when an operator ends the session (never without a live entry).
+async fn stopped(live: Option<&crate::live::Live>) -> crate::live::Termination {
+    match live {
+        Some(l) => l.stopped().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// What one socket read gave.
 enum Got {
     Nothing,
@@ -173,6 +181,14 @@ pub struct Relay {
     /// `channel.open` events audited, and suppressed past [`CHANNEL_EVENTS`].
     channel_events: std::cell::Cell<(u32, u64)>,
     started: std::time::Instant,
+    /// Once authenticated: the session's entry among the live ones (`portcullis sessions`).
+    live: Option<crate::live::Entry>,
+    /// An operator asked for the session to end (handled once).
+    terminated: bool,
+    /// Bytes already added to the process's metrics, per hop they went to.
+    reported: [u64; 2],
+    /// When the target was asked to take the certificate.
+    login_sent: Option<std::time::Instant>,
 }
 
 /// TCP keepalives on a relayed socket: a peer that vanished without closing (a laptop
@@ -241,6 +257,10 @@ impl Relay {
             kex_since: [None; 2],
             channel_events: Default::default(),
             started: std::time::Instant::now(),
+            live: None,
+            terminated: false,
+            reported: [0; 2],
+            login_sent: None,
         };
         if let Some(e) = fed {
             r.session_failed(Hop::Front, &e);
@@ -254,6 +274,7 @@ impl Relay {
         }
         loop {
             self.process();
+            self.report();
             if self.hops.iter().all(HopIo::finished) {
                 break;
             }
@@ -264,6 +285,7 @@ impl Relay {
             let write = [self.can_write(Hop::Front), self.can_write(Hop::Up)];
             let next = self.next_deadline();
             let [front, up] = &self.hops;
+            let live = self.live.as_deref().filter(|_| !self.terminated);
             tokio::select! {
                 r = front.stream.readable(), if read[0] => self.read(Hop::Front, r),
                 r = up.stream.readable(), if read[1] => self.read(Hop::Up, r),
@@ -273,9 +295,45 @@ impl Relay {
                     self.pairs.recorder_ready(i);
                 }
                 () = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => self.on_timer(),
+                t = stopped(live), if live.is_some() => self.terminate(t),
             }
         }
+        self.report();
         self.end();
+    }
+
+    /// The session's figures for `portcullis sessions` and the metrics: a few relaxed
+    /// stores and adds per wake-up.
+    fn report(&mut self) {
+        let to = self.totals.to;
+        let m = crate::metrics::get();
+        m.to_client_bytes
+            .inc_by(to[Hop::Front.i()] - self.reported[Hop::Front.i()]);
+        m.to_target_bytes
+            .inc_by(to[Hop::Up.i()] - self.reported[Hop::Up.i()]);
+        self.reported = to;
+        if let Some(live) = &self.live {
+            live.update(to[Hop::Front.i()], to[Hop::Up.i()], self.pairs.len());
+        }
+    }
+
+    /// An operator ended the session (`portcullis terminate`): audited with who asked, and
+    /// both connections told why; what the channels hold still drains.
+    fn terminate(&mut self, t: crate::live::Termination) {
+        self.terminated = true;
+        let mut e = self.conn.event("session.terminated");
+        e.reason = Some(t.reason.clone());
+        e.requested_by = Some(t.by);
+        self.conn.ctx.audit.emit(&e);
+        crate::metrics::get().sessions_terminated.inc();
+        tracing::info!(session = %self.conn.session, "terminated by the operator");
+        let text = format!("portcullis: {}", t.reason);
+        for h in [Hop::Front, Hop::Up] {
+            self.hops[h.i()]
+                .session
+                .disconnect(disconnect::BY_APPLICATION, &text);
+            self.gone(h);
+        }
     }
 
     /// The earliest of the authentication deadline (until authenticated), the drain
@@ -457,7 +515,12 @@ impl Relay {
                 return;
             }
         }
-        match authorize::decide(&self.conn, &user) {
+        let deciding = std::time::Instant::now();
+        let decision = authorize::decide(&self.conn, &user);
+        crate::metrics::get()
+            .authorization
+            .observe(deciding.elapsed().as_secs_f64());
+        match decision {
             Decision::Refuse { why } => {
                 self.auth = AuthState::Refused { why };
                 self.drop_upstream("refused");
@@ -469,6 +532,7 @@ impl Relay {
                 forwarding,
                 start,
             } => {
+                self.login_sent = Some(std::time::Instant::now());
                 if let Err(e) = self.hops[1].session.login(user.clone(), credential) {
                     self.session_failed(Hop::Up, &e);
                 }
@@ -504,6 +568,21 @@ impl Relay {
                     return;
                 };
                 self.conn.ctx.audit.emit(&start);
+                let m = crate::metrics::get();
+                if let Some(t) = self.login_sent.take() {
+                    m.upstream_login.observe(t.elapsed().as_secs_f64());
+                }
+                m.handshake.observe(self.conn.accepted.elapsed().as_secs_f64());
+                self.live = Some(crate::live::registry().register(crate::live::Identity {
+                    session: self.conn.session.clone(),
+                    identity: self.conn.identity.email.clone(),
+                    source: self.conn.peer,
+                    vnet: self.conn.vnet.clone(),
+                    target: self.conn.target.clone(),
+                    target_addr: self.conn.target_addr,
+                    login: login.clone(),
+                    started: crate::audit::now_rfc3339(),
+                }));
                 self.conn.base.login = Some(login.clone());
                 self.conn.base.cert_serial = Some(serial);
                 self.forwarding = forwarding;
@@ -513,6 +592,7 @@ impl Relay {
                 self.accept_front();
             }
             ClientAuthEvent::Failure { methods, partial } => {
+                crate::metrics::get().upstream_failed(crate::metrics::UpstreamFailure::login);
                 let mut ev = self.conn.deny("upstream_auth_failed");
                 ev.login = Some(login.clone());
                 if let AuthState::LoggingIn { serial, .. } = &self.auth {

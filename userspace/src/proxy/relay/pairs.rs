@@ -245,6 +245,11 @@ impl Pairs {
         self.slab.len() == self.free.len()
     }
 
+    /// Channel pairs open.
+    pub fn len(&self) -> usize {
+        self.slab.len() - self.free.len()
+    }
+
     pub fn indices(&self) -> Vec<usize> {
         (0..self.slab.len()).filter(|&i| self.slab[i].is_some()).collect()
     }

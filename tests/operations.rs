@@ -1,0 +1,254 @@
+//! Running the gateway like production (issue 14): the metrics endpoint, the control socket
+//! (`portcullis sessions`, `terminate`, `reload`), end to end on a loopback gateway with
+//! the real OpenSSH client and sshd. Needs root; `cargo xtask test` runs it.
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use portcullis_testbed::{free_port, Gateway, GatewayOptions};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+fn root() -> bool {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping: needs root (run `cargo xtask test`)");
+        return false;
+    }
+    true
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Polls `f` for up to `secs` seconds.
+fn poll<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One HTTP/1.1 GET: (status, body).
+fn get(port: u16, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics endpoint");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut r = String::new();
+    s.read_to_string(&mut r).unwrap();
+    let status = r
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = r
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the sample named exactly `name` (with its labels), if exposed.
+fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn cli(g: &Gateway, args: &[&str]) -> Output {
+    let mut c = Command::new(BIN);
+    c.args(args).arg("--config").arg(&g.config);
+    c.output().expect("run portcullis")
+}
+
+fn sessions(g: &Gateway) -> Vec<Value> {
+    let o = cli(g, &["sessions", "--json"]);
+    assert!(o.status.success(), "sessions: {}", text(&o.stderr));
+    serde_json::from_slice::<Vec<Value>>(&o.stdout).expect("sessions --json is a JSON array")
+}
+
+#[test]
+fn metrics_sessions_terminate_and_reload_through_the_control_socket() {
+    if !root() {
+        return;
+    }
+    let port = free_port();
+    let g = Gateway::start(
+        std::path::Path::new(BIN),
+        &GatewayOptions {
+            record: true,
+            extra: format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+            ..Default::default()
+        },
+    );
+    let diag = |g: &Gateway| format!("\n--- daemon:\n{}", g.daemon_log());
+
+    // Health and readiness.
+    assert_eq!(get(port, "/healthz"), (200, "ok\n".into()));
+    assert!(
+        poll(10, || (get(port, "/readyz").0 == 200).then_some(())).is_some(),
+        "never ready{}",
+        diag(&g)
+    );
+    assert_eq!(get(port, "/nope").0, 404);
+
+    // A live session, listed with who it is and its recording.
+    let mut ssh = g
+        .ssh(&[], &["root@127.0.0.1", "echo started; exec sleep 120"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let listed = poll(20, || {
+        let l = sessions(&g);
+        (l.len() == 1 && !l[0]["recordings"].as_array()?.is_empty() && l[0]["bytes_to_client"].as_u64()? > 0)
+            .then_some(l)
+    })
+    .unwrap_or_else(|| panic!("the session is never listed with its recording{}", diag(&g)));
+    let s = &listed[0];
+    assert_eq!(s["identity"], "alice@example.com");
+    assert_eq!(s["login"], "root");
+    assert_eq!(s["target"], "web-01");
+    assert_eq!(s["channels"], 1);
+    let id = s["session"].as_str().unwrap().to_string();
+    let table = cli(&g, &["sessions"]);
+    assert!(text(&table.stdout).contains(&id), "{}", text(&table.stdout));
+
+    let m = get(port, "/metrics").1;
+    assert_eq!(sample(&m, "portcullis_sessions_active"), Some(1.0), "{m}");
+
+    // Ended by the operator: the user reads why, the audit says who asked.
+    let o = cli(&g, &["terminate", &id, "--reason", "maintenance window 42"]);
+    assert!(o.status.success(), "terminate: {}", text(&o.stderr));
+    let done = poll(15, || ssh.try_wait().ok().flatten());
+    assert!(done.is_some(), "ssh still running after terminate{}", diag(&g));
+    let mut err = String::new();
+    ssh.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(
+        err.contains("maintenance window 42"),
+        "the user is not told why: {err:?}"
+    );
+    let ev = poll(10, || {
+        g.audit()
+            .into_iter()
+            .find(|e| e["event"] == "session.terminated" && e["session"] == id.as_str())
+    })
+    .expect("session.terminated audited");
+    assert_eq!(ev["reason"], "maintenance window 42");
+    assert!(
+        ev["requested_by"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("uid 0 pid ")),
+        "{ev}"
+    );
+    assert!(
+        poll(10, || sessions(&g).is_empty().then_some(())).is_some(),
+        "still listed"
+    );
+    // Nothing left to end: exit 1, and the request is audited.
+    let o = cli(&g, &["terminate", &id]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("no live session"), "{}", text(&o.stderr));
+
+    // The recording was closed properly (trailer signed), not cut.
+    let rec = poll(10, || {
+        g.audit()
+            .into_iter()
+            .find(|e| e["event"] == "recording.end" && e["session"] == id.as_str())
+    })
+    .expect("recording.end audited");
+    assert!(!rec["reason"].as_str().unwrap().contains("failed"), "{rec}");
+
+    // A refusal, counted by reason.
+    let o = g.run(&[], &["nobody@127.0.0.1", "true"]);
+    assert!(!o.status.success());
+
+    // Reload: accepted (new generation), then refused with the reason and exit 2.
+    let o = cli(&g, &["reload"]);
+    assert!(o.status.success(), "reload: {}{}", text(&o.stderr), diag(&g));
+    assert!(text(&o.stdout).contains("generation 2"), "{}", text(&o.stdout));
+    let good = std::fs::read_to_string(&g.config).unwrap();
+    std::fs::write(
+        &g.config,
+        format!("{good}\n[[target]]\nhostname = \"x\"\nipv4 = \"not an address\"\n"),
+    )
+    .unwrap();
+    // The CLI checks the file first (exit 2, nothing sent) ...
+    let o = cli(&g, &["reload"]);
+    assert_eq!(o.status.code(), Some(2), "{}{}", text(&o.stdout), text(&o.stderr));
+    // ... and the daemon refuses it too when asked directly, naming the problem.
+    let instance = good
+        .lines()
+        .find_map(|l| l.strip_prefix("instance = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .unwrap();
+    let socket = g.dir.join("state").join(instance).join("control.sock");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "control socket mode");
+    let mut c = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    c.write_all(b"{\"request\":\"reload\"}\n").unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).unwrap();
+    let a: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(a["answer"], "reload_rejected", "{answer}");
+    assert!(
+        a["error"].as_str().unwrap().contains("invalid IPv4 address"),
+        "{answer}"
+    );
+    std::fs::write(&g.config, &good).unwrap();
+
+    let m = get(port, "/metrics").1;
+    for (name, want) in [
+        ("portcullis_sessions_active", 0.0),
+        ("portcullis_sessions_terminated_total", 1.0),
+        (
+            "portcullis_connections_total{decision=\"allow\",reason=\"policy\"}",
+            1.0,
+        ),
+        ("portcullis_handshake_duration_seconds_count", 1.0),
+        ("portcullis_upstream_login_duration_seconds_count", 1.0),
+        ("portcullis_reloads_total{result=\"ok\"}", 1.0),
+        ("portcullis_reloads_total{result=\"failed\"}", 1.0),
+        ("portcullis_config_generation", 2.0),
+        ("portcullis_recording_queued_bytes", 0.0),
+        ("portcullis_limit{cap=\"upstream_dials_per_target\"}", 8.0),
+    ] {
+        assert_eq!(sample(&m, name), Some(want), "{name} in\n{m}");
+    }
+    for name in [
+        "portcullis_relayed_bytes_total{direction=\"to_client\"}",
+        "portcullis_recording_blocks_total",
+        "portcullis_recording_written_bytes_total",
+        "portcullis_upstream_connect_duration_seconds_count",
+        "process_open_fds",
+        "process_resident_memory_bytes",
+        "portcullis_audit_events_total{event=\"session.start\"}",
+    ] {
+        assert!(sample(&m, name).is_some_and(|v| v > 0.0), "{name} in\n{m}");
+    }
+    assert!(sample(&m, "portcullis_relayed_bytes_total{direction=\"to_target\"}").is_some());
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("portcullis_connections_total{decision=\"deny\"")),
+        "the refusal is not counted:\n{m}"
+    );
+    assert!(m.ends_with("# EOF\n"), "not OpenMetrics text");
+    if std::env::var_os("PORTCULLIS_SHOW_METRICS").is_some() {
+        println!("{m}");
+    }
+}
