@@ -28,7 +28,8 @@ fn seal(c: &mut Criterion) {
 }
 
 fn mint(c: &mut Criterion) {
-    let ca = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
+    // As the proxy holds it.
+    let ca = cert::CaKey::new(PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap());
     let grant = cert::Grant {
         pty: true,
         ..Default::default()

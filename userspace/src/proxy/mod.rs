@@ -62,7 +62,8 @@ pub struct Incoming {
 /// What every session shares.
 pub struct Context {
     pub secret: Vec<u8>,
-    pub ca: PrivateKey,
+    /// The account CA (signs through `cert::CaKey`; derefs to its `PrivateKey`).
+    pub ca: crate::cert::CaKey,
     pub ca_cfg: CaConfig,
     /// The certificates' `source-address` critical option (`[ca] source_address`).
     pub source_address: Option<String>,
@@ -98,7 +99,7 @@ impl Context {
     ) -> Self {
         Self {
             secret,
-            ca,
+            ca: crate::cert::CaKey::new(ca),
             ca_cfg,
             source_address,
             audit,
