@@ -241,3 +241,83 @@ fn check_warns_when_email_prefixes_collide() {
     let o = run(&["check", "--config", c(&alone)]);
     assert!(o.status.success() && o.stderr.is_empty(), "{}", text(&o));
 }
+
+/// `ca known-hosts` (issue 14): one `@cert-authority` line per protected hostname, naming it
+/// and its addresses as OpenSSH looks them up — bare, and `[name]:port` for ports other than
+/// 22 — or one `*` line; a warning while `[ca] host_certificates` is off. `ssh-keygen -F`
+/// (OpenSSH's own known_hosts matching) finds the line under each of those names.
+#[test]
+fn ca_known_hosts_prints_cert_authority_lines() {
+    let d = Dir::new("knownhosts");
+    let body = CONFIG
+        .replace(
+            "ipv4 = \"198.18.10.10\"\n",
+            "ipv4 = \"198.18.10.10\"\nipv6 = \"2001:db8::10\"\n",
+        )
+        .replace(
+            r#"target = [{ hostname = "web-01", ports = [22] }]"#,
+            r#"target = [{ hostname = "web-01", ports = [22] }, { hostname = "db-01", ports = [2222] }]"#,
+        )
+        + "\n[[target]]\nhostname = \"DB-01\"\nipv6 = \"2001:db8:0:0:1::20\"\nvnet = \"corp\"\n";
+    let cfg = d.write("portcullis.toml", &body);
+    let o = run(&["ca", "init", "--config", c(&cfg)]);
+    assert!(o.status.success(), "{}", text(&o));
+    let ca = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+
+    let o = run(&["ca", "known-hosts", "--config", c(&cfg)]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("[ca] host_certificates is off"),
+        "{}",
+        text(&o)
+    );
+    let on = d.write("on.toml", &format!("{body}\n[ca]\nhost_certificates = true\n"));
+    let o = run(&["ca", "known-hosts", "--config", c(&on)]);
+    assert!(o.status.success() && o.stderr.is_empty(), "{}", text(&o));
+    let lines = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(
+        lines,
+        format!(
+            "@cert-authority db-01,[db-01]:2222,2001:db8::1:0:0:20,[2001:db8::1:0:0:20]:2222 {ca}\n\
+             @cert-authority web-01,198.18.10.10,2001:db8::10 {ca}\n"
+        )
+    );
+    let o = run(&["ca", "known-hosts", "--config", c(&on), "--any-host"]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        format!("@cert-authority * {ca}\n")
+    );
+
+    let kh = d.write("known_hosts", &lines);
+    let found = |host: &str| match Command::new("ssh-keygen")
+        .args(["-F", host, "-f", c(&kh)])
+        .output()
+    {
+        Ok(o) => Some(String::from_utf8_lossy(&o.stdout).contains(" found: line ")),
+        Err(e) => {
+            eprintln!("skipping the ssh-keygen -F checks: {e}");
+            None
+        }
+    };
+    for host in [
+        "web-01",
+        "198.18.10.10",
+        "2001:db8::10",
+        "db-01",
+        "[db-01]:2222",
+        "[2001:db8::1:0:0:20]:2222",
+    ] {
+        if found(host) == Some(false) {
+            panic!("ssh-keygen -F {host} finds no line in\n{lines}");
+        }
+    }
+    assert_ne!(
+        found("[web-01]:2222"),
+        Some(true),
+        "2222 is not protected on web-01"
+    );
+}

@@ -708,6 +708,129 @@ fn host_key_is_derived_stable_and_follows_the_target() {
     );
 }
 
+/// Issue 14: with `[ca] host_certificates` the proxy shows its derived key with a host
+/// certificate from the account CA. A known_hosts holding the line `portcullis ca
+/// known-hosts` prints and, as users who knew the target before have, the target's own key
+/// (which the proxy's differs from) lets `ssh -o StrictHostKeyChecking=yes` in without a
+/// warning, by hostname or address (`HostKeyAlias`: in listener mode the client connects to
+/// the listener, which no certificate names). Without the line the plain derived key is
+/// recorded on first use as before, and clients asking for the plain key get it. After a
+/// reload that turns the setting off, the old entry makes OpenSSH refuse, as it always did.
+#[test]
+fn host_certificates_get_users_past_their_entry_for_the_real_host() {
+    let Some(bed) = Bed::new(GatewayOptions {
+        extra: "\n[ca]\nhost_certificates = true\n".into(),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let o = Command::new(BIN)
+        .args(["ca", "known-hosts", "--config"])
+        .arg(&bed.config)
+        .output()
+        .unwrap();
+    let ca_line = stdout(&o);
+    let port = bed.target.port();
+    assert!(
+        o.status.success()
+            && ca_line.starts_with(&format!(
+                "@cert-authority web-01,[web-01]:{port},127.0.0.1,[127.0.0.1]:{port} ssh-ed25519 "
+            ))
+            && ca_line.lines().count() == 1,
+        "{ca_line}{}",
+        stderr(&o)
+    );
+    let (kind, real) = pub_key_file(&bed.sshd.host_key().with_extension("pub"));
+    let trusting = bed.path("known_hosts.ca");
+    let before = format!("web-01 {kind} {real}\n127.0.0.1 {kind} {real}\n{ca_line}");
+    std::fs::write(&trusting, &before).unwrap();
+    let strict = |kh: &Path, alias: &str| {
+        [
+            format!("UserKnownHostsFile={}", kh.display()),
+            "GlobalKnownHostsFile=/dev/null".into(),
+            "StrictHostKeyChecking=yes".into(),
+            format!("HostKeyAlias={alias}"),
+            "LogLevel=DEBUG1".into(),
+        ]
+    };
+    // The certified key's fingerprint, as ssh -v prints it.
+    let mut certified = Vec::new();
+    for alias in ["web-01", "127.0.0.1"] {
+        let opts = strict(&trusting, alias);
+        let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
+        let o = bed.exec_with(&opts, "echo certified", 0, alias);
+        let err = stderr(&o);
+        assert_eq!(stdout(&o), "certified\n", "{alias}{}", bed.diag(Some(&o)));
+        let matched = format!("Host '{alias}' is known and matches the ED25519-CERT host certificate");
+        assert!(
+            err.contains(&matched)
+                && err.contains("ID \"portcullis host certificate for web-01\"")
+                && !err.contains("WARNING")
+                && !err.contains("REMOTE HOST IDENTIFICATION HAS CHANGED"),
+            "{alias}: certified, no warning{}",
+            bed.diag(Some(&o))
+        );
+        // "Server host certificate: ssh-ed25519-cert-v01@openssh.com SHA256:…, serial …"
+        let fp = err
+            .lines()
+            .find_map(|l| l.split("Server host certificate: ").nth(1))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or_default()
+            .trim_end_matches(',');
+        certified.push(fp.to_string());
+    }
+    assert!(
+        certified[0].starts_with("SHA256:") && certified[0] == certified[1],
+        "one derived key: {certified:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&trusting).unwrap(),
+        before,
+        "known_hosts untouched"
+    );
+
+    // No line: trust on first use records the plain derived key, the one certified.
+    let o = bed.exec("echo first", 0, "first use, accept-new");
+    let (kind, recorded) = bed.recorded_host_key();
+    std::fs::write(bed.path("recorded.pub"), format!("{kind} {recorded}\n")).unwrap();
+    assert_eq!(
+        (kind.as_str(), fingerprint(&bed.path("recorded.pub"))),
+        ("ssh-ed25519", certified[0].clone()),
+        "{}",
+        bed.diag(Some(&o))
+    );
+    let plain = ["StrictHostKeyChecking=yes", "HostKeyAlgorithms=ssh-ed25519"];
+    bed.exec_with(&plain, "true", 0, "a client that wants the plain key");
+
+    // Off (a reload): the plain key only; the entry for the real host is a changed key.
+    let cfg = std::fs::read_to_string(&bed.config).unwrap();
+    std::fs::write(
+        &bed.config,
+        cfg.replace("host_certificates = true", "host_certificates = false"),
+    )
+    .unwrap();
+    unsafe { libc::kill(bed.daemon_pid().unwrap() as i32, libc::SIGHUP) };
+    poll(10, || {
+        bed.daemon_log().contains("configuration reloaded").then_some(())
+    })
+    .unwrap_or_else(|| panic!("no reload{}", bed.diag(None)));
+    let opts = strict(&trusting, "web-01");
+    let mut opts: Vec<&str> = opts.iter().map(String::as_str).collect();
+    opts.retain(|o| !o.starts_with("LogLevel"));
+    let o = bed.exec_with(&opts, "true", 255, "certificates off: the old entry wins");
+    assert!(
+        stderr(&o).contains("REMOTE HOST IDENTIFICATION HAS CHANGED"),
+        "{}",
+        bed.diag(Some(&o))
+    );
+    bed.exec_with(
+        &["StrictHostKeyChecking=yes"],
+        "true",
+        0,
+        "the key recorded on first use",
+    );
+}
+
 #[test]
 fn login_not_allowed_by_policy_is_explained() {
     let Some(bed) = Bed::known_good() else {

@@ -257,7 +257,8 @@ mod tests {
         let sig: ssh_key::Signature = signature::Signer::try_sign(&m.key, b"x").unwrap();
         Verifier::verify(m.key.public_key().key_data(), b"x", &sig).unwrap();
         // A CA of another type signs as ssh-key does.
-        let p256 = PrivateKey::random(&mut rand::rng(), Algorithm::new("ecdsa-sha2-nistp256").unwrap()).unwrap();
+        let p256 =
+            PrivateKey::random(&mut rand::rng(), Algorithm::new("ecdsa-sha2-nistp256").unwrap()).unwrap();
         let fp = p256.public_key().fingerprint(Default::default());
         let m = mint(&CaKey::new(p256), &r).unwrap();
         m.cert.validate_at(crate::audit::unix_secs(), &[fp]).unwrap();

@@ -8,6 +8,8 @@
 //! - [`steer`]: the proxy's listeners and what an accepted connection tells us.
 //! - [`split_tunnel`]: CIDR arithmetic for WARP-style split-tunnel lists.
 //! - [`hostcheck`]: which host keys a target may present (pins, host CAs).
+//! - [`hostcert`]: the host certificates shown with our derived keys, and the known_hosts
+//!   lines that trust them.
 //! - [`admission`]: caps on connections that have not authenticated yet.
 //! - [`audit`]: JSON-lines audit events.
 //! - [`daemon`]: ties them together for `portcullis run`.
@@ -20,6 +22,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod hostcert;
 pub mod hostcheck;
 pub mod hostkey;
 pub mod identity;

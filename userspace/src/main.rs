@@ -6,7 +6,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use portcullis::{ca, config, control, daemon, dataplane, policy, recording, split_tunnel};
+use portcullis::{ca, config, control, daemon, dataplane, hostcert, policy, recording, split_tunnel};
 use portcullis_common::verdict;
 
 #[derive(Parser)]
@@ -200,6 +200,17 @@ enum CaCommand {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Print the `@cert-authority` lines for users' known_hosts that trust the gateway's host
+    /// certificates ([ca] host_certificates): one per protected hostname, naming it and its
+    /// addresses (`[name]:port` for ports other than 22).
+    KnownHosts {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// One line for every host (`*`) instead: simpler to distribute, but the client then
+        /// trusts the CA to vouch for any server it connects to.
+        #[arg(long)]
+        any_host: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -239,6 +250,7 @@ fn main() -> ExitCode {
         Command::SplitTunnel { include, exclude } => split(&include, &exclude),
         Command::Ca(CaCommand::Init { config }) => ca_init(&config),
         Command::Ca(CaCommand::Pubkey { config }) => ca_pubkey(&config),
+        Command::Ca(CaCommand::KnownHosts { config, any_host }) => ca_known_hosts(&config, any_host),
         Command::Policy(PolicyCommand::Explain {
             config,
             source,
@@ -523,6 +535,21 @@ fn ca_init(path: &std::path::Path) -> anyhow::Result<()> {
 fn ca_pubkey(path: &std::path::Path) -> anyhow::Result<()> {
     let l = config::load(path)?;
     println!("{}", ca::public_line(&account(&l)?.ca_key)?);
+    Ok(())
+}
+
+fn ca_known_hosts(path: &std::path::Path, any_host: bool) -> anyhow::Result<()> {
+    let l = config::load(path)?;
+    if !l.config.ca.host_certificates {
+        eprintln!(
+            "portcullis: warning: {}: [ca] host_certificates is off, so the gateway presents no host certificates; these lines take effect once it is on",
+            path.display()
+        );
+    }
+    let ca_line = ca::public_line(&account(&l)?.ca_key)?;
+    for line in hostcert::known_hosts_lines(&ca_line, &l.targets, any_host) {
+        println!("{line}");
+    }
     Ok(())
 }
 

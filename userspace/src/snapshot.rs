@@ -16,6 +16,8 @@ pub struct Snapshot {
     pub policies: Engine,
     /// `[limits] upstream_dials_per_*`.
     pub dial_caps: crate::admission::DialCaps,
+    /// With `[ca] host_certificates`: what each target's host certificate names.
+    pub host_certificates: Option<crate::hostcert::Principals>,
 }
 
 impl Snapshot {
@@ -27,8 +29,14 @@ impl Snapshot {
             .enumerate()
             .map(|(i, t)| ((t.vnet, crate::targets::canonical(t.addr)), i))
             .collect();
+        let host_certificates = l
+            .config
+            .ca
+            .host_certificates
+            .then(|| crate::hostcert::Principals::new(&l.targets));
         Self {
             target_index,
+            host_certificates,
             targets: l.targets,
             host_keys: l.host_keys,
             auth: l.auth,

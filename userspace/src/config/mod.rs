@@ -640,7 +640,8 @@ email_prefix_login = true
     }
 
     /// Issue 11 #9: `[ca]` lifetimes are bounded and `source_address` entries are prefixes
-    /// sshd accepts, each error at its field.
+    /// sshd accepts, each error at its field; issue 14: `host_certificates` is a boolean,
+    /// off by default.
     #[test]
     fn ca_lifetime_and_source_address_are_validated() {
         let ok = p(&format!(
@@ -648,6 +649,9 @@ email_prefix_login = true
         ))
         .unwrap();
         assert_eq!(ok.config.ca.source_address.len(), 2);
+        assert!(!ok.config.ca.host_certificates, "off unless asked for");
+        let on = p(&format!("{BASE}\n[ca]\nhost_certificates = true\n")).unwrap();
+        assert!(on.config.ca.host_certificates);
         for (ca, says, at) in [
             (
                 "lifetime_secs = 0",
@@ -675,6 +679,11 @@ email_prefix_login = true
                 "source_address = [\"gw.example\"]",
             ),
             ("source_address = true", "invalid type", "source_address = true"),
+            (
+                "host_certificates = \"yes\"",
+                "invalid type",
+                "host_certificates = \"yes\"",
+            ),
         ] {
             let t = format!("{BASE}\n[ca]\n{ca}\n");
             let e = err(&t);

@@ -186,6 +186,11 @@ pub struct CaConfig {
     /// identity's email prefix as Cloudflare does (seed 002: targets map it to logins with
     /// `AuthorizedPrincipalsFile`).
     pub principal: PrincipalConfig,
+    /// Present each target's derived host key with a host certificate signed by the CA,
+    /// naming the target's hostname and addresses: users who add the `@cert-authority`
+    /// lines of `portcullis ca known-hosts` connect without the changed-key warning their
+    /// known_hosts entry for the real host would give. Follows reloads.
+    pub host_certificates: bool,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -202,6 +207,7 @@ impl Default for CaConfig {
             skew_secs: Spanned::new(0..0, 30),
             source_address: Vec::new(),
             principal: PrincipalConfig::Login,
+            host_certificates: false,
         }
     }
 }

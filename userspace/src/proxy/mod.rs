@@ -35,13 +35,13 @@ use portcullis_ssh::{
     session::Session,
     transport::{TransportConfig, DEFAULT_CIPHERS},
 };
-use ssh_key::PrivateKey;
+use ssh_key::{Certificate, PrivateKey};
 use tokio::net::TcpStream;
 
 use crate::{
     audit::{self, Audit, Event},
     config::schema::CaConfig,
-    hostkey,
+    hostcert, hostkey,
     identity::Identity,
     snapshot::Snapshot,
 };
@@ -111,11 +111,36 @@ impl Context {
 }
 
 /// The client's hop: the engine's defaults (post-quantum hybrids first; the client's
-/// order decides the cipher) with the derived host key.
-fn front_transport(key: PrivateKey) -> TransportConfig {
+/// order decides the cipher) with the derived host key and, with `[ca] host_certificates`,
+/// its certificate. The engine then offers `ssh-ed25519-cert-v01@openssh.com` as well as
+/// `ssh-ed25519`; the client's order picks one (RFC 4253 §7.1): OpenSSH lists certificate
+/// algorithms first, and a client that wants the plain key still gets it.
+fn front_transport(key: PrivateKey, certificate: Option<Certificate>) -> TransportConfig {
     TransportConfig {
         ident: IDENT.into(),
+        host_certificates: certificate.into_iter().collect(),
         ..TransportConfig::server(vec![key])
+    }
+}
+
+/// The host certificate for the derived `key`, when the configuration asks for one. A
+/// failure is logged and the plain key is presented: it is the gateway's identity either
+/// way, and the certificate only spares clients a prompt.
+fn host_certificate(conn: &Conn, key: &PrivateKey) -> Option<Certificate> {
+    let names = conn.snap.host_certificates.as_ref()?;
+    let fallback = [conn.target.to_ascii_lowercase()];
+    let r = hostcert::Request {
+        hostname: &conn.target,
+        principals: names.get(conn.vnet_id, &conn.target).unwrap_or(&fallback),
+        skew_secs: *conn.ctx.ca_cfg.skew_secs.get_ref(),
+        now: audit::unix_secs(),
+    };
+    match hostcert::mint(&conn.ctx.ca, key.public_key(), &r) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::error!(error = %e, target = %conn.target, "host certificate not minted; presenting the plain key");
+            None
+        }
     }
 }
 
@@ -302,9 +327,11 @@ pub async fn serve(inc: Incoming, snap: Arc<Snapshot>, ctx: Option<Arc<Context>>
         }
     };
 
+    let certificate = host_certificate(&conn, &key);
+
     // 4. The client's hop, fed what it sent so far; our identification went out already.
     let mut front = Session::server(
-        front_transport(key),
+        front_transport(key, certificate),
         relay::server_auth_config(conn.snap.auth),
         ConnectionConfig {
             // The client's early CLOSE is answered once the target's channel is closed.
@@ -337,4 +364,51 @@ async fn refuse_after_hello(
         conn.target, conn.target_addr, conn.session
     );
     refusal::refuse_after_hello(stream, code, &text, !permit.under_pressure()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use portcullis_ssh::transport::Transport;
+    use ssh_key::{private::Ed25519Keypair, Algorithm};
+
+    use super::*;
+
+    /// The host key algorithms our first KEXINIT offers the client (its second name-list).
+    fn offered(cfg: TransportConfig) -> String {
+        let t = Transport::new(cfg);
+        let out = t.output();
+        let ident = out.windows(2).position(|w| w == b"\r\n").unwrap() + 2;
+        // packet_length, padding_length, then the payload: SSH_MSG_KEXINIT and the cookie.
+        assert_eq!(out[ident + 5], 20, "KEXINIT");
+        let mut at = ident + 6 + 16;
+        let mut list = || {
+            let n = u32::from_be_bytes(out[at..at + 4].try_into().unwrap()) as usize;
+            let s = String::from_utf8_lossy(&out[at + 4..at + 4 + n]).into_owned();
+            at += 4 + n;
+            s
+        };
+        let _kex = list();
+        list()
+    }
+
+    /// With a certificate both algorithms are offered, the certificate's first (the client's
+    /// order decides, and OpenSSH's lists certificates first); without one only the plain
+    /// key is.
+    #[test]
+    fn the_certificate_is_offered_first_and_the_plain_key_still() {
+        let ca = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
+        let key = PrivateKey::from(Ed25519Keypair::from_seed(&[3; 32]));
+        let r = hostcert::Request {
+            hostname: "web-01",
+            principals: &["web-01".into()],
+            skew_secs: 30,
+            now: audit::unix_secs(),
+        };
+        let cert = hostcert::mint(&ca, key.public_key(), &r).unwrap();
+        assert_eq!(
+            offered(front_transport(key.clone(), Some(cert))),
+            "ssh-ed25519-cert-v01@openssh.com,ssh-ed25519"
+        );
+        assert_eq!(offered(front_transport(key, None)), "ssh-ed25519");
+    }
 }
