@@ -234,8 +234,17 @@ fn attach_xdp(
         let link = FdLink::from(old)
             .try_into()
             .map_err(DataplaneError::link(format!("reuse XDP link {}", path.display())))?;
-        p.attach_to_link(link)
+        let id = p
+            .attach_to_link(link)
             .map_err(DataplaneError::program(format!("update XDP program on {iface}")))?;
+        // The program would keep this descriptor until it is unloaded: one more per reload.
+        // The pin holds the link; closing ours leaves it attached.
+        let fd: FdLink = p
+            .take_link(id)
+            .map_err(DataplaneError::program("take XDP link"))?
+            .try_into()
+            .map_err(DataplaneError::link(format!("XDP link {}", path.display())))?;
+        drop(fd);
         return Ok(());
     }
     let id = match cfg.xdp_mode {
@@ -284,8 +293,16 @@ fn attach_tc(
         let link = FdLink::from(old)
             .try_into()
             .map_err(DataplaneError::link(format!("reuse TC link {}", path.display())))?;
-        p.attach_to_link(link)
+        let id = p
+            .attach_to_link(link)
             .map_err(DataplaneError::program(format!("update {name} on {iface}")))?;
+        // As for XDP: the pin holds the link, the program need not hold a descriptor too.
+        let fd: FdLink = p
+            .take_link(id)
+            .map_err(DataplaneError::program("take TC link"))?
+            .try_into()
+            .map_err(DataplaneError::link(format!("TC link {}", path.display())))?;
+        drop(fd);
         return Ok(());
     }
     let id = p

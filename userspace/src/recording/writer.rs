@@ -19,7 +19,7 @@ use std::{
     os::unix::fs::{FileExt, OpenOptionsExt},
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc, OnceLock,
     },
     time::{Duration, Instant},
@@ -168,11 +168,20 @@ impl Drop for Item {
 
 /// The relay's end of a recording. Cloned into both directions' tasks; the log is finished
 /// when every clone is dropped.
+///
+/// Each record handed over gets a position: the session bytes recorded so far, itself
+/// included. The writer publishes the position its file holds ([`Recorder::written`]), so
+/// the relay passes bytes on only once they are on disk: a daemon killed at any moment has
+/// lost no byte a peer already saw.
 #[derive(Clone)]
 pub struct Recorder {
     tx: mpsc::Sender<Item>,
     pub path: PathBuf,
     failed: Arc<AtomicBool>,
+    /// Session bytes handed to the writer so far.
+    queued: Arc<AtomicU64>,
+    /// Session bytes in the file (in blocks written whole).
+    written: watch::Receiver<u64>,
 }
 
 /// Why [`Recorder::try_record`] did not take a record.
@@ -215,11 +224,15 @@ impl Recorder {
             source,
         };
         std::fs::create_dir_all(dir).map_err(io)?;
+        // Written under a temporary name and linked into place with its header: a daemon
+        // killed at any instant leaves either no log or one that starts with a header (an
+        // orphaned `.log.new` holds nothing of a session: none of its bytes passed yet).
+        let fresh = dir.join(format!("{name}.log.new"));
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&path)
+            .open(&fresh)
             .map_err(io)?;
         let (ctx, enc) = Sealer::new(key)?;
         let header = Header {
@@ -231,7 +244,16 @@ impl Recorder {
             request,
             trailer: None,
         };
-        (&file).write_all(&format::encode_header(&header)?).map_err(io)?;
+        let placed = format::encode_header(&header)
+            .map_err(RecordingError::from)
+            .and_then(|h| {
+                (&file).write_all(&h).map_err(io)?;
+                // A link, not a rename: an existing log of that name is never replaced.
+                std::fs::hard_link(&fresh, &path).map_err(io)
+            });
+        let _ = std::fs::remove_file(&fresh);
+        placed?;
+        let (written_tx, written_rx) = watch::channel(0u64);
         let w = Writer {
             file: Arc::new(file),
             path: path.clone(),
@@ -246,6 +268,8 @@ impl Recorder {
             data_bytes: 0,
             closing: open().closing.subscribe(),
             _counted: Counted::new(),
+            sealed_upto: 0,
+            written: written_tx,
         };
         let (tx, rx) = mpsc::channel(QUEUE);
         let task = tokio::spawn(w.run(rx));
@@ -254,6 +278,8 @@ impl Recorder {
                 tx,
                 path,
                 failed: Default::default(),
+                queued: Default::default(),
+                written: written_rx,
             },
             task,
         ))
@@ -261,20 +287,47 @@ impl Recorder {
 
     /// Records bytes that crossed the relay; waits when the writer is behind.
     pub async fn record(&self, source: u8, code: u32, data: Bytes) -> Result<(), RecordingError> {
+        let n = data.len() as u64;
         self.tx
             .send(Item::data(source, code, data))
             .await
-            .map_err(|_| RecordingError::Stopped("writer gone".into()))
+            .map_err(|_| RecordingError::Stopped("writer gone".into()))?;
+        self.queued.fetch_add(n, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Records bytes without waiting: `Full` when the writer is behind (the relay holds the
     /// bytes, and the window they came with, until [`Recorder::ready`]).
-    pub fn try_record(&self, source: u8, code: u32, data: Bytes) -> Result<(), TryRecord> {
+    /// Returns the record's position: it is on disk once [`Recorder::written`] reaches it.
+    pub fn try_record(&self, source: u8, code: u32, data: Bytes) -> Result<u64, TryRecord> {
+        let n = data.len() as u64;
         let item = Item::data(source, code, data);
-        self.tx.try_send(item).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => TryRecord::Full,
-            mpsc::error::TrySendError::Closed(_) => TryRecord::Stopped,
-        })
+        match self.tx.try_send(item) {
+            // Only the relay's task records data, one record at a time: positions follow
+            // the queue's order.
+            Ok(()) => Ok(self.queued.fetch_add(n, Ordering::Relaxed) + n),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(TryRecord::Full),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(TryRecord::Stopped),
+        }
+    }
+
+    /// The position the file holds: every record up to it is in blocks written whole.
+    pub fn written(&self) -> u64 {
+        *self.written.borrow()
+    }
+
+    /// Resolves once the file holds `position` (or the writer stopped: see
+    /// [`Recorder::stopped`]).
+    pub fn written_past(&self, position: u64) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.written.clone();
+        async move {
+            let _ = rx.wait_for(|w| *w >= position).await;
+        }
+    }
+
+    /// The writer is gone (a write failed, or the log was closed).
+    pub fn stopped(&self) -> bool {
+        self.tx.is_closed()
     }
 
     /// Resolves once the writer has room for half a queue of records (or is gone): waking
@@ -351,6 +404,10 @@ struct Writer {
     /// Set when the daemon stops: close now.
     closing: watch::Receiver<bool>,
     _counted: Counted,
+    /// The position (`data_bytes`) the sealed blocks reach.
+    sealed_upto: u64,
+    /// Where the relay learns the position the file holds.
+    written: watch::Sender<u64>,
 }
 
 impl Writer {
@@ -452,6 +509,7 @@ impl Writer {
         self.block.clear();
         self.block.extend_from_slice(&[0; LEN]);
         self.blocks += 1;
+        self.sealed_upto = self.data_bytes;
         crate::metrics::get().recording_blocks.inc();
         Ok(())
     }
@@ -478,6 +536,7 @@ impl Writer {
         crate::metrics::get().recording_bytes.inc_by(n);
         self.sealed = sealed;
         self.digest = hash;
+        self.written.send_replace(self.sealed_upto);
         Ok(())
     }
 

@@ -6,8 +6,9 @@
 //! the receiver's window allows); only then are they consumed on the sending side, which
 //! credits the sender's window. So what a channel holds is bounded by the window the proxy
 //! granted its sender, a stopped reader stops only its own channel's writer, and nothing
-//! waits on anything else. Recording takes each chunk before any of it is sent on: every
-//! byte that reaches the other side is in the log.
+//! waits on anything else. Recording takes each chunk before any of it is sent on, and the
+//! chunk is sent only once the log's file holds it: every byte that reaches the other side
+//! is in the log, even if the daemon is killed the next instant.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -36,8 +37,10 @@ pub(super) struct Flow {
     pub queue: VecDeque<Item>,
     /// Small chunks being coalesced, after `queue`.
     tail: Option<(Option<u32>, BytesMut)>,
-    /// The recording has the head of `queue` (parts of it may be sent already).
-    pub head_recorded: bool,
+    /// The positions in the recording ([`Recorder::try_record`]) of the first items of
+    /// `queue`, which the recording has (the head's parts may be sent already). An item is
+    /// passed on once the recording's file holds its position.
+    pub recorded: VecDeque<u64>,
     /// The sender sent EOF: pass it on once `queue` is empty.
     pub eof: bool,
     pub eof_sent: bool,
@@ -85,7 +88,7 @@ impl Flow {
     pub fn clear(&mut self) {
         self.queue.clear();
         self.tail = None;
-        self.head_recorded = false;
+        self.recorded.clear();
     }
 }
 
@@ -118,7 +121,7 @@ pub(super) struct Pair {
     /// explanation, nothing reaches the target.
     pub refused: bool,
     pub rec: Option<Recorder>,
-    /// A wake-up is registered for when `rec` has room.
+    /// A wake-up is registered for when `rec` has room, or its file has grown.
     pub rec_waiting: bool,
     pub sftp: Option<crate::proxy::sftp::Watcher>,
     /// The first client bytes of a started session without a watcher: if they are an SFTP
@@ -387,6 +390,11 @@ impl Relay {
         let src = p.ids[s.i()];
         let flow = &mut p.toward[d.i()];
         let mut abort = false;
+        let source = if d == Hop::Up {
+            SOURCE_CLIENT
+        } else {
+            SOURCE_TARGET
+        };
         loop {
             if hops[d.i()].backlog() >= super::HIGH_WATER {
                 hops[d.i()].blocked = true;
@@ -395,39 +403,62 @@ impl Relay {
             if flow.queue.is_empty() {
                 flow.seal();
             }
-            let Some((code, data)) = flow.queue.front_mut() else {
-                break;
-            };
-            if let Some(rec) = p.rec.as_ref().filter(|r| !flow.head_recorded && !r.failed()) {
-                let source = if d == Hop::Up {
-                    SOURCE_CLIENT
-                } else {
-                    SOURCE_TARGET
-                };
-                let kind = if code.is_some() { CODE_EXTENDED } else { CODE_DATA };
-                match rec.try_record(source, kind, data.clone()) {
-                    Ok(()) => flow.head_recorded = true,
-                    Err(TryRecord::Full) => {
-                        if !p.rec_waiting {
-                            p.rec_waiting = true;
-                            let ready = rec.ready();
-                            recorder_waits.push(Box::pin(async move {
-                                ready.await;
-                                i
-                            }));
+            let rec = p.rec.as_ref().filter(|r| !r.failed());
+            // The recording takes everything queued, ahead of sending: its writer seals and
+            // writes it in batches while the head waits to be on disk.
+            if let Some(rec) = rec {
+                while flow.recorded.len() < flow.queue.len() {
+                    let (code, data) = &flow.queue[flow.recorded.len()];
+                    let kind = if code.is_some() { CODE_EXTENDED } else { CODE_DATA };
+                    match rec.try_record(source, kind, data.clone()) {
+                        Ok(position) => flow.recorded.push_back(position),
+                        Err(TryRecord::Full) => {
+                            if !p.rec_waiting {
+                                p.rec_waiting = true;
+                                let ready = rec.ready();
+                                recorder_waits.push(Box::pin(async move {
+                                    ready.await;
+                                    i
+                                }));
+                            }
+                            break;
                         }
-                        break;
+                        Err(TryRecord::Stopped) => break,
                     }
-                    Err(TryRecord::Stopped) => {
+                }
+            }
+            if flow.queue.is_empty() {
+                break;
+            }
+            if let Some(rec) = rec {
+                let on_disk = flow.recorded.front().is_some_and(|&at| rec.written() >= at);
+                if !on_disk {
+                    if rec.stopped() {
+                        // The writer failed: what it had not written is not in the log.
                         rec.mark_failed();
                         tracing::error!(session = %conn.session, recording = %rec.path.display(), "recording failed");
                         if fail_closed {
                             abort = true;
                             break;
                         }
+                        continue;
                     }
+                    if let Some(&at) = flow.recorded.front() {
+                        if !p.rec_waiting {
+                            p.rec_waiting = true;
+                            let written = rec.written_past(at);
+                            recorder_waits.push(Box::pin(async move {
+                                written.await;
+                                i
+                            }));
+                        }
+                    }
+                    break;
                 }
             }
+            let Some((code, data)) = flow.queue.front_mut() else {
+                break;
+            };
             let c = hops[d.i()].session.connection();
             let n = match code {
                 None => c.send_data(dst, data),
@@ -447,7 +478,7 @@ impl Relay {
             totals.to[d.i()] += n as u64;
             if n == data.len() {
                 flow.queue.pop_front();
-                flow.head_recorded = false;
+                flow.recorded.pop_front();
             } else {
                 data.advance(n);
             }
