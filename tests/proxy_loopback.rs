@@ -857,8 +857,10 @@ fn identity_without_policy_is_refused_before_ssh() {
     }) else {
         return;
     };
-    // sshd logs one connection already: the testbed's probe that it listens.
+    // sshd logs one connection already: the testbed's probe that it listens (logged by
+    // sshd's child a moment later, which a busy machine can stretch: waited for).
     let connections = || bed.sshd.log().matches("Connection from").count();
+    poll(10, || (connections() >= 1).then_some(()));
     let before = connections();
     let o = bed.exec("id", 255, "no policy: disconnected before the key exchange");
     assert!(o.stdout.is_empty(), "nothing ran{}", bed.diag(Some(&o)));

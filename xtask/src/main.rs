@@ -51,6 +51,13 @@ enum Command {
     },
     /// Bring up the demo topology and show flows being steered; cleans up after itself.
     Demo,
+    /// The long soak (as root): sessions with traffic and recording while the daemon is
+    /// reloaded every second and killed and restarted `--kills` times; then every recording,
+    /// the targets' logs and the daemon's footprint across reloads are checked.
+    Soak {
+        #[arg(long, default_value_t = 20)]
+        kills: u32,
+    },
     /// Benchmarks; writes target/bench/report.{json,md}.
     Bench {
         /// Groups to run (default: all). Known: xdp, policy, ssh, crypto, engine.
@@ -84,8 +91,25 @@ fn main() -> Result<()> {
             },
         ),
         Command::Demo => demo::run(),
+        Command::Soak { kills } => soak(kills),
         Command::Bench { groups, quick } => bench::run(&groups, quick),
     }
+}
+
+/// `cargo xtask test` runs the same soak with 3 kills.
+fn soak(kills: u32) -> Result<()> {
+    build::ebpf()?;
+    std::env::set_var("PORTCULLIS_SOAK_KILLS", kills.to_string());
+    util::cargo(&[
+        "test",
+        "-p",
+        "portcullis",
+        "--test",
+        "proxy_netns",
+        "soak",
+        "--",
+        "--nocapture",
+    ])
 }
 
 fn test(args: &[String]) -> Result<()> {
