@@ -282,6 +282,10 @@ fn soak_reloads_and_kills_lose_no_recording_and_open_no_bypass() {
         Arc, Mutex,
     };
     let Some(bed) = Bed::build(true) else { return };
+    // The metrics endpoint, inside the gateway's namespace.
+    let mut cfg = std::fs::read_to_string(&bed.config).unwrap();
+    cfg.push_str("\n[metrics]\nlisten = \"127.0.0.1:9186\"\n");
+    std::fs::write(&bed.config, cfg).unwrap();
     let bed = Arc::new(bed);
     let kills: u32 = std::env::var("PORTCULLIS_SOAK_KILLS")
         .ok()
@@ -393,6 +397,31 @@ fn soak_reloads_and_kills_lose_no_recording_and_open_no_bypass() {
             "the target saw the client directly:\n{log}"
         );
     }
+
+    // The metrics the operator's Prometheus would scrape: ready, and the dataplane's
+    // counters per target read from the pinned maps.
+    let scrape = |path: &'static str| {
+        bed.topo.gw.run(move || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect("127.0.0.1:9186").unwrap();
+            write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+            let mut r = String::new();
+            s.read_to_string(&mut r).unwrap();
+            r
+        })
+    };
+    assert!(scrape("/readyz").starts_with("HTTP/1.1 200"), "not ready");
+    let m = scrape("/metrics");
+    let steered = m
+        .lines()
+        .find(|l| {
+            l.starts_with("portcullis_dataplane_packets_total{")
+                && l.contains("target=\"web-01\"")
+                && l.contains("address=\"198.18.10.10\"")
+                && l.contains("verdict=\"steered\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok());
+    assert!(steered.is_some_and(|n| n > 0), "no steered packets counted:\n{m}");
 
     // Reloads leak nothing: the same footprint before and after many more.
     let pid = d.pid();
