@@ -15,6 +15,7 @@ use crate::{
     config,
     dataplane::{Dataplane, DataplaneError},
     proxy::{self, Context, Incoming},
+    service,
     snapshot::Snapshot,
     steer,
 };
@@ -194,16 +195,7 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
     if let Some(dp) = dp.as_mut() {
         dp.register_listeners(&listeners.v4, listeners.v6.as_ref())?;
     }
-    tracing::info!(
-        instance = %loaded.config.dataplane.instance,
-        targets = loaded.targets.addrs.len(),
-        identities = loaded.identities.len(),
-        policies = loaded.policies.len(),
-        steering,
-        pins = %dp.as_ref().map(|d| d.paths().root.display().to_string()).unwrap_or_default(),
-        "dataplane up; serving steered connections"
-    );
-    let state = Arc::new(ArcSwap::from_pointee(Snapshot::new(loaded)));
+    // Before saying "serving": from then on a SIGTERM or SIGHUP must not kill the daemon.
     let sig = |k| {
         signal(k).map_err(|source| DaemonError::Io {
             what: "install signal handler",
@@ -215,6 +207,17 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
         sig(SignalKind::terminate())?,
         sig(SignalKind::interrupt())?,
     );
+    tracing::info!(
+        instance = %loaded.config.dataplane.instance,
+        targets = loaded.targets.addrs.len(),
+        identities = loaded.identities.len(),
+        policies = loaded.policies.len(),
+        steering,
+        pins = %dp.as_ref().map(|d| d.paths().root.display().to_string()).unwrap_or_default(),
+        "dataplane up; serving steered connections"
+    );
+    let status = serving(&loaded);
+    let state = Arc::new(ArcSwap::from_pointee(Snapshot::new(loaded)));
     // Reloads run beside the accept loop: parsing a large configuration and syncing the maps
     // take a second or more, and connections keep being served meanwhile. One pending
     // request is enough — a reload always reads the file as it is then.
@@ -231,7 +234,11 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
             loop {
                 tokio::select! {
                     r = reload_rx.recv() => match r {
-                        Some(()) => reload(&path, dp.as_mut(), &state, &admission).await,
+                        Some(()) => {
+                            service::reloading();
+                            let status = reload(&path, dp.as_mut(), &state, &admission).await;
+                            service::reloaded(&status);
+                        }
                         None => break,
                     },
                     Some(ev) = recv_opt(links.as_mut()) => {
@@ -249,6 +256,9 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
     // The first tick one period on (`interval` would tick at once and open a new interval).
     let mut floods = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     floods.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Only now: the dataplane steers into registered listeners, the plain listeners are bound,
+    // and SIGHUP is handled (before, `systemctl reload` right after start would kill us).
+    service::ready(&status);
     loop {
         let accepted = tokio::select! {
             r = listeners.v4.accept() => r,
@@ -300,6 +310,7 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
             }
         }
     }
+    service::stopping();
     // Refusals counted since the last aggregate are not lost with the daemon.
     audit_floods(&admission, &audit);
     // Open recordings are closed — trailer written and signed — before the runtime drops
@@ -470,13 +481,20 @@ async fn accept_opt(
 /// Parses and validates the whole configuration first; only then updates the dataplane and
 /// swaps the snapshot. Anything invalid is rejected and the old configuration keeps serving;
 /// connections in flight keep the snapshot they started with.
-async fn reload(path: &Path, dp: Option<&mut Dataplane>, state: &ArcSwap<Snapshot>, admission: &Admission) {
+/// Returns the service status to show (`systemctl status`).
+async fn reload(
+    path: &Path,
+    dp: Option<&mut Dataplane>,
+    state: &ArcSwap<Snapshot>,
+    admission: &Admission,
+) -> String {
+    const KEPT: &str = "the previous configuration keeps serving";
     let p = path.to_owned();
     let loaded = match tokio::task::spawn_blocking(move || config::load(&p)).await {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(error = %e, "reload failed; the previous configuration keeps serving");
-            return;
+            return format!("reload failed; {KEPT}");
         }
     };
     let applied = match (&loaded, dp) {
@@ -496,14 +514,30 @@ async fn reload(path: &Path, dp: Option<&mut Dataplane>, state: &ArcSwap<Snapsho
                     tracing::warn!("{}: {w}", path.display());
                 }
                 admission.set_limits(limits(&new.config.limits, descriptor_limit()));
+                let status = serving(&new);
                 state.store(Arc::new(Snapshot::new(new)));
+                status
             }
             Err(e) => {
-                tracing::error!(error = %e, "reload failed while updating the dataplane; previous policy keeps serving")
+                tracing::error!(error = %e, "reload failed while updating the dataplane; previous policy keeps serving");
+                format!("reload failed while updating the dataplane; {KEPT}")
             }
         },
-        Err(e) => tracing::error!(error = %e, "reload rejected; the previous configuration keeps serving"),
+        Err(e) => {
+            tracing::error!(error = %e, "reload rejected; the previous configuration keeps serving");
+            format!("reload rejected (invalid configuration); {KEPT}")
+        }
     }
+}
+
+/// The one-line status the service manager shows while `l` serves.
+fn serving(l: &config::Loaded) -> String {
+    format!(
+        "serving {} target addresses, {} identities, {} policies",
+        l.targets.addrs.len(),
+        l.identities.len(),
+        l.policies.len()
+    )
 }
 
 #[cfg(test)]
