@@ -1,5 +1,7 @@
 //! The `portcullis` command line as an operator uses it: exit codes and messages of `check`,
-//! `policy explain`, `ca init|pubkey` and `split-tunnel`. No privileges needed.
+//! `policy explain`, `ca init|pubkey` and `split-tunnel`; what `generate` writes for the
+//! package; the systemd unit as `systemd-analyze` judges it. No privileges needed, except to
+//! run the daemon for its systemd notifications (root: its listeners are IP_TRANSPARENT).
 
 use std::{
     path::{Path, PathBuf},
@@ -371,4 +373,32 @@ fn daemon_tells_systemd_ready_reloading_stopping() {
     signal(&child, libc::SIGTERM);
     assert!(next().starts_with("STOPPING=1\n"));
     assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn generate_writes_man_pages_and_completions() {
+    let d = Dir::new("generate");
+    let man = d.0.join("man");
+    let o = run(&["generate", "man", c(&man)]);
+    assert!(o.status.success(), "{}", text(&o));
+    let run_page = std::fs::read_to_string(man.join("portcullis-run.1")).unwrap();
+    assert!(run_page.contains(".TH portcullis-run 1"), "{run_page}");
+    assert!(man.join("portcullis-policy-explain.1").exists());
+    assert!(
+        !man.join("portcullis-generate.1").exists(),
+        "the packaging command stays out of the pages"
+    );
+    for (shell, file, marker) in [
+        ("bash", "portcullis.bash", "complete -F"),
+        ("zsh", "_portcullis", "#compdef portcullis"),
+        ("fish", "portcullis.fish", "complete -c portcullis"),
+    ] {
+        let o = run(&["generate", "completions", shell, c(&d.0)]);
+        assert!(o.status.success(), "{}", text(&o));
+        let script = std::fs::read_to_string(d.0.join(file)).unwrap();
+        assert!(
+            script.contains(marker) && script.contains("split-tunnel") && !script.contains("generate"),
+            "{shell}: {script}"
+        );
+    }
 }
