@@ -61,10 +61,7 @@ pub fn check() -> Result<()> {
     let result = run(&dir);
     let _ = fs::remove_dir_all(&dir);
     result.context("dist check (the Debian package of the debug binary)")?;
-    eprintln!(
-        "xtask: dist check: package built, installed into an empty root, run, removed and purged ({:.1} s)",
-        started.elapsed().as_secs_f64()
-    );
+    eprintln!("xtask: dist check: ok ({:.1} s)", started.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -83,6 +80,11 @@ fn run(dir: &Path) -> Result<()> {
     })?;
     contents(&deb)?;
     metadata(&deb)?;
+    if !util::is_root() {
+        // dpkg gives every installed file to root.
+        eprintln!("xtask: dist check: not root: the package is built and read, not installed");
+        return Ok(());
+    }
     install(&deb, &dir.join("root"))
 }
 
@@ -148,7 +150,7 @@ fn install(deb: &Path, root: &Path) -> Result<()> {
             Command::new("dpkg")
                 .arg(format!("--root={}", root.display()))
                 .arg(format!("--log={}", root.join("dpkg.log").display()))
-                .args(["--force-script-chrootless", "--force-depends", "--force-not-root"])
+                .args(["--force-script-chrootless", "--force-depends"])
                 .args(args),
         )
     };
