@@ -15,6 +15,7 @@ use crate::{
     config,
     dataplane::{Dataplane, DataplaneError},
     proxy::{self, Context, Incoming},
+    service,
     snapshot::Snapshot,
     steer,
 };
@@ -206,6 +207,18 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
     if let Some(dp) = dp.as_mut() {
         dp.register_listeners(&listeners.v4, listeners.v6.as_ref())?;
     }
+    // Before saying "serving": from then on a SIGTERM or SIGHUP must not kill the daemon.
+    let sig = |k| {
+        signal(k).map_err(|source| DaemonError::Io {
+            what: "install signal handler",
+            source,
+        })
+    };
+    let (mut hup, mut term, mut int) = (
+        sig(SignalKind::hangup())?,
+        sig(SignalKind::terminate())?,
+        sig(SignalKind::interrupt())?,
+    );
     tracing::info!(
         instance = %loaded.config.dataplane.instance,
         targets = loaded.targets.addrs.len(),
@@ -215,6 +228,7 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
         pins = %dp.as_ref().map(|d| d.paths().root.display().to_string()).unwrap_or_default(),
         "dataplane up; serving steered connections"
     );
+    let status = serving(&loaded);
     let control = crate::control::bind(&loaded.config.dataplane)?;
     let dataplane_cfg = steering.then(|| loaded.config.dataplane.clone());
     let state = Arc::new(ArcSwap::from_pointee(Snapshot::new(loaded)));
@@ -234,17 +248,6 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
         tracing::info!(listen = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "metrics endpoint up");
         tokio::spawn(crate::metrics::http::serve(l, endpoint.clone()));
     }
-    let sig = |k| {
-        signal(k).map_err(|source| DaemonError::Io {
-            what: "install signal handler",
-            source,
-        })
-    };
-    let (mut hup, mut term, mut int) = (
-        sig(SignalKind::hangup())?,
-        sig(SignalKind::terminate())?,
-        sig(SignalKind::interrupt())?,
-    );
     // Reloads run beside the accept loop: parsing a large configuration and syncing the maps
     // take a second or more, and connections keep being served meanwhile. One pending
     // request is enough — a reload always reads the file as it is then.
@@ -262,9 +265,14 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
                 tokio::select! {
                     r = reload_rx.recv() => match r {
                         Some(answer) => {
+                            service::reloading();
                             let outcome = reload(&path, dp.as_mut(), &state, &admission).await;
+                            service::reloaded(match &outcome {
+                                Ok((_, status)) => status,
+                                Err(e) => e,
+                            });
                             if let Some(answer) = answer {
-                                let _ = answer.send(outcome);
+                                let _ = answer.send(outcome.map(|(generation, _)| generation));
                             }
                         }
                         None => break,
@@ -290,6 +298,9 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
     // The first tick one period on (`interval` would tick at once and open a new interval).
     let mut floods = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     floods.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Only now: the dataplane steers into registered listeners, the plain listeners are bound,
+    // and SIGHUP is handled (before, `systemctl reload` right after start would kill us).
+    service::ready(&status);
     loop {
         let accepted = tokio::select! {
             r = listeners.v4.accept() => r,
@@ -342,6 +353,7 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
         }
     }
     endpoint.ready.store(false, std::sync::atomic::Ordering::Relaxed);
+    service::stopping();
     // Refusals counted since the last aggregate are not lost with the daemon.
     audit_floods(&admission, &audit);
     // Open recordings are closed — trailer written and signed — before the runtime drops
@@ -512,13 +524,13 @@ async fn accept_opt(
 /// Parses and validates the whole configuration first; only then updates the dataplane and
 /// swaps the snapshot. Anything invalid is rejected and the old configuration keeps serving;
 /// connections in flight keep the snapshot they started with. Returns the new configuration
-/// generation, or why the file was refused.
+/// generation and the status to show (`systemctl status`), or why the file was refused.
 async fn reload(
     path: &Path,
     dp: Option<&mut Dataplane>,
     state: &ArcSwap<Snapshot>,
     admission: &Admission,
-) -> Result<i64, String> {
+) -> Result<(i64, String), String> {
     let p = path.to_owned();
     let outcome = match tokio::task::spawn_blocking(move || config::load(&p)).await {
         Err(e) => Err(format!("reload failed: {e}")),
@@ -540,8 +552,9 @@ async fn reload(
                         tracing::warn!("{}: {w}", path.display());
                     }
                     admission.set_limits(limits(&new.config.limits, descriptor_limit()));
+                    let status = serving(&new);
                     state.store(Arc::new(Snapshot::new(new)));
-                    Ok(())
+                    Ok(status)
                 }
                 Err(e) => Err(format!("reload failed while updating the dataplane: {e}")),
             }
@@ -550,12 +563,22 @@ async fn reload(
     let m = crate::metrics::get();
     m.reloaded(outcome.is_ok());
     match outcome {
-        Ok(()) => Ok(m.config_generation.get()),
+        Ok(status) => Ok((m.config_generation.get(), status)),
         Err(e) => {
             tracing::error!(error = %e, "the previous configuration keeps serving");
-            Err(e)
+            Err(format!("{e}; the previous configuration keeps serving"))
         }
     }
+}
+
+/// The one-line status the service manager shows while `l` serves.
+fn serving(l: &config::Loaded) -> String {
+    format!(
+        "serving {} target addresses, {} identities, {} policies",
+        l.targets.addrs.len(),
+        l.identities.len(),
+        l.policies.len()
+    )
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 //! - [`admission`]: caps on connections that have not authenticated yet.
 //! - [`audit`]: JSON-lines audit events.
 //! - [`daemon`]: ties them together for `portcullis run`.
+//! - [`service`]: readiness, reload and stop notifications to systemd (`Type=notify`).
 
 pub mod admission;
 pub mod audit;
@@ -31,6 +32,7 @@ pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod recording;
+pub mod service;
 pub mod snapshot;
 pub mod split_tunnel;
 pub mod steer;

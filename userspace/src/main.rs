@@ -5,7 +5,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use portcullis::{ca, config, control, daemon, dataplane, hostcert, policy, recording, split_tunnel};
 use portcullis_common::verdict;
 
@@ -129,6 +129,25 @@ enum Command {
     },
 }
 
+// `portcullis generate …` (for packaging: `cargo xtask dist`) writes the manual pages and
+// shell completions made from `Cli`. It is parsed apart from `Cli`, so that what it writes
+// does not offer it (clap_complete lists hidden subcommands too).
+#[derive(Parser)]
+#[command(
+    name = "portcullis generate",
+    bin_name = "portcullis generate",
+    about = "Write the manual pages or shell completions (for packaging)"
+)]
+enum Generate {
+    /// One roff page per command (`portcullis.1`, `portcullis-run.1`, …) into DIR.
+    Man { dir: PathBuf },
+    /// The completion script for SHELL into DIR, named as that shell expects.
+    Completions {
+        shell: clap_complete::Shell,
+        dir: PathBuf,
+    },
+}
+
 #[derive(Subcommand)]
 enum PolicyCommand {
     /// Decide a request as the gateway would, and say which policy and rule decided and why
@@ -216,10 +235,17 @@ enum CaCommand {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: not in the journal or a redirected log.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG").unwrap_or_else(|_| "info".into()),
         )
         .init();
+    let mut args = std::env::args_os();
+    if args.nth(1).is_some_and(|a| a == "generate") {
+        // "generate" stands where clap expects the program's name.
+        return exit(generate(&Generate::parse_from(std::env::args_os().skip(1))));
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { config } => return check(&config),
@@ -270,6 +296,10 @@ fn main() -> ExitCode {
             }
         }
     };
+    exit(result)
+}
+
+fn exit(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -277,6 +307,24 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn generate(what: &Generate) -> anyhow::Result<()> {
+    let mut cmd = Cli::command();
+    let dir = match what {
+        Generate::Man { dir } | Generate::Completions { dir, .. } => dir,
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    match what {
+        Generate::Man { dir } => clap_mangen::generate_to(cmd, dir)
+            .with_context(|| format!("write man pages into {}", dir.display()))?,
+        Generate::Completions { shell, dir } => {
+            let path = clap_complete::generate_to(*shell, &mut cmd, "portcullis", dir)
+                .with_context(|| format!("write {shell} completions into {}", dir.display()))?;
+            println!("{}", path.display());
+        }
+    }
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

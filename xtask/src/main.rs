@@ -4,6 +4,7 @@
 mod bench;
 mod build;
 mod demo;
+mod dist;
 mod fuzz;
 mod setup;
 mod util;
@@ -29,7 +30,8 @@ enum Command {
         release: bool,
     },
     /// Everything CI checks: fmt, clippy, unit, packet and network-namespace tests (as root).
-    /// Then every fuzz target for a few seconds (not when a filter is given).
+    /// Then the Debian package of the debug build, installed into an empty root, and every
+    /// fuzz target for a few seconds (neither when a filter is given).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
@@ -57,6 +59,17 @@ enum Command {
     Soak {
         #[arg(long, default_value_t = 20)]
         kills: u32,
+    },
+    /// The Debian package: target/dist/portcullis_<version>_<arch>.deb (release build, man
+    /// pages, completions, systemd unit, example configuration); lintian's verdict if installed.
+    Dist {
+        /// Package this binary instead of building the release one.
+        #[arg(long)]
+        binary: Option<std::path::PathBuf>,
+        /// Only the check `cargo xtask test` runs: package the debug binary, install it into
+        /// an empty root, run it, remove and purge it.
+        #[arg(long, conflicts_with = "binary")]
+        check: bool,
     },
     /// Benchmarks; writes target/bench/report.{json,md}.
     Bench {
@@ -92,6 +105,8 @@ fn main() -> Result<()> {
         ),
         Command::Demo => demo::run(),
         Command::Soak { kills } => soak(kills),
+        Command::Dist { check: true, .. } => dist::check(),
+        Command::Dist { binary, .. } => dist::run(binary),
         Command::Bench { groups, quick } => bench::run(&groups, quick),
     }
 }
@@ -123,6 +138,7 @@ fn test(args: &[String]) -> Result<()> {
     a.extend(args.iter().map(String::as_str));
     util::cargo(&a)?;
     if args.is_empty() {
+        dist::check()?;
         fuzz::quick()?;
     }
     Ok(())

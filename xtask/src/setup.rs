@@ -27,6 +27,11 @@ const TOOLS: &[(&str, &str)] = &[
     // Other SSH clients than OpenSSH's, for the interoperability tests.
     ("/usr/bin/plink", "putty-tools"),
     ("/usr/bin/dbclient", "dropbear-bin"),
+    // The unit's checks (`systemd-analyze verify`, `security --offline`).
+    ("/usr/bin/systemd-analyze", "systemd"),
+    // The package's library dependencies (`cargo xtask dist`) and the stripping of its binary.
+    ("/usr/bin/dpkg-shlibdeps", "dpkg-dev"),
+    ("/usr/bin/strip", "binutils"),
 ];
 
 const BPF_LINKER: &str = "0.13.0";
