@@ -284,7 +284,7 @@ fn markdown(report: &BTreeMap<String, Value>, quick: bool) -> String {
     {
         s.push_str(&format!(
             "_sessions (quick): {n:.0} concurrent sessions attempted, not 10 000, so \
-             sessions.concurrent cannot meet its target; set-up rates from one 4 s round._\n\n"
+             sessions.concurrent cannot meet its target; set-up rates from one 4 s round each._\n\n"
         ));
     }
     s.push_str(

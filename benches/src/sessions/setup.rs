@@ -62,11 +62,19 @@ impl Bed {
         let (sessions, secs) = self.sessions(rt, proxied, workers, secs)?;
         // The last sessions' sshd processes are reaped (and counted) once they are gone.
         std::thread::sleep(Duration::from_millis(300));
-        Ok(Run {
+        let run = Run {
             per_s: sessions as f64 / secs,
             gateway_cpu_ms: (cpu_secs(gateway, false) - g0) * 1000.0 / sessions as f64,
             sshd_cpu_ms: (cpu_secs(sshd, true) - s0) * 1000.0 / sessions as f64,
-        })
+        };
+        eprintln!(
+            "sessions: {} {:.1}/s; CPU per session: gateway {:.1} ms, sshd {:.1} ms",
+            if proxied { "proxied" } else { "direct" },
+            run.per_s,
+            run.gateway_cpu_ms,
+            run.sshd_cpu_ms
+        );
+        Ok(run)
     }
 
     /// Sessions completed, and the seconds they took.
