@@ -16,7 +16,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde_json::{Map, Value};
 
-use crate::median;
+use crate::{cpu_secs, median};
 
 const CIPHERS: [(&str, &str); 2] = [
     ("chacha", "chacha20-poly1305@openssh.com"),
@@ -60,23 +60,6 @@ fn run(cmd: &mut Command) -> Result<()> {
         bail!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(())
-}
-
-/// CPU seconds of a process (`self_`) or of its reaped children.
-fn cpu_secs(pid: u32, children: bool) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r.split_whitespace().collect())
-        .unwrap_or_default();
-    // Fields after the command: state is index 0, utime 11, stime 12, cutime 13, cstime 14.
-    let f = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    if children {
-        (f(13) + f(14)) / ticks
-    } else {
-        (f(11) + f(12)) / ticks
-    }
 }
 
 struct Bed {
