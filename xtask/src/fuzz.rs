@@ -112,14 +112,34 @@ pub fn run_targets(name: Option<&str>, seconds: u64, b: &Build) -> Result<()> {
     Ok(())
 }
 
+const QUICK: Build<'static> = Build {
+    dev: true,
+    sanitizer: "address",
+};
+
+/// The quick build started in the background at the lowest CPU priority, its output to
+/// `log`: `cargo xtask test` builds the fuzz targets (two minutes of CPU cold) on what the
+/// tests leave idle — many of them mostly wait on timers and sockets — instead of after them.
+/// At nice 19 it takes almost nothing from a test that needs the CPU.
+pub fn spawn_quick_build(log: &Path) -> Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let out = std::fs::File::create(log)?;
+    let mut c = cargo_fuzz("build", &QUICK, &[]);
+    c.stdout(out.try_clone()?).stderr(out);
+    // SAFETY: setpriority is async-signal-safe and touches only the child being started.
+    unsafe {
+        c.pre_exec(|| {
+            libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+            Ok(())
+        });
+    }
+    Ok(c.spawn()?)
+}
+
 /// `cargo xtask test`'s share: every target for a few seconds.
 pub fn quick() -> Result<()> {
-    run_targets(
-        None,
-        QUICK_SECONDS,
-        &Build {
-            dev: true,
-            sanitizer: "address",
-        },
-    )
+    run_targets(None, QUICK_SECONDS, &QUICK)
 }

@@ -9,6 +9,8 @@ mod fuzz;
 mod setup;
 mod util;
 
+use std::path::Path;
+
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
@@ -134,12 +136,29 @@ fn test(args: &[String]) -> Result<()> {
     if !util::is_root() {
         eprintln!("xtask: not root: the privileged tests (eBPF, network namespaces) will skip");
     }
+    // The fuzz targets build beside the tests, on the CPU they leave idle (`fuzz`).
+    let log = Path::new("target/fuzz-quick-build.log");
+    let mut fuzz_build = match args.is_empty() {
+        true => Some(fuzz::spawn_quick_build(log)?),
+        false => None,
+    };
     let mut a = vec!["test"];
     a.extend(args.iter().map(String::as_str));
-    util::cargo(&a)?;
-    if args.is_empty() {
+    let tested = util::cargo(&a);
+    if let Some(b) = fuzz_build.as_mut() {
+        if tested.is_err() {
+            let _ = b.kill();
+        }
+        let status = b.wait()?;
+        tested?;
+        if !status.success() {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            anyhow::bail!("building the fuzz targets failed: {status}\n{}", tail.join("\n"));
+        }
         dist::check()?;
-        fuzz::quick()?;
+        return fuzz::quick();
     }
-    Ok(())
+    tested
 }
