@@ -17,6 +17,8 @@ use crate::msg;
 /// most messages cost no allocation: once the transport has dropped the payloads it took,
 /// the buffer is reused.
 const OUT_CHUNK: usize = 64 * 1024;
+/// The outgoing buffer's growth for messages of up to this size.
+const SMALL_CHUNK: usize = 4 * 1024;
 
 /// When the transmit queue runs empty, a payload buffer grown past this (by a large
 /// `send_data`) is let go, so an idle connection does not keep its biggest burst allocated.
@@ -746,7 +748,10 @@ impl Connection {
     /// (the buffer's old allocation is reclaimed when every payload split off it is gone).
     fn reserve(&mut self, n: usize) {
         if self.out.capacity() - self.out.len() < n {
-            self.out.reserve(n.max(OUT_CHUNK));
+            // Channel data gets a chunk that holds a few of its payloads; control messages
+            // (and a session that only ever sends those) a small one.
+            let chunk = if n > SMALL_CHUNK { OUT_CHUNK } else { SMALL_CHUNK };
+            self.out.reserve(n.max(chunk));
         }
     }
 

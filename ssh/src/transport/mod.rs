@@ -275,11 +275,13 @@ impl Transport {
             host_key_algs,
             peer_ident: None,
             ident_lines: 0,
-            rbuf: BytesMut::with_capacity(16 * 1024),
+            // Both buffers grow to what the connection needs: an idle session's hold what
+            // its largest packet took, not a preallocation (thousands of sessions are held).
+            rbuf: BytesMut::new(),
             open: OpeningKeys::plaintext(),
             recv_seq: 0,
             pending_len: None,
-            out: Vec::with_capacity(16 * 1024),
+            out: Vec::new(),
             out_pos: 0,
             seal: SealingKeys::plaintext(),
             send_seq: 0,
