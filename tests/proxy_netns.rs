@@ -436,20 +436,23 @@ fn soak_reloads_and_kills_lose_no_recording_and_open_no_bypass() {
     for _ in 0..10 {
         reload();
     }
-    let before = footprint(pid);
+    // The last request's control connection closes just after its answer was read: the
+    // fewest descriptors seen over a moment, not one sample.
+    let settled = || {
+        let mut f = footprint(pid);
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(25));
+            let g = footprint(pid);
+            f = (f.0.min(g.0), g.1, g.2);
+        }
+        f
+    };
+    let before = settled();
     let rounds = 10 * kills.max(1);
     for _ in 0..rounds {
         reload();
     }
-    // The last request's control connection closes just after its answer was read.
-    let mut after = footprint(pid);
-    for _ in 0..40 {
-        if after.0 <= before.0 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-        after = footprint(pid);
-    }
+    let after = settled();
     eprintln!(
         "soak: {kills} kills, {} sessions finished ({closed} logs closed, {cut} cut by a kill), \
          {reloads_ok} reloads during traffic; {rounds} reloads: fds {} -> {}, threads {} -> {}, RSS {} -> {} KiB",
@@ -461,10 +464,9 @@ fn soak_reloads_and_kills_lose_no_recording_and_open_no_bypass() {
         before.2,
         after.2
     );
-    assert_eq!(
-        before.0,
-        after.0,
-        "descriptors leaked across {rounds} reloads: {}",
+    assert!(
+        after.0 <= before.0,
+        "descriptors leaked across {rounds} reloads: {before:?} -> {after:?}: {}",
         fd_kinds(pid)
     );
     assert!(
