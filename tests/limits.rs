@@ -17,18 +17,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use portcullis_testbed::{Gateway, GatewayOptions};
+use portcullis_testbed::{root_or_skip, Gateway, GatewayOptions};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
-
-fn root() -> bool {
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipping: needs root (run `cargo xtask test`)");
-        return false;
-    }
-    true
-}
 
 /// Extra identities (127.0.0.3 mallory, 127.0.0.4 bob, both in group ops: allowed) and the
 /// caps. Refusals are summed over a long interval: the aggregate is written when the daemon
@@ -172,7 +164,7 @@ fn assert_ok(g: &Gateway, o: &std::process::Output) {
 /// started: a host whose hard limit is that low), which the flood alone would exhaust.
 #[test]
 fn a_connect_flood_leaves_room_for_an_allowed_identity() {
-    if !root() {
+    if !root_or_skip() {
         return;
     }
     const PER_SOURCE: usize = 4;
@@ -276,7 +268,7 @@ fn a_connect_flood_leaves_room_for_an_allowed_identity() {
 /// do not count.
 #[test]
 fn caps_are_per_source_and_global_and_sessions_do_not_count() {
-    if !root() {
+    if !root_or_skip() {
         return;
     }
     let mut g = Gateway::start(Path::new(BIN), &options(6, 3));
@@ -365,7 +357,7 @@ fn caps_are_per_source_and_global_and_sessions_do_not_count() {
 /// The daemon raises its soft descriptor limit to the hard one at start, and says so.
 #[test]
 fn the_daemon_raises_its_descriptor_limit() {
-    if !root() {
+    if !root_or_skip() {
         return;
     }
     let mut g = Gateway::start(Path::new(BIN), &options(16, 4));

@@ -6,38 +6,15 @@ use std::{
     io::{Read, Write},
     net::TcpStream,
     process::{Command, Output, Stdio},
-    time::{Duration, Instant},
 };
 
-use portcullis_testbed::{free_port, Gateway, GatewayOptions};
+use portcullis_testbed::{free_port, poll, root_or_skip, Gateway, GatewayOptions};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
-fn root() -> bool {
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipping: needs root (run `cargo xtask test`)");
-        return false;
-    }
-    true
-}
-
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-/// Polls `f` for up to `secs` seconds.
-fn poll<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// One HTTP/1.1 GET: (status, body).
@@ -83,7 +60,7 @@ fn sessions(g: &Gateway) -> Vec<Value> {
 
 #[test]
 fn metrics_sessions_terminate_and_reload_through_the_control_socket() {
-    if !root() {
+    if !root_or_skip() {
         return;
     }
     let port = free_port();

@@ -16,20 +16,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use portcullis_testbed::{ssh_opts, Gateway, GatewayOptions};
+use portcullis_testbed::{poll, root_or_skip, ssh_opts, Gateway, GatewayOptions};
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 /// Where the proxy's client connects: `[[identity]] sources = ["127.0.0.1"]`.
 const HOST: &str = "127.0.0.1";
-
-fn root() -> bool {
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipping: needs root (run `cargo xtask test`)");
-        return false;
-    }
-    true
-}
 
 fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
@@ -42,20 +34,6 @@ fn stderr(o: &Output) -> String {
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// Polls `f` for up to `secs` seconds.
-fn poll<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A child process killed on drop (ssh masters, slow readers).
@@ -88,7 +66,7 @@ impl DerefMut for Bed {
 impl Bed {
     /// A gateway set up as `opts` says, or `None` (test skipped) without root.
     fn new(opts: GatewayOptions) -> Option<Self> {
-        root().then(|| Self(Gateway::start(Path::new(BIN), &opts)))
+        root_or_skip().then(|| Self(Gateway::start(Path::new(BIN), &opts)))
     }
 
     /// The known-good setup.
@@ -1336,7 +1314,7 @@ fn scratch(name: &str) -> PathBuf {
 /// pinned key logs in; any other is refused before the client is answered, and audited.
 #[test]
 fn pinned_host_keys_are_enforced() {
-    if !root() {
+    if !root_or_skip() {
         return;
     }
     let keys = scratch("pins");
@@ -1381,7 +1359,7 @@ fn pinned_host_keys_are_enforced() {
 /// CA's certificate or one for another host is refused and audited.
 #[test]
 fn host_certificates_are_checked_against_the_host_ca() {
-    if !root() {
+    if !root_or_skip() {
         return;
     }
     let keys = scratch("hostca");

@@ -256,16 +256,9 @@ fn fd_kinds(pid: u32) -> String {
 
 /// `(open descriptors, threads, resident KiB)` of a process.
 fn footprint(pid: u32) -> (usize, u64, u64) {
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap()
-    };
-    (fds, field("Threads:"), field("VmRSS:"))
+    use portcullis_testbed::procfs::{open_fds, status_field};
+    let field = |name| status_field(pid, name).unwrap();
+    (open_fds(pid), field("Threads"), field("VmRSS"))
 }
 
 /// Issue 14's soak: sessions with traffic and recording on while the daemon is reloaded

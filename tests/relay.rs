@@ -46,7 +46,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use portcullis_testbed::{ssh_opts, Gateway, GatewayOptions};
+use portcullis_testbed::{poll, root_or_skip, ssh_opts, Gateway, GatewayOptions};
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 /// Where the proxy's client connects from and to: `[[identity]] sources = ["127.0.0.1"]`.
@@ -63,14 +63,6 @@ const RSS_LIMIT_KB: u64 = 200 * 1024;
 fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn root() -> bool {
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipping: needs root (run `cargo xtask test`)");
-        return false;
-    }
-    true
 }
 
 fn have(cmd: &str) -> bool {
@@ -92,20 +84,6 @@ fn stderr(o: &Output) -> String {
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// Polls `f` for up to `secs` seconds.
-fn poll<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Waits up to `secs` seconds for `child` to exit, calling `tick` while it runs. Its pipes
@@ -190,7 +168,7 @@ impl Deref for Bed {
 impl Bed {
     /// A gateway set up as `opts` says, or `None` (test skipped) without root.
     fn new(opts: GatewayOptions) -> Option<Self> {
-        root().then(|| Self(Gateway::start(Path::new(BIN), &opts)))
+        root_or_skip().then(|| Self(Gateway::start(Path::new(BIN), &opts)))
     }
 
     /// A gateway whose target sshd lets a client key of the bed in (`authorized_keys` in the

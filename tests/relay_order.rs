@@ -41,21 +41,13 @@ use portcullis_ssh::{
     session::{Session, SessionEvent},
     transport::{TransportConfig, TransportEvent},
 };
-use portcullis_testbed::{Gateway, GatewayOptions};
+use portcullis_testbed::{poll, root_or_skip, Gateway, GatewayOptions};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
-fn root() -> bool {
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipping: needs root (run `cargo xtask test`)");
-        return false;
-    }
-    true
-}
-
 fn gateway(opts: GatewayOptions) -> Option<Gateway> {
-    root().then(|| Gateway::start(Path::new(BIN), &opts))
+    root_or_skip().then(|| Gateway::start(Path::new(BIN), &opts))
 }
 
 fn tail(text: &str, n: usize) -> String {
@@ -72,20 +64,6 @@ fn diagnostics(g: &Gateway) -> String {
         tail(&g.sshd.log(), 30),
         tail(&audit.join("\n"), 30)
     )
-}
-
-/// Polls `f` for up to `secs` seconds.
-fn poll<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// An engine client (`none` authentication as root, any host key accepted) on a blocking

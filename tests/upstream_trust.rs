@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use portcullis_testbed::{Gateway, GatewayOptions};
+use portcullis_testbed::{root_or_skip, Gateway, GatewayOptions};
 use russh::{
     keys::{Algorithm, Certificate, PrivateKey},
     server::{self, Auth, Session},
@@ -21,14 +21,6 @@ use russh::{
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
-
-fn root() -> bool {
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipping: needs root (run `cargo xtask test`)");
-        return false;
-    }
-    true
-}
 
 fn with_source_address(list: &str) -> Gateway {
     Gateway::start(
@@ -44,7 +36,7 @@ fn with_source_address(list: &str) -> Gateway {
 /// logs in; one limited to another address is refused by sshd itself.
 #[test]
 fn sshd_enforces_the_certificates_source_address() {
-    if !root() {
+    if !root_or_skip() {
         return;
     }
     let g = with_source_address(r#"["127.0.0.1", "2001:db8::1/128"]"#);
@@ -212,7 +204,7 @@ impl Drop for Kill {
 /// administratively prohibited and audited; the granted one still works end to end.
 #[test]
 fn forwarded_connections_only_for_granted_remote_forwards() {
-    if !root() {
+    if !root_or_skip() {
         return;
     }
     let g = Gateway::start(

@@ -317,8 +317,8 @@ impl std::fmt::Debug for Permit {
 /// Raises the soft descriptor limit to the hard one: the kernel's default soft limit (1024)
 /// is far below what a gateway's connections need, and only the hard limit is a decision
 /// (the unit's `LimitNOFILE`). Returns (soft before, soft now, hard).
-/// The soft descriptor limit in force.
-pub fn nofile_limit() -> std::io::Result<u64> {
+/// RLIMIT_NOFILE: the soft and hard descriptor limits.
+fn nofile() -> std::io::Result<libc::rlimit> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -327,18 +327,16 @@ pub fn nofile_limit() -> std::io::Result<u64> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(lim.rlim_cur)
+    Ok(lim)
+}
+
+/// The soft descriptor limit in force.
+pub fn nofile_limit() -> std::io::Result<u64> {
+    Ok(nofile()?.rlim_cur)
 }
 
 pub fn raise_nofile() -> std::io::Result<(u64, u64, u64)> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes the struct it is given, which lives for the call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let mut lim = nofile()?;
     let before = lim.rlim_cur;
     if lim.rlim_cur < lim.rlim_max {
         let raised = libc::rlimit {

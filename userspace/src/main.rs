@@ -412,12 +412,16 @@ fn stats(path: &std::path::Path, json: bool) -> anyhow::Result<()> {
 /// Sends `req` to the daemon of the configuration at `path`.
 fn ask(path: &std::path::Path, req: &control::Request) -> anyhow::Result<control::Answer> {
     let l = config::load(path)?;
-    let socket = control::path(&l.config.dataplane);
+    ask_at(&control::path(&l.config.dataplane), req)
+}
+
+/// Sends `req` to the daemon listening on `socket`.
+fn ask_at(socket: &std::path::Path, req: &control::Request) -> anyhow::Result<control::Answer> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("start the async runtime")?;
-    Ok(rt.block_on(control::ask(&socket, req))?)
+    Ok(rt.block_on(control::ask(socket, req))?)
 }
 
 fn reload(path: &std::path::Path) -> ExitCode {
@@ -429,12 +433,7 @@ fn reload(path: &std::path::Path) -> ExitCode {
         }
     };
     let socket = control::path(&l.config.dataplane);
-    let answer = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(anyhow::Error::from)
-        .and_then(|rt| Ok(rt.block_on(control::ask(&socket, &control::Request::Reload))?));
-    match answer {
+    match ask_at(&socket, &control::Request::Reload) {
         Ok(control::Answer::Reloaded { generation }) => {
             println!("reloaded: configuration generation {generation} is in force");
             ExitCode::SUCCESS

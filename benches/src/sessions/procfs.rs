@@ -5,15 +5,8 @@ use anyhow::{bail, Context, Result};
 
 /// A `/proc/<pid>/status` field's number (`VmRSS` is in KiB, `Threads` a count).
 pub fn status(pid: u32, field: &str) -> Result<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = text
-        .lines()
-        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))
-        .with_context(|| format!("no {field} in /proc/{pid}/status"))?;
-    line.split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .with_context(|| format!("{line:?}"))
+    portcullis_testbed::procfs::status_field(pid, field)
+        .with_context(|| format!("no number for {field} in /proc/{pid}/status"))
 }
 
 /// The soft descriptor limit of a process (what its `accept` and `connect` run into).
@@ -23,9 +16,7 @@ pub fn nofile(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
-pub fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
-}
+pub use portcullis_testbed::procfs::open_fds;
 
 /// Raises this process's descriptor limit: soft to hard, and the hard one too where
 /// allowed (CAP_SYS_RESOURCE; a container may withhold it). Children inherit it (the daemon

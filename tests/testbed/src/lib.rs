@@ -6,6 +6,7 @@
 mod daemon;
 mod loopback;
 mod netns;
+pub mod procfs;
 mod sshd;
 mod tcp;
 mod topology;
@@ -31,4 +32,27 @@ pub fn unique(prefix: &str) -> String {
 /// Whether this process can create namespaces and load BPF (root).
 pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
+}
+
+/// For tests that need root: whether to run, saying why not when skipping.
+pub fn root_or_skip() -> bool {
+    if !is_root() {
+        eprintln!("skipping: needs root (run `cargo xtask test`)");
+        return false;
+    }
+    true
+}
+
+/// Polls `f` every 20 ms for up to `secs` seconds.
+pub fn poll<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }

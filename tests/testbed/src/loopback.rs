@@ -241,9 +241,7 @@ port = {target_port}
 
     /// The daemon's resident memory (VmRSS), in KiB.
     pub fn daemon_rss_kb(&self) -> Option<u64> {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.daemon_pid()?)).ok()?;
-        let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
-        line.split_whitespace().nth(1)?.parse().ok()
+        crate::procfs::status_field(self.daemon_pid()?, "VmRSS")
     }
 
     pub fn daemon_log(&self) -> String {

@@ -306,12 +306,16 @@ impl Relay {
     /// stores and adds per wake-up.
     fn report(&mut self) {
         let to = self.totals.to;
-        let m = crate::metrics::get();
-        m.to_client_bytes
-            .inc_by(to[Hop::Front.i()] - self.reported[Hop::Front.i()]);
-        m.to_target_bytes
-            .inc_by(to[Hop::Up.i()] - self.reported[Hop::Up.i()]);
-        self.reported = to;
+        // The process-wide counters are shared by every connection's thread: touched only
+        // when this one relayed something since.
+        if to != self.reported {
+            let m = crate::metrics::get();
+            m.to_client_bytes
+                .inc_by(to[Hop::Front.i()] - self.reported[Hop::Front.i()]);
+            m.to_target_bytes
+                .inc_by(to[Hop::Up.i()] - self.reported[Hop::Up.i()]);
+            self.reported = to;
+        }
         if let Some(live) = &self.live {
             live.update(to[Hop::Front.i()], to[Hop::Up.i()], self.pairs.len());
         }
