@@ -70,6 +70,23 @@ impl Packet {
         unsafe { core::ptr::read_unaligned((self.start + off) as *const [u8; N]) }
     }
 
+    /// Reads a 16-byte address at `off` as two 8-byte loads: byte-wise, the IPv6 destination
+    /// costs 16 loads and 30 shifts and ors on the miss path, a third of its time (the BPF
+    /// object is built with `allows-misaligned-mem-access`, which the kernel permits for
+    /// packet data on architectures with efficient unaligned access).
+    ///
+    /// # Safety
+    /// `self.has(off, 16)` must hold.
+    #[inline(always)]
+    unsafe fn addr16(&self, off: usize) -> [u8; 16] {
+        let w0 = unsafe { core::ptr::read_unaligned((self.start + off) as *const u64) };
+        let w1 = unsafe { core::ptr::read_unaligned((self.start + off + 8) as *const u64) };
+        let (a, b) = (w0.to_ne_bytes(), w1.to_ne_bytes());
+        [
+            a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
+        ]
+    }
+
     #[inline(always)]
     unsafe fn byte(&self, off: usize) -> u8 {
         unsafe { *((self.start + off) as *const u8) }
@@ -190,7 +207,7 @@ fn ipv6<T: Tables>(p: &Packet, off: usize, vnet: u32, t: &T) -> Outcome {
         return outcome(verdict::MALFORMED, 0);
     }
     let mut next = unsafe { p.byte(off + 6) };
-    let dst = unsafe { p.get::<16>(off + 24) };
+    let dst = unsafe { p.addr16(off + 24) };
     let Some(target) = t.target(vnet, &dst) else {
         return outcome(verdict::NO_TARGET, 0);
     };
