@@ -5,7 +5,14 @@
 //! interleaved so that every ratio compares figures from the same minutes.
 //!
 //! `PORTCULLIS_BENCH_BASELINE=/path/to/an/older/portcullis` adds the variant `baseline`: the
-//! same gateway run by that binary, measured in the same rounds (a before/after in one run).
+//! same gateway run by that binary, measured in the same rounds (a before/after in one run);
+//! with `PORTCULLIS_BENCH_BASELINE_RECORDING=1` that gateway records, to compare with
+//! `recorded`.
+//!
+//! `PORTCULLIS_BENCH_SSH_ONLY=aes,proxied,recorded` narrows a run to the listed ciphers
+//! (`chacha`, `aes`), variants (`direct`, `proxied`, `proxyjump`, `recorded`, `mixed`) and
+//! extra cases (`bidir`, `connect`), for iterating on one figure; a kind not listed is not
+//! narrowed, except the extra cases, which run only when listed.
 
 use std::{
     path::{Path, PathBuf},
@@ -166,7 +173,14 @@ port = {mixed_port}
         let base = match std::env::var_os("PORTCULLIS_BENCH_BASELINE") {
             Some(bin) => {
                 let port = free_port();
-                std::fs::write(dir.join("portcullis-base.toml"), another("base", port))?;
+                let mut config = another("base", port);
+                if std::env::var_os("PORTCULLIS_BENCH_BASELINE_RECORDING").is_some() {
+                    config = config.replace(
+                        "ca_key = \"keys/ca\"\n",
+                        "ca_key = \"keys/ca\"\nrecording_public_key = \"reckeys/sshkey.pub\"\n",
+                    ) + &format!("[recording]\ndir = \"{}/rec\"\n", dir.display());
+                }
+                std::fs::write(dir.join("portcullis-base.toml"), config)?;
                 Some((PathBuf::from(bin), port))
             }
             None => None,
@@ -387,13 +401,45 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
+/// What `PORTCULLIS_BENCH_SSH_ONLY` lets run.
+struct Only(Option<Vec<String>>);
+
+impl Only {
+    fn from_env() -> Self {
+        Self(
+            std::env::var("PORTCULLIS_BENCH_SSH_ONLY")
+                .ok()
+                .map(|v| v.split(',').map(|w| w.trim().to_string()).collect()),
+        )
+    }
+
+    /// Whether `word`, one of `kind`, runs: every one does when no word of that kind is listed.
+    fn runs(&self, word: &str, kind: &[&str]) -> bool {
+        match &self.0 {
+            None => true,
+            Some(l) => l.iter().any(|w| w == word) || !l.iter().any(|w| kind.contains(&w.as_str())),
+        }
+    }
+
+    fn extra(&self, case: &str) -> bool {
+        self.0.as_ref().is_none_or(|l| l.iter().any(|w| w == case))
+    }
+}
+
+const VARIANTS: [&str; 5] = ["direct", "proxied", "proxyjump", "recorded", "mixed"];
+
 pub fn run_group(quick: bool, portcullis: &Path) -> Result<Map<String, Value>> {
+    let only = Only::from_env();
     let mut bed = Bed::new(portcullis)?;
     let bytes: u64 = if quick { 256 << 20 } else { 1 << 30 };
     let rounds = if quick { 1 } else { 3 };
     let mut m = Map::new();
     let mut connect: std::collections::HashMap<&str, Vec<f64>> = Default::default();
+    let names: Vec<&str> = CIPHERS.iter().map(|c| c.0).collect();
     for (cname, cipher) in CIPHERS {
+        if !only.runs(cname, &names) {
+            continue;
+        }
         bed.start(cipher)?;
         // "mixed": a target offering both ciphers, so the upstream hop is the proxy's own
         // choice (AES-GCM with hardware AES) while the client's hop stays `cipher`.
@@ -401,6 +447,7 @@ pub fn run_group(quick: bool, portcullis: &Path) -> Result<Map<String, Value>> {
         if cname == "chacha" {
             variants.push("mixed");
         }
+        variants.retain(|v| only.runs(v, &VARIANTS));
         if bed.base.is_some() {
             variants.push("baseline");
         }
@@ -410,7 +457,10 @@ pub fn run_group(quick: bool, portcullis: &Path) -> Result<Map<String, Value>> {
             let mut cpu: std::collections::HashMap<&str, (f64, f64)> = Default::default();
             for _ in 0..rounds {
                 for &v in variants {
-                    let pp = bed.proxy.as_ref().unwrap().0.id();
+                    let pp = match v {
+                        "recorded" => bed.rec_proxy.as_ref().unwrap().0.id(),
+                        _ => bed.proxy.as_ref().unwrap().0.id(),
+                    };
                     let target = match v {
                         "mixed" => &bed.mixed_target,
                         _ => &bed.target,
@@ -418,7 +468,7 @@ pub fn run_group(quick: bool, portcullis: &Path) -> Result<Map<String, Value>> {
                     let tp = target.as_ref().unwrap().0.id();
                     let (p0, s0) = (cpu_secs(pp, false), cpu_secs(tp, true));
                     let secs = bed.transfer(v, cipher, dir == "down", bytes)?;
-                    if v == "proxied" || v == "mixed" {
+                    if matches!(v, "proxied" | "mixed" | "recorded" | "baseline") {
                         // The connection's sshd child is reaped by the listener when it ends.
                         std::thread::sleep(Duration::from_millis(100));
                         let c = cpu.entry(v).or_default();
@@ -438,16 +488,22 @@ pub fn run_group(quick: bool, portcullis: &Path) -> Result<Map<String, Value>> {
                 };
                 m.insert(name, median(tput[v].clone()).into());
             }
-            let off = median(tput["proxied"].clone());
-            m.insert(
-                format!("ssh.throughput_mibs.recording_off.{cname}.{dir}"),
-                off.into(),
-            );
+            if let Some(off) = tput.get("proxied") {
+                m.insert(
+                    format!("ssh.throughput_mibs.recording_off.{cname}.{dir}"),
+                    median(off.clone()).into(),
+                );
+            }
             // Recordings of 1 GiB transfers are not kept.
             let _ = std::fs::remove_dir_all(bed.dir.join("rec"));
             // Each measured variant moved `bytes` once per round.
             let gib = (rounds as u64 * bytes) as f64 / (1u64 << 30) as f64;
-            for (v, suffix) in [("proxied", ""), ("mixed", "_upstream_aes")] {
+            for (v, suffix) in [
+                ("proxied", ""),
+                ("mixed", "_upstream_aes"),
+                ("recorded", "_recording"),
+                ("baseline", "_baseline"),
+            ] {
                 if let Some((proxy_cpu, sshd_cpu)) = cpu.get(v) {
                     m.insert(
                         format!("ssh.cpu_s_per_gib.proxy{suffix}.{cname}.{dir}"),
@@ -460,7 +516,7 @@ pub fn run_group(quick: bool, portcullis: &Path) -> Result<Map<String, Value>> {
                 }
             }
         }
-        if cname == "chacha" {
+        if cname == "chacha" && only.extra("bidir") {
             // Both directions at once: what a remote filter (`cat`, `gzip -c`) does.
             let mut bidir: std::collections::HashMap<&str, Vec<f64>> = Default::default();
             let both: Vec<&str> = ["direct", "proxied", "baseline"]
@@ -482,6 +538,8 @@ pub fn run_group(quick: bool, portcullis: &Path) -> Result<Map<String, Value>> {
                     median(bidir[v].clone()).into(),
                 );
             }
+        }
+        if cname == "chacha" && only.extra("connect") {
             let mut connected = vec!["direct", "proxied", "proxyjump"];
             if bed.base.is_some() {
                 connected.push("baseline");

@@ -76,6 +76,12 @@ fn ssh_targets() -> Vec<(String, Target)> {
                 format!("ssh.cpu_s_per_gib.proxy.{c}.{d}"),
                 Target::Ratio(sshd, 1.0),
             ));
+            // What recording adds to the proxy's work per GiB.
+            let proxy: &'static str = Box::leak(format!("ssh.cpu_s_per_gib.proxy.{c}.{d}").into_boxed_str());
+            t.push((
+                format!("ssh.cpu_s_per_gib.proxy_recording.{c}.{d}"),
+                Target::Against(proxy),
+            ));
             if c == "chacha" {
                 // The deployment default: the client's hop ChaCha20, the upstream AES-GCM.
                 t.push((m("proxied_upstream_aes"), Target::Against(direct)));

@@ -1,7 +1,7 @@
 //! The recordings' blocking file I/O, on a small fixed pool of threads shared by every
-//! recording in the process. A recording hands over one whole sealed block (or, at close,
-//! its header patch) and awaits it; it never has more than one job in flight, so its blocks
-//! reach the file in order whichever thread writes them.
+//! recording in the process. A recording has at most one job in flight (sealing and
+//! writing its pending blocks, or at close its header patch), so its blocks reach the file
+//! in order whichever thread writes them.
 //!
 //! Why not a thread per recording, or tokio's `spawn_blocking`: a recording lives as long
 //! as its session, and tokio's blocking pool stops at 512 threads, after which every other
@@ -58,6 +58,11 @@ pub async fn run<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> R
         }))
         .map_err(|_| PoolGone)?;
     answer.await.map_err(|_| PoolGone)
+}
+
+/// Runs `f` on the pool without waiting for it (it reports through state it shares).
+pub fn spawn(f: impl FnOnce() + Send + 'static) -> Result<(), PoolGone> {
+    pool().send(Box::new(f)).map_err(|_| PoolGone)
 }
 
 #[cfg(test)]

@@ -1,17 +1,22 @@
-//! Sealing one session's log while it runs. The relay hands records to a bounded channel
-//! (a slow disk slows the session instead of growing memory); an async task per recording
-//! batches them into blocks of whole records and seals each in place with the session's
-//! HPKE context (about 25 µs for a full block: short enough to run on the runtime). Each
-//! sealed block goes whole to the shared I/O pool (`disk.rs`), which writes it with one
-//! `write` — a killed daemon leaves only whole blocks — and adds it to the log's digest.
-//! At the end the header is rewritten in place with the exit data and the trailer
-//! (`trailer.rs`), then the file is synced. No thread is held per recording.
+//! Sealing one session's log while it runs, with no thread and no hand-off per block.
 //!
-//! Memory per recording is bounded: at most [`QUEUE`] records waiting (each a chunk the
-//! relay passed on, which holds its `Bytes` — at most 64 KiB) plus one block buffer of at
-//! most [`BLOCK`] + one record + 20 bytes and, when the writer is behind, sealed blocks of
-//! about 1 MiB awaiting one write, both shrunk back to [`IDLE_BUFFER`] whenever the
-//! recording goes idle; and a task, a file descriptor, the header and a hash state.
+//! The relay lays each record it passes on straight into the recording's pending blocks
+//! ([`Recorder::try_record`], a copy under a lock) and, if no job is running for this
+//! recording, starts one on the shared I/O pool (`disk.rs`). The job takes whatever is
+//! pending, seals each block in place with the session's HPKE context, writes it with one
+//! `write` — a killed daemon leaves only whole blocks — publishes the session position the
+//! file now holds (the relay sends bytes on only once they are there), adds the block to
+//! the log's digest, and goes on until nothing is pending. So a streaming session costs
+//! one thread wake-up when it starts and one per idle gap, not several per block. A small
+//! task per recording takes the exit data and, once the session ends (or the daemon
+//! stops), writes what is left, rewrites the header in place with the exit data and the
+//! trailer (`trailer.rs`), and syncs the file.
+//!
+//! Memory per recording is bounded: the pending blocks reach at most [`PENDING`] plus one
+//! record (the relay waits past that: a slow disk slows the session instead of growing
+//! memory), and a job writes from a second buffer of the same bound; both shrink back to
+//! [`IDLE_BUFFER`] once the recording has been idle for [`IDLE_AFTER`]. Besides: a task,
+//! a file descriptor, the header and a hash state.
 
 use std::{
     fs::{File, OpenOptions},
@@ -19,8 +24,8 @@ use std::{
     os::unix::fs::{FileExt, OpenOptionsExt},
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
-        Arc, OnceLock,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex, OnceLock,
     },
     time::{Duration, Instant},
 };
@@ -33,19 +38,22 @@ use super::{
     disk,
     format::{self, ExitData, Header, PtyInfo},
     keys::PublicKey,
-    seal::{SealError, Sealer},
+    seal::{SealError, Sealer, TAG_LEN},
     signing::{SigningError, SigningKey},
     trailer,
 };
 
 /// A block's plaintext grows to about this much before it is sealed.
 pub const BLOCK: usize = 64 * 1024;
-/// Records a recording may have waiting before the relay waits for it.
-pub const QUEUE: usize = 64;
-/// Sealed blocks written together when the writer is behind, at most about this much.
-const BATCH: usize = 1024 * 1024;
+/// Bytes of pending blocks a recording takes before the relay waits for it.
+pub const PENDING: usize = 1024 * 1024;
 /// What an idle recording keeps of its block buffer.
 pub const IDLE_BUFFER: usize = 4096;
+/// How long a recording waits for records before it shrinks its buffers. Not at once: a
+/// busy session empties its pending blocks between most writes, and giving the buffers back
+/// each time had the allocator map and fault in fresh pages for every block — it doubled
+/// what recording cost a transfer.
+pub const IDLE_AFTER: Duration = Duration::from_millis(500);
 /// A block starts with its big-endian length, filled in once it is sealed.
 const LEN: usize = 4;
 
@@ -130,58 +138,36 @@ pub async fn close_all(within: Duration) -> usize {
     o.count.load(Ordering::SeqCst)
 }
 
+/// What the relay hands the writer task besides data: the exit data, for the header.
+/// (Data goes straight into the recording's pending blocks: see [`Recorder::try_record`].)
 enum Item {
-    Data {
-        source: u8,
-        code: u32,
-        at: Instant,
-        data: Bytes,
-    },
     Exit(ExitData),
-}
-
-impl Item {
-    /// Counted in `portcullis_recording_queued_bytes` from here until dropped (taken into
-    /// a block, or discarded with a stopped writer's queue).
-    fn data(source: u8, code: u32, data: Bytes) -> Self {
-        crate::metrics::get()
-            .recording_queued_bytes
-            .inc_by(data.len() as i64);
-        Item::Data {
-            source,
-            code,
-            at: Instant::now(),
-            data,
-        }
-    }
-}
-
-impl Drop for Item {
-    fn drop(&mut self) {
-        if let Item::Data { data, .. } = self {
-            crate::metrics::get()
-                .recording_queued_bytes
-                .dec_by(data.len() as i64);
-        }
-    }
 }
 
 /// The relay's end of a recording. Cloned into both directions' tasks; the log is finished
 /// when every clone is dropped.
 ///
 /// Each record handed over gets a position: the session bytes recorded so far, itself
-/// included. The writer publishes the position its file holds ([`Recorder::written`]), so
-/// the relay passes bytes on only once they are on disk: a daemon killed at any moment has
-/// lost no byte a peer already saw.
+/// included. The file's progress is published ([`Recorder::written`]), so the relay passes
+/// bytes on only once they are on disk: a daemon killed at any moment has lost no byte a
+/// peer already saw.
 #[derive(Clone)]
 pub struct Recorder {
+    shared: Arc<Shared>,
+    /// Exit data to the writer task; its closing tells the task the session ended.
     tx: mpsc::Sender<Item>,
     pub path: PathBuf,
     failed: Arc<AtomicBool>,
-    /// Session bytes handed to the writer so far.
-    queued: Arc<AtomicU64>,
+    progress: watch::Receiver<Progress>,
+}
+
+/// How far the file is, as the relay sees it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Progress {
     /// Session bytes in the file (in blocks written whole).
-    written: watch::Receiver<u64>,
+    written: u64,
+    /// No more records are taken: a write failed, or the log is closing.
+    stopped: bool,
 }
 
 /// Why [`Recorder::try_record`] did not take a record.
@@ -203,6 +189,162 @@ pub struct Summary {
     /// shows a log whose trailer and tail were both removed).
     pub digest: String,
     pub signed: bool,
+}
+
+/// One recording's state shared by the relay (which lays records out), the I/O pool
+/// (which seals and writes them) and the writer task (which closes the log).
+struct Shared {
+    file: File,
+    path: PathBuf,
+    start: Instant,
+    /// A job ended while the writer task had no timer to shrink idle buffers: it arms one.
+    activity: Notify,
+    pending: Mutex<Pending>,
+    progress: watch::Sender<Progress>,
+}
+
+/// The records not yet written, laid out as the blocks they will be: each block is its
+/// length (`LEN` bytes), whole records and room for its tag; the pool seals them in place
+/// and writes each with one `write`.
+struct Pending {
+    buf: Vec<u8>,
+    /// Each block of `buf`: where it starts, and the position (`data_bytes`) its records
+    /// reach. The last one is open while `open` is set.
+    starts: Vec<(usize, u64)>,
+    open: bool,
+    data_bytes: u64,
+    /// The buffer a pool job writes from, lent to it while `busy`.
+    spare: Vec<u8>,
+    /// A pool job is sealing and writing this recording's blocks; it takes whatever is
+    /// pending until nothing is, so the relay and the pool hand over work without a thread
+    /// switch per block (and no task sits between them).
+    busy: bool,
+    /// The HPKE context and the digest of the blocks written, here while no job has them.
+    sealing: Option<Sealing>,
+    blocks: u64,
+    /// What stopped the recording (a failed write), for the writer task to report.
+    error: Option<RecordingError>,
+    /// The log is closing: no record is taken any more.
+    closed: bool,
+    /// `data_bytes` when the writer task last looked, to tell an idle recording.
+    seen: u64,
+    /// The writer task has a timer armed to shrink the buffers once idle.
+    timer: bool,
+    /// Bytes counted in `portcullis_recording_queued_bytes` for `buf`.
+    queued: usize,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        crate::metrics::get()
+            .recording_queued_bytes
+            .dec_by(self.queued as i64);
+    }
+}
+
+/// Blocks taken for a write: the buffer, where each block starts (and the position it
+/// reaches), and the context to seal them.
+type Batch = (Vec<u8>, Vec<(usize, u64)>, Sealing);
+
+/// What a write job needs besides the buffer.
+struct Sealing {
+    ctx: Sealer,
+    digest: digest::Context,
+}
+
+fn lock(m: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
+    // A job that panicked left whole state behind (every change is a single assignment).
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Pending {
+    /// Appends a record, opening a block if none is.
+    fn push(&mut self, source: u8, code: u32, us: u64, data: &[u8]) {
+        if !self.open {
+            self.starts.push((self.buf.len(), self.data_bytes));
+            self.buf.extend_from_slice(&[0; LEN]);
+            self.open = true;
+        }
+        self.data_bytes += data.len() as u64;
+        format::push_record(&mut self.buf, source, code, us, data);
+        if let Some(last) = self.starts.last_mut() {
+            last.1 = self.data_bytes;
+            if self.buf.len() - last.0 >= LEN + BLOCK {
+                self.end_block();
+            }
+        }
+    }
+
+    /// Leaves room for the open block's tag.
+    fn end_block(&mut self) {
+        if self.open {
+            self.buf.extend_from_slice(&[0; TAG_LEN]);
+            self.open = false;
+        }
+    }
+
+    /// The pending blocks, closed, with the context to seal them, for a write; `None` if
+    /// nothing is pending (or a job has the context).
+    fn take(&mut self) -> Option<Batch> {
+        if self.starts.is_empty() {
+            return None;
+        }
+        let sealing = self.sealing.take()?;
+        self.end_block();
+        let buf = std::mem::replace(&mut self.buf, std::mem::take(&mut self.spare));
+        crate::metrics::get()
+            .recording_queued_bytes
+            .dec_by(std::mem::take(&mut self.queued) as i64);
+        Some((buf, std::mem::take(&mut self.starts), sealing))
+    }
+}
+
+impl Shared {
+    /// Seals and writes what is pending until nothing is; runs on the I/O pool.
+    fn drain(self: &Arc<Self>) {
+        loop {
+            let taken = {
+                let mut p = lock(&self.pending);
+                match p.take() {
+                    Some(t) => t,
+                    None => {
+                        p.busy = false;
+                        let arm = !std::mem::replace(&mut p.timer, true);
+                        drop(p);
+                        if arm {
+                            self.activity.notify_one();
+                        }
+                        // Wakes a writer task waiting for the job to end.
+                        self.progress.send_modify(|_| {});
+                        return;
+                    }
+                }
+            };
+            let (mut buf, mut starts, mut sealing) = taken;
+            let r = write_blocks(&mut sealing, self, &mut buf, &starts);
+            let n = buf.len() as u64;
+            let mut p = lock(&self.pending);
+            p.sealing = Some(sealing);
+            p.blocks += starts.len() as u64;
+            crate::metrics::get().recording_blocks.inc_by(starts.len() as u64);
+            starts.clear();
+            if p.starts.is_empty() {
+                // Keep the emptied list's room for the next batch.
+                p.starts = starts;
+            }
+            buf.clear();
+            p.spare = buf;
+            if let Err(e) = r {
+                p.error = Some(e);
+                p.closed = true;
+                p.busy = false;
+                drop(p);
+                self.progress.send_modify(|g| g.stopped = true);
+                return;
+            }
+            crate::metrics::get().recording_bytes.inc_by(n);
+        }
+    }
 }
 
 impl Recorder {
@@ -253,33 +395,49 @@ impl Recorder {
             });
         let _ = std::fs::remove_file(&fresh);
         placed?;
-        let (written_tx, written_rx) = watch::channel(0u64);
-        let w = Writer {
-            file: Arc::new(file),
+        let (progress, progress_rx) = watch::channel(Progress::default());
+        let shared = Arc::new(Shared {
+            file,
             path: path.clone(),
-            ctx,
+            start: Instant::now(),
+            activity: Notify::new(),
+            pending: Mutex::new(Pending {
+                buf: Vec::new(),
+                starts: Vec::new(),
+                open: false,
+                data_bytes: 0,
+                spare: Vec::new(),
+                busy: false,
+                sealing: Some(Sealing {
+                    ctx,
+                    digest: digest::Context::new(&digest::SHA256),
+                }),
+                blocks: 0,
+                error: None,
+                closed: false,
+                seen: 0,
+                timer: false,
+                queued: 0,
+            }),
+            progress,
+        });
+        let w = Writer {
+            shared: shared.clone(),
+            path: path.clone(),
             header,
             signer,
-            start: Instant::now(),
-            block: vec![0; LEN],
-            sealed: Vec::new(),
-            digest: digest::Context::new(&digest::SHA256),
-            blocks: 0,
-            data_bytes: 0,
             closing: open().closing.subscribe(),
             _counted: Counted::new(),
-            sealed_upto: 0,
-            written: written_tx,
         };
-        let (tx, rx) = mpsc::channel(QUEUE);
+        let (tx, rx) = mpsc::channel(4);
         let task = tokio::spawn(w.run(rx));
         Ok((
             Self {
+                shared,
                 tx,
                 path,
                 failed: Default::default(),
-                queued: Default::default(),
-                written: written_rx,
+                progress: progress_rx,
             },
             task,
         ))
@@ -287,56 +445,90 @@ impl Recorder {
 
     /// Records bytes that crossed the relay; waits when the writer is behind.
     pub async fn record(&self, source: u8, code: u32, data: Bytes) -> Result<(), RecordingError> {
-        let n = data.len() as u64;
-        self.tx
-            .send(Item::data(source, code, data))
-            .await
-            .map_err(|_| RecordingError::Stopped("writer gone".into()))?;
-        self.queued.fetch_add(n, Ordering::Relaxed);
-        Ok(())
+        loop {
+            match self.try_record(source, code, &data) {
+                Ok(_) => return Ok(()),
+                Err(TryRecord::Full) => self.ready().await,
+                Err(TryRecord::Stopped) => return Err(RecordingError::Stopped("the log is closed".into())),
+            }
+        }
     }
 
-    /// Records bytes without waiting: `Full` when the writer is behind (the relay holds the
-    /// bytes, and the window they came with, until [`Recorder::ready`]).
-    /// Returns the record's position: it is on disk once [`Recorder::written`] reaches it.
-    pub fn try_record(&self, source: u8, code: u32, data: Bytes) -> Result<u64, TryRecord> {
-        let n = data.len() as u64;
-        let item = Item::data(source, code, data);
-        match self.tx.try_send(item) {
-            // Only the relay's task records data, one record at a time: positions follow
-            // the queue's order.
-            Ok(()) => Ok(self.queued.fetch_add(n, Ordering::Relaxed) + n),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(TryRecord::Full),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(TryRecord::Stopped),
+    /// Records bytes without waiting (they are copied into the pending block): `Full` when
+    /// the writer is behind (the relay holds the bytes, and the window they came with,
+    /// until [`Recorder::ready`]). Returns the record's position: it is on disk once
+    /// [`Recorder::written`] reaches it.
+    pub fn try_record(&self, source: u8, code: u32, data: &[u8]) -> Result<u64, TryRecord> {
+        let us = self.shared.start.elapsed().as_micros() as u64;
+        let mut p = lock(&self.shared.pending);
+        if p.closed {
+            return Err(TryRecord::Stopped);
         }
+        if p.buf.len() >= PENDING {
+            return Err(TryRecord::Full);
+        }
+        let before = p.buf.len();
+        p.push(source, code, us, data);
+        let grown = p.buf.len() - before;
+        p.queued += grown;
+        crate::metrics::get().recording_queued_bytes.inc_by(grown as i64);
+        let position = p.data_bytes;
+        let start = !p.busy && p.sealing.is_some();
+        if start {
+            p.busy = true;
+        }
+        drop(p);
+        if start {
+            let shared = self.shared.clone();
+            if disk::spawn(move || shared.drain()).is_err() {
+                let mut p = lock(&self.shared.pending);
+                p.busy = false;
+                p.closed = true;
+                p.error = Some(disk::PoolGone.into());
+                drop(p);
+                self.shared.progress.send_modify(|g| g.stopped = true);
+            }
+        }
+        Ok(position)
     }
 
     /// The position the file holds: every record up to it is in blocks written whole.
     pub fn written(&self) -> u64 {
-        *self.written.borrow()
+        self.progress.borrow().written
     }
 
-    /// Resolves once the file holds `position` (or the writer stopped: see
+    /// Resolves once the file holds `position`, or the recording stopped (see
     /// [`Recorder::stopped`]).
     pub fn written_past(&self, position: u64) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut rx = self.written.clone();
+        let mut rx = self.progress.clone();
         async move {
-            let _ = rx.wait_for(|w| *w >= position).await;
+            let _ = rx.wait_for(|g| g.written >= position || g.stopped).await;
         }
     }
 
-    /// The writer is gone (a write failed, or the log was closed).
+    /// The recording takes no more records (a write failed, or the log was closed).
     pub fn stopped(&self) -> bool {
-        self.tx.is_closed()
+        self.progress.borrow().stopped
     }
 
-    /// Resolves once the writer has room for half a queue of records (or is gone): waking
-    /// the relay for every single free slot would make it and the writer take turns a
-    /// record at a time.
+    /// Resolves once the writer made progress (it wrote a block, or stopped): there is room
+    /// for records again.
     pub fn ready(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let tx = self.tx.clone();
+        let mut rx = self.progress.clone();
+        rx.borrow_and_update();
+        let shared = self.shared.clone();
         async move {
-            let _ = tx.reserve_many(QUEUE / 2).await;
+            loop {
+                {
+                    let p = lock(&shared.pending);
+                    if p.closed || p.buf.len() < PENDING {
+                        return;
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
         }
     }
 
@@ -383,31 +575,17 @@ impl Recorder {
     }
 }
 
+/// The task that closes a recording: it takes the exit data, shrinks an idle recording's
+/// buffers, and once the session ended (or the daemon stops) writes what is pending, the
+/// header with the exit data and the trailer.
 struct Writer {
-    file: Arc<File>,
+    shared: Arc<Shared>,
     path: PathBuf,
-    ctx: Sealer,
     header: Header,
     signer: Option<Arc<SigningKey>>,
-    start: Instant,
-    /// The block being filled: `LEN` bytes for its length, then whole records. Sealed in
-    /// place, lent to the I/O pool for the write and returned.
-    block: Vec<u8>,
-    /// Sealed blocks not written yet: when records are queued (the writer is behind), several
-    /// blocks go to the pool in one job and one `write`, instead of a thread hand-off each.
-    /// Lent to the pool for the write and returned.
-    sealed: Vec<u8>,
-    /// SHA-256 of the blocks written so far; travels with each write.
-    digest: digest::Context,
-    blocks: u64,
-    data_bytes: u64,
     /// Set when the daemon stops: close now.
     closing: watch::Receiver<bool>,
     _counted: Counted,
-    /// The position (`data_bytes`) the sealed blocks reach.
-    sealed_upto: u64,
-    /// Where the relay learns the position the file holds.
-    written: watch::Sender<u64>,
 }
 
 impl Writer {
@@ -420,43 +598,69 @@ impl Writer {
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Item>) -> Result<Summary, RecordingError> {
+        let mut stopped = self.shared.progress.subscribe();
+        let mut armed = false;
         loop {
+            let shared = self.shared.clone();
             let item = tokio::select! {
                 // First, so that a busy recording also closes when told to.
                 biased;
                 _ = self.closing.wait_for(|c| *c) => None,
+                _ = stopped.wait_for(|g| g.stopped) => None,
                 item = rx.recv() => item,
+                // No timer while the recording is idle and small: 10 000 idle sessions
+                // must not wake twice a second each.
+                _ = shared.activity.notified(), if !armed => {
+                    armed = true;
+                    continue;
+                }
+                _ = tokio::time::sleep(IDLE_AFTER), if armed => {
+                    armed = !shrink_if_idle(&shared);
+                    continue;
+                }
             };
-            let Some(item) = item else { break };
-            self.take(item);
-            // Batch what is already queued: blocks of up to BLOCK, and up to BATCH of them
-            // for one write.
-            loop {
-                while self.block.len() < LEN + BLOCK {
-                    match rx.try_recv() {
-                        Ok(item) => self.take(item),
-                        Err(_) => break,
-                    }
-                }
-                self.seal()?;
-                if rx.is_empty() || self.sealed.len() >= BATCH {
-                    break;
-                }
-            }
-            self.write_sealed().await?;
-            if rx.is_empty() {
-                self.block.shrink_to(IDLE_BUFFER);
-                self.sealed.shrink_to(IDLE_BUFFER);
+            match item {
+                Some(Item::Exit(e)) => self.header.exit_data = Some(e),
+                None => break,
             }
         }
-        // Told to close while the session runs: what is queued still goes in.
-        rx.close();
-        while let Ok(item) = rx.try_recv() {
-            self.take(item);
-            if self.block.len() >= LEN + BLOCK {
-                self.flush().await?;
-            }
+        // No record is taken from here on; what is pending still goes in.
+        lock(&self.shared.pending).closed = true;
+        self.shared.progress.send_modify(|g| g.stopped = true);
+        while let Ok(Item::Exit(e)) = rx.try_recv() {
+            self.header.exit_data = Some(e);
         }
+        // Wait for a running job to end, then write the rest here.
+        let mut progress = self.shared.progress.subscribe();
+        let (rest, sealing, blocks, data_bytes) = loop {
+            {
+                let mut p = lock(&self.shared.pending);
+                if let Some(e) = p.error.take() {
+                    return Err(e);
+                }
+                if !p.busy {
+                    let rest = p.take();
+                    break (rest, p.sealing.take(), p.blocks, p.data_bytes);
+                }
+            }
+            if progress.changed().await.is_err() {
+                return Err(RecordingError::Stopped("the recording's state is gone".into()));
+            }
+        };
+        let (sealing, blocks) = match (rest, sealing) {
+            (Some((mut buf, starts, mut sealing)), _) => {
+                let shared = self.shared.clone();
+                let (sealing, r, n) = disk::run(move || {
+                    let r = write_blocks(&mut sealing, &shared, &mut buf, &starts);
+                    (sealing, r, starts.len() as u64)
+                })
+                .await?;
+                r?;
+                (sealing, blocks + n)
+            }
+            (None, Some(sealing)) => (sealing, blocks),
+            (None, None) => return Err(RecordingError::Stopped("an earlier write did not return".into())),
+        };
         if self.header.exit_data.is_none() && *self.closing.borrow() {
             self.header.exit_data = Some(ExitData {
                 timestamp: crate::audit::unix_secs(),
@@ -464,85 +668,17 @@ impl Writer {
                 ..Default::default()
             });
         }
-        self.flush().await?;
-        self.close().await
-    }
-
-    fn take(&mut self, item: Item) {
-        match &item {
-            Item::Data {
-                source,
-                code,
-                at,
-                data,
-            } => {
-                let us = at.saturating_duration_since(self.start).as_micros() as u64;
-                self.data_bytes += data.len() as u64;
-                format::push_record(&mut self.block, *source, *code, us, data);
-            }
-            Item::Exit(e) => self.header.exit_data = Some(e.clone()),
-        }
-    }
-
-    /// Seals the pending records as one block and has the pool write it.
-    async fn flush(&mut self) -> Result<(), RecordingError> {
-        self.seal()?;
-        self.write_sealed().await
-    }
-
-    /// Seals the pending records (if any) as one block, after the sealed ones.
-    fn seal(&mut self) -> Result<(), RecordingError> {
-        if self.block.len() == LEN {
-            return Ok(());
-        }
-        let tag = self.ctx.seal_in_place(&mut self.block[LEN..])?;
-        self.block.extend_from_slice(&tag);
-        let len = u32::try_from(self.block.len() - LEN)
-            .map_err(|_| RecordingError::Stopped("a block over 4 GiB".into()))?;
-        self.block[..LEN].copy_from_slice(&len.to_be_bytes());
-        if self.sealed.is_empty() {
-            // The common case, one block: handed over as is, no copy.
-            std::mem::swap(&mut self.sealed, &mut self.block);
-        } else {
-            self.sealed.extend_from_slice(&self.block);
-        }
-        self.block.clear();
-        self.block.extend_from_slice(&[0; LEN]);
-        self.blocks += 1;
-        self.sealed_upto = self.data_bytes;
-        crate::metrics::get().recording_blocks.inc();
-        Ok(())
-    }
-
-    /// Has the pool write the sealed blocks, with one `write` (whole blocks only: a killed
-    /// daemon leaves whole blocks), and add them to the digest.
-    async fn write_sealed(&mut self) -> Result<(), RecordingError> {
-        if self.sealed.is_empty() {
-            return Ok(());
-        }
-        let mut sealed = std::mem::take(&mut self.sealed);
-        let n = sealed.len() as u64;
-        let mut hash = std::mem::replace(&mut self.digest, digest::Context::new(&digest::SHA256));
-        let file = self.file.clone();
-        let (sealed, hash, written) = disk::run(move || {
-            // `write_all` is one `write` unless the kernel takes less (a full disk).
-            let r = (&*file).write_all(&sealed);
-            hash.update(&sealed);
-            sealed.clear();
-            (sealed, hash, r)
-        })
-        .await?;
-        written.map_err(self.io())?;
-        crate::metrics::get().recording_bytes.inc_by(n);
-        self.sealed = sealed;
-        self.digest = hash;
-        self.written.send_replace(self.sealed_upto);
-        Ok(())
+        self.close(sealing.digest, blocks, data_bytes).await
     }
 
     /// Patches the header with the exit data and the trailer, and syncs the file.
-    async fn close(mut self) -> Result<Summary, RecordingError> {
-        self.header.data_size = self.data_bytes;
+    async fn close(
+        mut self,
+        hash: digest::Context,
+        blocks: u64,
+        data_bytes: u64,
+    ) -> Result<Summary, RecordingError> {
+        self.header.data_size = data_bytes;
         if self.header.exit_data.is_none() {
             self.header.exit_data = Some(ExitData {
                 timestamp: crate::audit::unix_secs(),
@@ -550,24 +686,74 @@ impl Writer {
             });
         }
         let io = self.io();
-        let (file, signer, hash, blocks) = (self.file, self.signer, self.digest, self.blocks);
+        let (shared, signer) = (self.shared.clone(), self.signer.clone());
         // What is signed is what is written: the header as cut to fit.
         let mut header = format::fitted(&self.header);
         let trailer = disk::run(move || -> Result<format::Trailer, RecordingError> {
             let d: [u8; 32] = hash.finish().as_ref().try_into().expect("SHA-256 is 32 bytes");
             header.trailer = Some(trailer::make(&header, blocks, &d, signer.as_deref())?);
-            file.write_all_at(&format::encode_header(&header)?, 0)
+            shared
+                .file
+                .write_all_at(&format::encode_header(&header)?, 0)
                 .map_err(&io)?;
-            file.sync_all().map_err(&io)?;
+            shared.file.sync_all().map_err(&io)?;
             Ok(header.trailer.take().unwrap_or_default())
         })
         .await??;
         Ok(Summary {
             path: self.path,
             blocks,
-            data_bytes: self.data_bytes,
+            data_bytes,
             signed: trailer.signature.is_some(),
             digest: trailer.digest,
         })
     }
+}
+
+/// Gives back the buffers of a recording that took no record since the last look;
+/// returns whether it did (the timer is then disarmed until the next job).
+fn shrink_if_idle(shared: &Shared) -> bool {
+    let mut p = lock(&shared.pending);
+    let idle = p.data_bytes == p.seen && !p.busy && p.starts.is_empty();
+    if idle {
+        p.buf.shrink_to(IDLE_BUFFER);
+        p.spare.shrink_to(IDLE_BUFFER);
+        p.starts.shrink_to(0);
+        p.timer = false;
+    }
+    p.seen = p.data_bytes;
+    idle
+}
+
+/// Seals each block of `buf` (starting at `starts`, laid out by [`Pending::push`]) in place
+/// — its length, its records encrypted, its tag — writes it with one `write` (a killed
+/// daemon leaves whole blocks), publishes the position the file then holds, and adds it to
+/// the digest. Block by block, so that the relay passes on the first block's bytes while
+/// the next ones are sealed.
+fn write_blocks(
+    sealing: &mut Sealing,
+    shared: &Shared,
+    buf: &mut [u8],
+    starts: &[(usize, u64)],
+) -> Result<(), RecordingError> {
+    for (i, &(s, upto)) in starts.iter().enumerate() {
+        let e = starts.get(i + 1).map_or(buf.len(), |b| b.0);
+        let block = &mut buf[s..e];
+        let len = u32::try_from(block.len() - LEN)
+            .map_err(|_| RecordingError::Stopped("a block over 4 GiB".into()))?;
+        let body = block.len() - TAG_LEN;
+        let tag = sealing.ctx.seal_in_place(&mut block[LEN..body])?;
+        block[body..].copy_from_slice(&tag);
+        block[..LEN].copy_from_slice(&len.to_be_bytes());
+        // `write_all` is one `write` unless the kernel takes less (a full disk).
+        (&shared.file)
+            .write_all(block)
+            .map_err(|source| RecordingError::Io {
+                path: shared.path.clone(),
+                source,
+            })?;
+        shared.progress.send_modify(|g| g.written = upto);
+        sealing.digest.update(block);
+    }
+    Ok(())
 }

@@ -410,7 +410,7 @@ impl Relay {
                 while flow.recorded.len() < flow.queue.len() {
                     let (code, data) = &flow.queue[flow.recorded.len()];
                     let kind = if code.is_some() { CODE_EXTENDED } else { CODE_DATA };
-                    match rec.try_record(source, kind, data.clone()) {
+                    match rec.try_record(source, kind, data) {
                         Ok(position) => flow.recorded.push_back(position),
                         Err(TryRecord::Full) => {
                             if !p.rec_waiting {
