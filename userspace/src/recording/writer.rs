@@ -757,3 +757,74 @@ fn write_blocks(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Barrier;
+
+    use super::*;
+    use crate::recording::{format::CODE_DATA, keys, reader};
+
+    /// With every pool thread busy elsewhere, the relay's records pile up only to the
+    /// bound; then the pool writes them in order, the published position reaches each, and
+    /// the log holds exactly what was taken.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pending_records_stay_under_the_bound_and_reach_the_file_in_order() {
+        let d = std::env::temp_dir().join(format!("portcullis-writer-bound-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        keys::generate(&d).unwrap();
+        let pk = keys::load_public(&d.join("sshkey.pub")).unwrap();
+        let (r, task) = Recorder::start(&d, "s1", &pk, None, Some("exec x".into()), None).unwrap();
+        // Hold every pool thread.
+        let gate = Arc::new(Barrier::new(disk::THREADS + 1));
+        for _ in 0..disk::THREADS {
+            let g = gate.clone();
+            disk::spawn(move || {
+                g.wait();
+            })
+            .unwrap();
+        }
+        let chunk = vec![5u8; 32 * 1024];
+        let mut taken = 0u64;
+        let mut last = 0;
+        loop {
+            match r.try_record(SOURCE, CODE_DATA, &chunk) {
+                Ok(position) => {
+                    taken += chunk.len() as u64;
+                    assert_eq!(position, taken);
+                    last = position;
+                }
+                Err(TryRecord::Full) => break,
+                Err(TryRecord::Stopped) => panic!("stopped"),
+            }
+            assert!(taken <= (PENDING + chunk.len()) as u64, "{taken} bytes taken");
+        }
+        assert!(
+            taken >= PENDING as u64 - chunk.len() as u64,
+            "only {taken} bytes taken"
+        );
+        assert_eq!(r.written(), 0, "nothing can be written while the pool is held");
+        let ready = r.ready();
+        gate.wait();
+        tokio::time::timeout(Duration::from_secs(10), ready)
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), r.written_past(last))
+            .await
+            .unwrap();
+        assert_eq!(r.written(), last);
+        assert!(!r.stopped());
+        let path = r.path.clone();
+        drop(r);
+        let sum = task.await.unwrap().unwrap();
+        assert_eq!(sum.data_bytes, taken);
+        let sk = keys::load_private(&d.join("sshkey")).unwrap();
+        let out = reader::decrypt(&path, &sk).unwrap();
+        assert!(out.damage.is_none());
+        assert_eq!(out.records.len() as u64, taken / chunk.len() as u64);
+        assert!(out.records.iter().all(|rec| rec.data == chunk));
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    const SOURCE: u8 = 1;
+}

@@ -404,8 +404,8 @@ impl Relay {
                 flow.seal();
             }
             let rec = p.rec.as_ref().filter(|r| !r.failed());
-            // The recording takes everything queued, ahead of sending: its writer seals and
-            // writes it in batches while the head waits to be on disk.
+            // The recording takes (copies) everything queued, ahead of sending: the I/O pool
+            // seals and writes it block by block while the head waits to be on disk.
             if let Some(rec) = rec {
                 while flow.recorded.len() < flow.queue.len() {
                     let (code, data) = &flow.queue[flow.recorded.len()];
