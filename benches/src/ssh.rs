@@ -459,6 +459,7 @@ pub fn run_group(quick: bool, portcullis: &Path) -> Result<Map<String, Value>> {
                 for &v in variants {
                     let pp = match v {
                         "recorded" => bed.rec_proxy.as_ref().unwrap().0.id(),
+                        "baseline" => bed.base_proxy.as_ref().unwrap().0.id(),
                         _ => bed.proxy.as_ref().unwrap().0.id(),
                     };
                     let target = match v {
@@ -517,9 +518,10 @@ pub fn run_group(quick: bool, portcullis: &Path) -> Result<Map<String, Value>> {
             }
         }
         if cname == "chacha" && only.extra("bidir") {
-            // Both directions at once: what a remote filter (`cat`, `gzip -c`) does.
+            // Both directions at once: what a remote filter (`cat`, `gzip -c`) does. "mixed":
+            // the same with the upstream hop on the proxy's own choice (the default).
             let mut bidir: std::collections::HashMap<&str, Vec<f64>> = Default::default();
-            let both: Vec<&str> = ["direct", "proxied", "baseline"]
+            let both: Vec<&str> = ["direct", "proxied", "mixed", "baseline"]
                 .into_iter()
                 .filter(|v| *v != "baseline" || bed.base.is_some())
                 .collect();
@@ -533,8 +535,9 @@ pub fn run_group(quick: bool, portcullis: &Path) -> Result<Map<String, Value>> {
                 }
             }
             for &v in &both {
+                let v_name = if v == "mixed" { "proxied_upstream_aes" } else { v };
                 m.insert(
-                    format!("ssh.throughput_mibs.{v}.bidir"),
+                    format!("ssh.throughput_mibs.{v_name}.bidir"),
                     median(bidir[v].clone()).into(),
                 );
             }

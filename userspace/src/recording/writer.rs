@@ -1,16 +1,16 @@
 //! Sealing one session's log while it runs, with no thread and no hand-off per block.
 //!
 //! The relay lays each record it passes on straight into the recording's pending blocks
-//! ([`Recorder::try_record`], a copy under a lock) and, if no job is running for this
-//! recording, starts one on the shared I/O pool (`disk.rs`). The job takes whatever is
-//! pending, seals each block in place with the session's HPKE context, writes it with one
-//! `write` — a killed daemon leaves only whole blocks — publishes the session position the
-//! file now holds (the relay sends bytes on only once they are there), adds the block to
-//! the log's digest, and goes on until nothing is pending. So a streaming session costs
-//! one thread wake-up when it starts and one per idle gap, not several per block. A small
-//! task per recording takes the exit data and, once the session ends (or the daemon
-//! stops), writes what is left, rewrites the header in place with the exit data and the
-//! trailer (`trailer.rs`), and syncs the file.
+//! ([`Recorder::try_record`], a copy under a lock). Once it waits for the file (or 256 KiB
+//! are pending) a job starts on the shared I/O pool (`disk.rs`), unless one is running for
+//! this recording. The job takes whatever is pending, seals each block in place with the
+//! session's HPKE context, writes it with one `write` — a killed daemon leaves only whole
+//! blocks — adds it to the log's digest, publishes the session position the file now holds
+//! (the relay sends bytes on only once they are there), and goes on until nothing is
+//! pending. So a streaming session costs one pool hand-off per relay wake-up, not several
+//! per block. A small task per recording takes the exit data and, once the session ends (or
+//! the daemon stops), writes what is left, rewrites the header in place with the exit data
+//! and the trailer (`trailer.rs`), and syncs the file.
 //!
 //! Memory per recording is bounded: the pending blocks reach at most [`PENDING`] plus one
 //! record (the relay waits past that: a slow disk slows the session instead of growing
@@ -47,6 +47,10 @@ use super::{
 pub const BLOCK: usize = 64 * 1024;
 /// Bytes of pending blocks a recording takes before the relay waits for it.
 pub const PENDING: usize = 1024 * 1024;
+/// Bytes pending that start a write job without waiting for the relay to ask.
+const KICK: usize = 256 * 1024;
+/// Bytes written between two publications of the file's position to the relay.
+const PUBLISH: usize = 256 * 1024;
 /// What an idle recording keeps of its block buffer.
 pub const IDLE_BUFFER: usize = 4096;
 /// How long a recording waits for records before it shrinks its buffers. Not at once: a
@@ -473,7 +477,21 @@ impl Recorder {
         p.queued += grown;
         crate::metrics::get().recording_queued_bytes.inc_by(grown as i64);
         let position = p.data_bytes;
-        let start = !p.busy && p.sealing.is_some();
+        // A job once enough is pending; before that, when the relay waits for the file
+        // ([`Recorder::written_past`]): one pool hand-off for all the records of a relay's
+        // wake-up instead of one per record.
+        let kick = p.buf.len() >= KICK;
+        drop(p);
+        if kick {
+            self.write_now();
+        }
+        Ok(position)
+    }
+
+    /// Starts a job for what is pending, unless one runs (it takes it) or nothing is.
+    fn write_now(&self) {
+        let mut p = lock(&self.shared.pending);
+        let start = !p.busy && p.sealing.is_some() && !p.starts.is_empty();
         if start {
             p.busy = true;
         }
@@ -489,7 +507,6 @@ impl Recorder {
                 self.shared.progress.send_modify(|g| g.stopped = true);
             }
         }
-        Ok(position)
     }
 
     /// The position the file holds: every record up to it is in blocks written whole.
@@ -498,8 +515,9 @@ impl Recorder {
     }
 
     /// Resolves once the file holds `position`, or the recording stopped (see
-    /// [`Recorder::stopped`]).
+    /// [`Recorder::stopped`]). Has what is pending written now.
     pub fn written_past(&self, position: u64) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.write_now();
         let mut rx = self.progress.clone();
         async move {
             let _ = rx.wait_for(|g| g.written >= position || g.stopped).await;
@@ -514,6 +532,7 @@ impl Recorder {
     /// Resolves once the writer made progress (it wrote a block, or stopped): there is room
     /// for records again.
     pub fn ready(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.write_now();
         let mut rx = self.progress.clone();
         rx.borrow_and_update();
         let shared = self.shared.clone();
@@ -728,14 +747,16 @@ fn shrink_if_idle(shared: &Shared) -> bool {
 /// Seals each block of `buf` (starting at `starts`, laid out by [`Pending::push`]) in place
 /// — its length, its records encrypted, its tag — writes it with one `write` (a killed
 /// daemon leaves whole blocks), publishes the position the file then holds, and adds it to
-/// the digest. Block by block, so that the relay passes on the first block's bytes while
-/// the next ones are sealed.
+/// the digest. Block by block, so that the relay passes on the first blocks' bytes while
+/// the next ones are sealed; published every [`PUBLISH`] bytes and after the last block,
+/// since each publication may wake the relay.
 fn write_blocks(
     sealing: &mut Sealing,
     shared: &Shared,
     buf: &mut [u8],
     starts: &[(usize, u64)],
 ) -> Result<(), RecordingError> {
+    let mut unpublished = 0;
     for (i, &(s, upto)) in starts.iter().enumerate() {
         let e = starts.get(i + 1).map_or(buf.len(), |b| b.0);
         let block = &mut buf[s..e];
@@ -752,7 +773,11 @@ fn write_blocks(
                 path: shared.path.clone(),
                 source,
             })?;
-        shared.progress.send_modify(|g| g.written = upto);
+        unpublished += block.len();
+        if unpublished >= PUBLISH || i + 1 == starts.len() {
+            shared.progress.send_modify(|g| g.written = upto);
+            unpublished = 0;
+        }
         sealing.digest.update(block);
     }
     Ok(())
