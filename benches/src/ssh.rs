@@ -165,20 +165,22 @@ port = {mixed_port}
                     &format!("listen = \"127.0.0.1:{}\"", free_port()),
                 )
         };
-        let rec = another("rec", rec_port).replace(
-            "ca_key = \"keys/ca\"\n",
-            "ca_key = \"keys/ca\"\nrecording_public_key = \"reckeys/sshkey.pub\"\n",
-        ) + &format!("[recording]\ndir = \"{}/rec\"\n", dir.display());
-        std::fs::write(dir.join("portcullis-rec.toml"), rec)?;
+        let recorded = |config: String| {
+            config.replace(
+                "ca_key = \"keys/ca\"\n",
+                "ca_key = \"keys/ca\"\nrecording_public_key = \"reckeys/sshkey.pub\"\n",
+            ) + &format!("[recording]\ndir = \"{}/rec\"\n", dir.display())
+        };
+        std::fs::write(
+            dir.join("portcullis-rec.toml"),
+            recorded(another("rec", rec_port)),
+        )?;
         let base = match std::env::var_os("PORTCULLIS_BENCH_BASELINE") {
             Some(bin) => {
                 let port = free_port();
                 let mut config = another("base", port);
                 if std::env::var_os("PORTCULLIS_BENCH_BASELINE_RECORDING").is_some() {
-                    config = config.replace(
-                        "ca_key = \"keys/ca\"\n",
-                        "ca_key = \"keys/ca\"\nrecording_public_key = \"reckeys/sshkey.pub\"\n",
-                    ) + &format!("[recording]\ndir = \"{}/rec\"\n", dir.display());
+                    config = recorded(config);
                 }
                 std::fs::write(dir.join("portcullis-base.toml"), config)?;
                 Some((PathBuf::from(bin), port))

@@ -9,8 +9,8 @@
 //! (the relay sends bytes on only once they are there), and goes on until nothing is
 //! pending. So a streaming session costs one pool hand-off per relay wake-up, not several
 //! per block. A small task per recording takes the exit data and, once the session ends (or
-//! the daemon stops), writes what is left, rewrites the header in place with the exit data
-//! and the trailer (`trailer.rs`), and syncs the file.
+//! the daemon stops), has a last job write what is left, rewrites the header in place with
+//! the exit data and the trailer (`trailer.rs`), and syncs the file.
 //!
 //! Memory per recording is bounded: the pending blocks reach at most [`PENDING`] plus one
 //! record (the relay waits past that: a slow disk slows the session instead of growing
@@ -338,16 +338,48 @@ impl Shared {
             }
             buf.clear();
             p.spare = buf;
+            drop(p);
             if let Err(e) = r {
-                p.error = Some(e);
-                p.closed = true;
-                p.busy = false;
-                drop(p);
-                self.progress.send_modify(|g| g.stopped = true);
+                self.fail(e);
                 return;
             }
             crate::metrics::get().recording_bytes.inc_by(n);
         }
+    }
+
+    /// Starts a job for what is pending, unless one runs (it takes it) or nothing is.
+    fn write_now(self: &Arc<Self>) {
+        let mut p = lock(&self.pending);
+        let start = !p.busy && p.sealing.is_some() && !p.starts.is_empty();
+        if start {
+            p.busy = true;
+        }
+        drop(p);
+        if start {
+            let shared = self.clone();
+            let job = move || {
+                // The pool survives a panicking job, but this recording's job would then
+                // never end: the relay and the writer task would wait for it for good.
+                let run = std::panic::AssertUnwindSafe(|| shared.drain());
+                if std::panic::catch_unwind(run).is_err() {
+                    shared.fail(RecordingError::Stopped("its write job panicked".into()));
+                }
+            };
+            if let Err(e) = disk::spawn(job) {
+                self.fail(e.into());
+            }
+        }
+    }
+
+    /// Stops the recording: no job runs and no record is taken any more; the relay and
+    /// the writer task learn it from the published progress. The first error is kept.
+    fn fail(&self, e: RecordingError) {
+        let mut p = lock(&self.pending);
+        p.error.get_or_insert(e);
+        p.closed = true;
+        p.busy = false;
+        drop(p);
+        self.progress.send_modify(|g| g.stopped = true);
     }
 }
 
@@ -427,7 +459,6 @@ impl Recorder {
         });
         let w = Writer {
             shared: shared.clone(),
-            path: path.clone(),
             header,
             signer,
             closing: open().closing.subscribe(),
@@ -483,30 +514,9 @@ impl Recorder {
         let kick = p.buf.len() >= KICK;
         drop(p);
         if kick {
-            self.write_now();
+            self.shared.write_now();
         }
         Ok(position)
-    }
-
-    /// Starts a job for what is pending, unless one runs (it takes it) or nothing is.
-    fn write_now(&self) {
-        let mut p = lock(&self.shared.pending);
-        let start = !p.busy && p.sealing.is_some() && !p.starts.is_empty();
-        if start {
-            p.busy = true;
-        }
-        drop(p);
-        if start {
-            let shared = self.shared.clone();
-            if disk::spawn(move || shared.drain()).is_err() {
-                let mut p = lock(&self.shared.pending);
-                p.busy = false;
-                p.closed = true;
-                p.error = Some(disk::PoolGone.into());
-                drop(p);
-                self.shared.progress.send_modify(|g| g.stopped = true);
-            }
-        }
     }
 
     /// The position the file holds: every record up to it is in blocks written whole.
@@ -517,7 +527,7 @@ impl Recorder {
     /// Resolves once the file holds `position`, or the recording stopped (see
     /// [`Recorder::stopped`]). Has what is pending written now.
     pub fn written_past(&self, position: u64) -> impl std::future::Future<Output = ()> + Send + 'static {
-        self.write_now();
+        self.shared.write_now();
         let mut rx = self.progress.clone();
         async move {
             let _ = rx.wait_for(|g| g.written >= position || g.stopped).await;
@@ -532,7 +542,7 @@ impl Recorder {
     /// Resolves once the writer made progress (it wrote a block, or stopped): there is room
     /// for records again.
     pub fn ready(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        self.write_now();
+        self.shared.write_now();
         let mut rx = self.progress.clone();
         rx.borrow_and_update();
         let shared = self.shared.clone();
@@ -599,7 +609,6 @@ impl Recorder {
 /// header with the exit data and the trailer.
 struct Writer {
     shared: Arc<Shared>,
-    path: PathBuf,
     header: Header,
     signer: Option<Arc<SigningKey>>,
     /// Set when the daemon stops: close now.
@@ -609,7 +618,7 @@ struct Writer {
 
 impl Writer {
     fn io(&self) -> impl Fn(std::io::Error) -> RecordingError + Send + 'static {
-        let path = self.path.clone();
+        let path = self.shared.path.clone();
         move |source| RecordingError::Io {
             path: path.clone(),
             source,
@@ -619,8 +628,8 @@ impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Item>) -> Result<Summary, RecordingError> {
         let mut stopped = self.shared.progress.subscribe();
         let mut armed = false;
+        let shared = self.shared.clone();
         loop {
-            let shared = self.shared.clone();
             let item = tokio::select! {
                 // First, so that a busy recording also closes when told to.
                 biased;
@@ -649,36 +658,27 @@ impl Writer {
         while let Ok(Item::Exit(e)) = rx.try_recv() {
             self.header.exit_data = Some(e);
         }
-        // Wait for a running job to end, then write the rest here.
+        // What is pending goes in through a pool job, as during the session; wait until
+        // none runs and nothing is left.
         let mut progress = self.shared.progress.subscribe();
-        let (rest, sealing, blocks, data_bytes) = loop {
+        let (sealing, blocks, data_bytes) = loop {
             {
                 let mut p = lock(&self.shared.pending);
                 if let Some(e) = p.error.take() {
                     return Err(e);
                 }
-                if !p.busy {
-                    let rest = p.take();
-                    break (rest, p.sealing.take(), p.blocks, p.data_bytes);
+                if !p.busy && p.starts.is_empty() {
+                    let sealing = p
+                        .sealing
+                        .take()
+                        .ok_or_else(|| RecordingError::Stopped("an earlier write did not return".into()))?;
+                    break (sealing, p.blocks, p.data_bytes);
                 }
             }
+            self.shared.write_now();
             if progress.changed().await.is_err() {
                 return Err(RecordingError::Stopped("the recording's state is gone".into()));
             }
-        };
-        let (sealing, blocks) = match (rest, sealing) {
-            (Some((mut buf, starts, mut sealing)), _) => {
-                let shared = self.shared.clone();
-                let (sealing, r, n) = disk::run(move || {
-                    let r = write_blocks(&mut sealing, &shared, &mut buf, &starts);
-                    (sealing, r, starts.len() as u64)
-                })
-                .await?;
-                r?;
-                (sealing, blocks + n)
-            }
-            (None, Some(sealing)) => (sealing, blocks),
-            (None, None) => return Err(RecordingError::Stopped("an earlier write did not return".into())),
         };
         if self.header.exit_data.is_none() && *self.closing.borrow() {
             self.header.exit_data = Some(ExitData {
@@ -720,7 +720,7 @@ impl Writer {
         })
         .await??;
         Ok(Summary {
-            path: self.path,
+            path: self.shared.path.clone(),
             blocks,
             data_bytes,
             signed: trailer.signature.is_some(),
