@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::util::{is_root, output, run as exec};
 
-/// A command the project needs and the Debian package that provides it.
+/// A file the project needs (a command, a header) and the Debian package that provides it.
 const TOOLS: &[(&str, &str)] = &[
     ("/usr/sbin/bpftool", "bpftool"),
     ("/usr/sbin/ip", "iproute2"),
@@ -32,6 +32,10 @@ const TOOLS: &[(&str, &str)] = &[
     // The package's library dependencies (`cargo xtask dist`) and the stripping of its binary.
     ("/usr/bin/dpkg-shlibdeps", "dpkg-dev"),
     ("/usr/bin/strip", "binutils"),
+    // The engine's ChaCha20-Poly1305 links the system's libcrypto (openssl-sys finds it with
+    // pkg-config).
+    ("/usr/include/openssl/evp.h", "libssl-dev"),
+    ("/usr/bin/pkg-config", "pkgconf"),
 ];
 
 const BPF_LINKER: &str = "0.13.0";

@@ -16,6 +16,7 @@ use aws_lc_rs::cipher::{EncryptingKey, EncryptionContext, UnboundCipherKey};
 use aws_lc_rs::{constant_time, hmac, iv::FixedLength};
 use zeroize::Zeroize;
 
+use super::chacha_libcrypto::{self, LibcryptoChacha};
 use super::error::TransportError;
 
 /// The largest `packet_length` we accept or send (OpenSSH's PACKET_MAX_SIZE).
@@ -208,9 +209,12 @@ impl Ctr {
 
 enum Inner {
     None,
+    /// aws-lc for short packets and the length field, libcrypto (when it has the
+    /// algorithms) for the rest: see `chacha_libcrypto.rs`.
     Chacha {
         seal: Option<chacha::SealingKey>,
         open: Option<chacha::OpeningKey>,
+        bulk: Option<LibcryptoChacha>,
     },
     Gcm {
         key: aead::LessSafeKey,
@@ -258,15 +262,18 @@ impl Keys {
             CipherAlg::Chacha20Poly1305 => {
                 let mut k = [0u8; chacha::KEY_LEN];
                 k.copy_from_slice(key);
+                let bulk = LibcryptoChacha::new(&k);
                 let inner = if sealing {
                     Inner::Chacha {
                         seal: Some(chacha::SealingKey::new(&k)),
                         open: None,
+                        bulk,
                     }
                 } else {
                     Inner::Chacha {
                         seal: None,
                         open: Some(chacha::OpeningKey::new(&k)),
+                        bulk,
                     }
                 };
                 k.zeroize();
@@ -432,6 +439,12 @@ impl SealingKeys {
         let (body, tag) = packet.split_at_mut(body_end);
         match &mut self.0.inner {
             Inner::None => {}
+            Inner::Chacha { bulk: Some(bulk), .. } if body.len() >= chacha_libcrypto::MIN_LEN => {
+                let t = bulk
+                    .seal(seq, body)
+                    .ok_or(TransportError::Crypto("libcrypto chacha20-poly1305 seal"))?;
+                tag.copy_from_slice(&t);
+            }
             Inner::Chacha { seal, .. } => {
                 let key = seal
                     .as_ref()
@@ -579,6 +592,16 @@ impl OpeningKeys {
         let (body, tag) = packet.split_at_mut(body_end);
         match &mut self.0.inner {
             Inner::None => {}
+            Inner::Chacha { bulk: Some(bulk), .. } if body.len() >= chacha_libcrypto::MIN_LEN => {
+                let mut t = [0u8; chacha::TAG_LEN];
+                t.copy_from_slice(tag);
+                let ok = bulk
+                    .open(seq, body, &t)
+                    .map_err(|()| TransportError::Crypto("libcrypto chacha20-poly1305 open"))?;
+                if !ok {
+                    return Err(mac_err);
+                }
+            }
             Inner::Chacha { open, .. } => {
                 let key = open
                     .as_ref()

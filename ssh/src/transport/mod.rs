@@ -15,6 +15,7 @@
 //! negotiation, methods, exchange hash, key derivation), `hostkey` (host key signing and
 //! verification), `ident` (identification lines), `wire` (field codec), `error`.
 
+mod chacha_libcrypto;
 pub mod cipher;
 mod error;
 mod hostkey;
