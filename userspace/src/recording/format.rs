@@ -62,7 +62,8 @@ pub struct Trailer {
     pub version: u32,
     /// How many blocks the writer wrote.
     pub blocks: u64,
-    /// Hex SHA-256 of every byte after the header: the blocks as written.
+    /// Hex digest of every byte after the header, the blocks as written: BLAKE3 in version 2,
+    /// SHA-256 in version 1.
     pub digest: String,
     /// The gateway's recording-signing key (`ssh-ed25519 AAAA…`); absent when unsigned.
     #[serde(default, skip_serializing_if = "Option::is_none")]

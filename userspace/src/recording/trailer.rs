@@ -2,8 +2,9 @@
 //! log read back.
 //!
 //! At close the writer patches into the header (where ssh-log-cli ignores it) a
-//! `portcullis_trailer`: the number of blocks written, the SHA-256 of every byte after the
-//! header, and — when the gateway has a recording-signing key — its Ed25519 signature over
+//! `portcullis_trailer`: the number of blocks written, the digest of every byte after the
+//! header (BLAKE3 in version 2; version 1, still read, had SHA-256 — the writer hashes
+//! every byte a session moves, and BLAKE3 costs a quarter of the CPU), and — when the gateway has a recording-signing key — its Ed25519 signature over
 //! [`message`]: a domain tag, the header's canonical JSON without the trailer (so exit data,
 //! the command, the pty and the encapsulated key), the block count and the digest. A crash
 //! leaves no trailer. Because the signed header holds the HPKE encapsulated key, a block
@@ -21,15 +22,64 @@ use super::{
     signing::{self, SigningError, SigningKey},
 };
 
-pub const VERSION: u32 = 1;
-/// Separates these signatures from any other use of the key.
-const DOMAIN: &[u8] = b"portcullis recording trailer v1\0";
+/// The version the writer makes: BLAKE3 digest.
+pub const VERSION: u32 = 2;
+/// The first version, still verified: SHA-256 digest.
+pub const VERSION_SHA256: u32 = 1;
 
-/// What the signature covers.
-pub fn message(header: &Header, blocks: u64, digest: &[u8; 32]) -> Vec<u8> {
+/// The digest of a log's blocks, as the trailer's version names it.
+pub enum BlockHash {
+    Sha256(Box<digest::Context>),
+    Blake3(Box<blake3::Hasher>),
+}
+
+impl BlockHash {
+    /// The hash of trailer `version`; `None` for a version this build does not know.
+    pub fn for_version(version: u32) -> Option<Self> {
+        match version {
+            VERSION_SHA256 => Some(Self::Sha256(Box::new(digest::Context::new(&digest::SHA256)))),
+            VERSION => Some(Self::Blake3(Box::default())),
+            _ => None,
+        }
+    }
+
+    /// The hash the writer uses.
+    pub fn current() -> Self {
+        Self::Blake3(Box::default())
+    }
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Self::Sha256(c) => c.update(bytes),
+            Self::Blake3(h) => {
+                h.update(bytes);
+            }
+        }
+    }
+
+    pub fn finish(self) -> [u8; 32] {
+        match self {
+            Self::Sha256(c) => c.finish().as_ref().try_into().expect("SHA-256 is 32 bytes"),
+            Self::Blake3(h) => *h.finalize().as_bytes(),
+        }
+    }
+}
+
+/// Separates these signatures from any other use of the key, and binds the version (so the
+/// digest algorithm) into what is signed.
+fn domain(version: u32) -> &'static [u8] {
+    match version {
+        VERSION_SHA256 => b"portcullis recording trailer v1\0",
+        _ => b"portcullis recording trailer v2\0",
+    }
+}
+
+/// What the signature of a trailer of `version` covers.
+pub fn message(version: u32, header: &Header, blocks: u64, digest: &[u8; 32]) -> Vec<u8> {
     let json = format::unsealed_json(header);
-    let mut m = Vec::with_capacity(DOMAIN.len() + 4 + json.len() + 8 + 32);
-    m.extend_from_slice(DOMAIN);
+    let domain = domain(version);
+    let mut m = Vec::with_capacity(domain.len() + 4 + json.len() + 8 + 32);
+    m.extend_from_slice(domain);
     m.extend_from_slice(&(json.len() as u32).to_be_bytes());
     m.extend_from_slice(&json);
     m.extend_from_slice(&blocks.to_be_bytes());
@@ -61,8 +111,18 @@ fn unhex32(s: &str) -> Option<[u8; 32]> {
 }
 
 /// The trailer for `header` (already [`format::fitted`]: what will be written is what is
-/// signed) after `blocks` blocks whose bytes hash to `digest`.
+/// signed) after `blocks` blocks whose bytes hash to `digest` ([`BlockHash::current`]).
 pub fn make(
+    header: &Header,
+    blocks: u64,
+    digest: &[u8; 32],
+    signer: Option<&SigningKey>,
+) -> Result<Trailer, SigningError> {
+    make_version(VERSION, header, blocks, digest, signer)
+}
+
+fn make_version(
+    version: u32,
     header: &Header,
     blocks: u64,
     digest: &[u8; 32],
@@ -70,13 +130,13 @@ pub fn make(
 ) -> Result<Trailer, SigningError> {
     let (signer, signature) = match signer {
         Some(k) => {
-            let sig = k.sign(&message(header, blocks, digest))?;
+            let sig = k.sign(&message(version, header, blocks, digest))?;
             (Some(k.public().to_string()), Some(STANDARD.encode(sig)))
         }
         None => (None, None),
     };
     Ok(Trailer {
-        version: VERSION,
+        version,
         blocks,
         digest: hex(digest),
         signer,
@@ -182,14 +242,15 @@ pub struct Evidence<'a> {
 }
 
 impl Evidence<'_> {
-    /// SHA-256 of the first `n` blocks' bytes.
-    fn digest_of(&self, n: usize) -> [u8; 32] {
+    /// The digest (of trailer `version`) of the first `n` blocks' bytes.
+    fn digest_of(&self, version: u32, n: usize) -> [u8; 32] {
         let end = match n {
             0 => self.header_end,
             n => self.blocks[n - 1].end,
         };
-        let d = digest::digest(&digest::SHA256, &self.file[self.header_end..end]);
-        d.as_ref().try_into().expect("SHA-256 is 32 bytes")
+        let mut h = BlockHash::for_version(version).unwrap_or_else(BlockHash::current);
+        h.update(&self.file[self.header_end..end]);
+        h.finish()
     }
 }
 
@@ -212,7 +273,7 @@ pub fn judge(e: &Evidence<'_>, expected: Option<&PublicKey>) -> Verdict {
             "the header is not byte for byte what the gateway wrote (edited or re-encoded JSON)".into(),
         );
     }
-    if t.version != VERSION {
+    if BlockHash::for_version(t.version).is_none() {
         return Verdict::Altered(format!("unknown trailer version {}", t.version));
     }
     let Some(digest) = unhex32(&t.digest) else {
@@ -225,7 +286,7 @@ pub fn judge(e: &Evidence<'_>, expected: Option<&PublicKey>) -> Verdict {
                 return Verdict::Altered("the trailer's signer is not an Ed25519 public key".into());
             };
             let sig = STANDARD.decode(sig).unwrap_or_default();
-            if !signing::verify(&pk, &message(e.header, t.blocks, &digest), &sig) {
+            if !signing::verify(&pk, &message(t.version, e.header, t.blocks, &digest), &sig) {
                 return Verdict::Altered(
                     "the signature does not verify: the header (exit status, command, times, pty) \
                      or the trailer was edited"
@@ -251,7 +312,7 @@ pub fn judge(e: &Evidence<'_>, expected: Option<&PublicKey>) -> Verdict {
         ));
     }
     if whole > sealed || (whole == sealed && e.tail.is_some()) {
-        let what = if e.digest_of(sealed) == digest {
+        let what = if e.digest_of(t.version, sealed) == digest {
             "which are themselves as written"
         } else {
             "and those differ from the ones written"
@@ -266,7 +327,7 @@ pub fn judge(e: &Evidence<'_>, expected: Option<&PublicKey>) -> Verdict {
             "the log ends after {whole} of its {sealed} sealed blocks{tail}"
         ));
     }
-    if e.digest_of(whole) != digest {
+    if e.digest_of(t.version, whole) != digest {
         return Verdict::Altered("the blocks are not the ones sealed (their digest differs)".into());
     }
     match signer {
@@ -491,6 +552,48 @@ mod tests {
             reader::judge(&p, Some(&wrong), Some(&f.trusted)),
             Err(reader::DecryptError::WrongKey)
         ));
+    }
+
+    /// A log as a version-1 writer closed it: SHA-256 of the blocks, the v1 domain.
+    fn as_version_1(bytes: &mut [u8], signer: &SigningKey) {
+        let (mut h, end) = format::decode_header(bytes).unwrap();
+        let t = h.trailer.take().unwrap();
+        let d = digest::digest(&digest::SHA256, &bytes[end..]);
+        let d: [u8; 32] = d.as_ref().try_into().unwrap();
+        h.trailer = Some(make_version(VERSION_SHA256, &h, t.blocks, &d, Some(signer)).unwrap());
+        bytes[..end].copy_from_slice(&format::encode_header(&h).unwrap());
+    }
+
+    #[tokio::test]
+    async fn version_1_logs_with_sha256_still_verify_and_the_version_is_signed() {
+        let f = fixture("v1");
+        let p = log(&f, "s", Some(f.signer.clone())).await;
+        let t = format::decode_header(&std::fs::read(&p).unwrap())
+            .unwrap()
+            .0
+            .trailer
+            .unwrap();
+        assert_eq!(t.version, VERSION);
+        let v1 = copy(&f, &p, "v1.log", |v| as_version_1(v, &f.signer));
+        let v = both(&f, &v1);
+        assert!(v.is_intact() && v.exit_code() == 0, "{v:?}");
+        let flipped = copy(&f, &v1, "v1-flipped.log", |v| {
+            let b = blocks(v);
+            v[b[4].start + 40] ^= 1;
+        });
+        altered(
+            &reader::verify(&flipped, Some(&f.trusted)).unwrap(),
+            "digest differs",
+        );
+        // The version names the hash: relabelling a v1 trailer as v2 breaks its signature.
+        let relabelled = copy(&f, &v1, "relabelled.log", |v| {
+            edit_header(v, |h| h.trailer.as_mut().unwrap().version = VERSION)
+        });
+        altered(&both(&f, &relabelled), "signature does not verify");
+        let unknown = copy(&f, &p, "v9.log", |v| {
+            edit_header(v, |h| h.trailer.as_mut().unwrap().version = 9)
+        });
+        altered(&both(&f, &unknown), "unknown trailer version 9");
     }
 
     #[tokio::test]

@@ -30,7 +30,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aws_lc_rs::digest;
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch, Notify};
 
@@ -40,7 +39,7 @@ use super::{
     keys::PublicKey,
     seal::{SealError, Sealer, TAG_LEN},
     signing::{SigningError, SigningKey},
-    trailer,
+    trailer::{self, BlockHash},
 };
 
 /// A block's plaintext grows to about this much before it is sealed.
@@ -253,7 +252,7 @@ type Batch = (Vec<u8>, Vec<(usize, u64)>, Sealing);
 /// What a write job needs besides the buffer.
 struct Sealing {
     ctx: Sealer,
-    digest: digest::Context,
+    digest: BlockHash,
 }
 
 fn lock(m: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
@@ -446,7 +445,7 @@ impl Recorder {
                 busy: false,
                 sealing: Some(Sealing {
                     ctx,
-                    digest: digest::Context::new(&digest::SHA256),
+                    digest: BlockHash::current(),
                 }),
                 blocks: 0,
                 error: None,
@@ -693,7 +692,7 @@ impl Writer {
     /// Patches the header with the exit data and the trailer, and syncs the file.
     async fn close(
         mut self,
-        hash: digest::Context,
+        hash: BlockHash,
         blocks: u64,
         data_bytes: u64,
     ) -> Result<Summary, RecordingError> {
@@ -709,7 +708,7 @@ impl Writer {
         // What is signed is what is written: the header as cut to fit.
         let mut header = format::fitted(&self.header);
         let trailer = disk::run(move || -> Result<format::Trailer, RecordingError> {
-            let d: [u8; 32] = hash.finish().as_ref().try_into().expect("SHA-256 is 32 bytes");
+            let d = hash.finish();
             header.trailer = Some(trailer::make(&header, blocks, &d, signer.as_deref())?);
             shared
                 .file
