@@ -5,6 +5,7 @@
 //! - [`seal`]: the HPKE sender context that seals each block.
 //! - [`writer`]: sealing a session's records while it runs.
 //! - [`disk`]: the few threads that write every recording's blocks.
+//! - [`write_behind`]: pushing a log to disk behind its writer, out of the page cache.
 //! - [`signing`]: the gateway's Ed25519 recording-signing key.
 //! - [`trailer`]: the signed trailer patched in at close, and the verdict on a log.
 //! - [`reader`]: decrypting, verifying, ZIP / asciicast export, replay.
@@ -16,4 +17,5 @@ pub mod reader;
 pub mod seal;
 pub mod signing;
 pub mod trailer;
+pub mod write_behind;
 pub mod writer;

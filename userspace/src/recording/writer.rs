@@ -40,6 +40,7 @@ use super::{
     seal::{SealError, Sealer, TAG_LEN},
     signing::{SigningError, SigningKey},
     trailer::{self, BlockHash},
+    write_behind::WriteBehind,
 };
 
 /// A block's plaintext grows to about this much before it is sealed.
@@ -253,6 +254,7 @@ type Batch = (Vec<u8>, Vec<(usize, u64)>, Sealing);
 struct Sealing {
     ctx: Sealer,
     digest: BlockHash,
+    behind: WriteBehind,
 }
 
 fn lock(m: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
@@ -426,10 +428,11 @@ impl Recorder {
             .and_then(|h| {
                 (&file).write_all(&h).map_err(io)?;
                 // A link, not a rename: an existing log of that name is never replaced.
-                std::fs::hard_link(&fresh, &path).map_err(io)
+                std::fs::hard_link(&fresh, &path).map_err(io)?;
+                Ok(h.len() as u64)
             });
         let _ = std::fs::remove_file(&fresh);
-        placed?;
+        let header_len = placed?;
         let (progress, progress_rx) = watch::channel(Progress::default());
         let shared = Arc::new(Shared {
             file,
@@ -446,6 +449,7 @@ impl Recorder {
                 sealing: Some(Sealing {
                     ctx,
                     digest: BlockHash::current(),
+                    behind: WriteBehind::new(header_len),
                 }),
                 blocks: 0,
                 error: None,
@@ -778,6 +782,7 @@ fn write_blocks(
             unpublished = 0;
         }
         sealing.digest.update(block);
+        sealing.behind.wrote(&shared.file, block.len());
     }
     Ok(())
 }
