@@ -148,6 +148,20 @@ impl Session {
         self.fail_on(r)
     }
 
+    /// Room to read the socket into without a copy: see [`Transport::recv_space`]. Then
+    /// call [`received`](Self::received).
+    pub fn recv_space(&mut self, want: usize) -> Option<&mut bytes::BytesMut> {
+        if self.failed {
+            return None;
+        }
+        self.transport.recv_space(want)
+    }
+
+    /// Takes in what was appended to [`recv_space`](Self::recv_space), as `recv` does.
+    pub fn received(&mut self) -> Result<(), SessionError> {
+        self.recv(&[])
+    }
+
     /// Moves what the layers queued (after the application answered events or sent data)
     /// into the transport, and takes in what that unblocked.
     pub fn flush(&mut self) -> Result<(), SessionError> {

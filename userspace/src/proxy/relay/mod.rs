@@ -405,6 +405,21 @@ impl Relay {
             return;
         }
         let io = &mut self.hops[h.i()];
+        // Straight into the session's receive buffer when it has the room (a streaming
+        // connection), else through this thread's buffer and a copy.
+        if let Some(buf) = io.session.recv_space(READ_CHUNK) {
+            let got = match io.stream.try_read_buf(buf) {
+                Ok(0) => Got::Eof,
+                Ok(_) => match io.session.received() {
+                    Ok(()) => Got::Fed,
+                    Err(e) => Got::Failed(e),
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Got::Nothing,
+                Err(_) => Got::Eof,
+            };
+            self.on_read(h, got);
+            return;
+        }
         let got = READ_BUF.with(|b| {
             let mut b = b.borrow_mut();
             match io.stream.try_read(&mut b) {
@@ -417,6 +432,10 @@ impl Relay {
                 Err(_) => Got::Eof,
             }
         });
+        self.on_read(h, got);
+    }
+
+    fn on_read(&mut self, h: Hop, got: Got) {
         match got {
             Got::Nothing | Got::Fed => {}
             Got::Eof => self.gone(h),
