@@ -297,8 +297,8 @@ impl Session {
             while let Some(ev) = self.conn.poll_event() {
                 self.events.push_back(SessionEvent::Connection(ev));
             }
-            while let Some(p) = self.conn.poll_transmit() {
-                self.transport.send(&p)?;
+            while let Some(p) = self.conn.poll_outgoing() {
+                self.transport.send_parts(p.parts())?;
                 progressed = true;
             }
             if !progressed {

@@ -325,6 +325,43 @@ mod connection {
         }
     }
 
+    /// Data handed over as `Bytes` goes out as the same messages as copied data, split and
+    /// windowed the same way, with each packet's data still the caller's bytes (a relay
+    /// passes on what it received without copying it first).
+    #[test]
+    fn data_passed_as_bytes_is_the_same_messages_without_a_copy() {
+        for code in [None, Some(1)] {
+            let mut a = Pair::with(config(Side::Client, W, 1000), config(Side::Server, 3000, MP));
+            let mut b = Pair::with(config(Side::Client, W, 1000), config(Side::Server, 3000, MP));
+            let (cid_a, _) = a.session();
+            let (cid_b, _) = b.session();
+            let data = bytes::Bytes::from(pattern(11, 4500));
+            let copied = match code {
+                None => a.client.send_data(cid_a, &data),
+                Some(c) => a.client.send_extended_data(cid_a, c, &data),
+            };
+            assert_eq!(b.client.send_data_bytes(cid_b, code, &data), copied);
+            assert_eq!(copied, 3000, "the peer's window takes part");
+            assert_eq!(a.client.send_window(cid_a), b.client.send_window(cid_b));
+            assert_eq!(a.client.queued_transmit_bytes(), b.client.queued_transmit_bytes());
+            let mut at = 0;
+            loop {
+                let (x, y) = (a.client.poll_transmit(), b.client.poll_outgoing());
+                let (Some(x), Some(y)) = (x, y) else {
+                    break;
+                };
+                let [head, body] = y.parts();
+                assert_eq!(body.as_ptr(), data[at..].as_ptr(), "not copied");
+                at += body.len();
+                assert_eq!([head, body].concat(), x.to_vec(), "{code:?}");
+                assert_eq!(y.into_bytes(), x);
+            }
+            assert_eq!(at, 3000);
+            assert!(a.client.poll_transmit().is_none() && b.client.poll_outgoing().is_none());
+            assert_eq!(b.client.queued_transmit_bytes(), 0);
+        }
+    }
+
     /// Property 5: a peer that sends beyond the window we granted, or beyond our maximum packet,
     /// is a protocol error; so is data after its EOF.
     #[test]

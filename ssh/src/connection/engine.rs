@@ -9,7 +9,7 @@ use super::channel::{Channel, State};
 use super::wire::{msg_name, put_bool, put_string, string_len, Reader};
 use super::{
     ChannelId, ChannelKind, ChannelRequest, ConnectionConfig, ConnectionError, ConnectionEvent,
-    GlobalRequest, OpenFailure, Side,
+    GlobalRequest, OpenFailure, Outgoing, Side,
 };
 use crate::msg;
 
@@ -33,7 +33,7 @@ pub struct Connection {
     /// `Some` entries of `channels`.
     live: usize,
     events: VecDeque<ConnectionEvent>,
-    transmit: VecDeque<Bytes>,
+    transmit: VecDeque<Outgoing>,
     transmit_bytes: usize,
     out: BytesMut,
     /// Our global requests that wanted a reply and have none yet.
@@ -70,6 +70,12 @@ impl Connection {
 
     /// The next payload to send (a whole message, message number first), in order.
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        self.poll_outgoing().map(Outgoing::into_bytes)
+    }
+
+    /// The next message to send, in order, as [`poll_transmit`](Self::poll_transmit) but
+    /// with channel data from [`send_data_bytes`](Self::send_data_bytes) left uncopied.
+    pub fn poll_outgoing(&mut self) -> Option<Outgoing> {
         let p = self.transmit.pop_front()?;
         self.transmit_bytes -= p.len();
         if self.transmit.is_empty() && self.out.capacity() > OUT_KEEP {
@@ -478,18 +484,54 @@ impl Connection {
         self.send(id, Some(code), data)
     }
 
-    fn send(&mut self, id: ChannelId, code: Option<u32>, data: &[u8]) -> usize {
-        let our_max = self.cfg.max_packet;
-        let Some(ch) = self.chan_mut(id).filter(|ch| ch.can_send()) else {
+    /// Like `send_data` (or `send_extended_data` with `code`), taking the bytes without
+    /// copying them: each packet's payload refers to `data` until the transport frames it
+    /// (see [`Outgoing`]).
+    pub fn send_data_bytes(&mut self, id: ChannelId, code: Option<u32>, data: &Bytes) -> usize {
+        let Some((total, chunk, peer_id)) = self.take_window(id, data.len()) else {
             return 0;
         };
+        let mut at = 0;
+        while at < total {
+            let n = chunk.min(total - at);
+            let mut head = [0u8; Outgoing::MAX_HEAD];
+            let mut w = &mut head[..];
+            match code {
+                None => w.put_u8(msg::CHANNEL_DATA),
+                Some(_) => w.put_u8(msg::CHANNEL_EXTENDED_DATA),
+            }
+            w.put_u32(peer_id);
+            if let Some(code) = code {
+                w.put_u32(code);
+            }
+            w.put_u32(n as u32);
+            let head_len = Outgoing::MAX_HEAD - w.len();
+            let o = Outgoing::split(&head[..head_len], data.slice(at..at + n));
+            self.transmit_bytes += o.len();
+            self.transmit.push_back(o);
+            at += n;
+        }
+        total
+    }
+
+    /// How much of `want` bytes the channel's send window takes now (taken from it), the
+    /// packet size, and the peer's channel id; `None` when it takes nothing.
+    fn take_window(&mut self, id: ChannelId, want: usize) -> Option<(usize, usize, u32)> {
+        let our_max = self.cfg.max_packet;
+        let ch = self.chan_mut(id).filter(|ch| ch.can_send())?;
         let chunk = ch.peer_max_packet.min(our_max) as usize;
         if chunk == 0 {
-            return 0;
+            return None;
         }
-        let total = data.len().min(ch.send_window as usize);
+        let total = want.min(ch.send_window as usize);
         ch.send_window -= total as u32;
-        let peer_id = ch.peer_id;
+        Some((total, chunk, ch.peer_id))
+    }
+
+    fn send(&mut self, id: ChannelId, code: Option<u32>, data: &[u8]) -> usize {
+        let Some((total, chunk, peer_id)) = self.take_window(id, data.len()) else {
+            return 0;
+        };
         let header = if code.is_some() { 13 } else { 9 };
         // Room for all the packets at once: at most one allocation per call.
         self.reserve(total + total.div_ceil(chunk) * header);
@@ -761,6 +803,6 @@ impl Connection {
         write(&mut self.out);
         let payload = self.out.split().freeze();
         self.transmit_bytes += payload.len();
-        self.transmit.push_back(payload);
+        self.transmit.push_back(Outgoing::whole(payload));
     }
 }

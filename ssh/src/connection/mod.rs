@@ -34,6 +34,7 @@ mod channel;
 mod engine;
 mod error;
 mod kinds;
+mod outgoing;
 mod wire;
 
 use bytes::Bytes;
@@ -41,6 +42,7 @@ use bytes::Bytes;
 pub use engine::Connection;
 pub use error::ConnectionError;
 pub use kinds::{encode_pty_modes, parse_pty_modes, ChannelKind, ChannelRequest, GlobalRequest, TTY_OP_END};
+pub use outgoing::Outgoing;
 
 /// Which end of the SSH connection we are. It decides which channel types the peer may open
 /// (a client refuses `session` and `direct-tcpip`; a server refuses `forwarded-tcpip`, `x11`

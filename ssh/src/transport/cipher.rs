@@ -403,22 +403,34 @@ impl SealingKeys {
         payload: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<usize, TransportError> {
-        if payload.len() > MAX_PAYLOAD_LEN {
+        self.write_packet_parts(seq, [payload, &[]], out)
+    }
+
+    /// [`write_packet`](Self::write_packet) for a payload in two pieces, back to back.
+    pub fn write_packet_parts(
+        &mut self,
+        seq: u32,
+        parts: [&[u8]; 2],
+        out: &mut Vec<u8>,
+    ) -> Result<usize, TransportError> {
+        let payload_len = parts[0].len() + parts[1].len();
+        if payload_len > MAX_PAYLOAD_LEN {
             return Err(TransportError::PayloadTooLarge {
-                length: payload.len(),
+                length: payload_len,
                 max: MAX_PAYLOAD_LEN,
             });
         }
-        let pad = self.padding_len(payload.len());
-        let packet_length = 1 + payload.len() + pad;
+        let pad = self.padding_len(payload_len);
+        let packet_length = 1 + payload_len + pad;
         let total = 4 + packet_length + self.tag_len();
         let start = out.len();
         out.reserve(total);
         out.extend_from_slice(&(packet_length as u32).to_be_bytes());
         out.push(pad as u8);
-        out.extend_from_slice(payload);
+        out.extend_from_slice(parts[0]);
+        out.extend_from_slice(parts[1]);
         out.resize(start + total, 0);
-        let pad_range = start + 5 + payload.len()..start + 4 + packet_length;
+        let pad_range = start + 5 + payload_len..start + 4 + packet_length;
         if self.0.alg != CipherAlg::None {
             aws_lc_rs::rand::fill(&mut out[pad_range])
                 .map_err(|_| TransportError::Crypto("random padding"))?;

@@ -380,32 +380,40 @@ impl Transport {
     /// Queues an upper-layer payload (message number first). During a key exchange it is held
     /// and sent, in order, right after our NEWKEYS.
     pub fn send(&mut self, payload: &[u8]) -> Result<(), TransportError> {
+        self.send_parts([payload, &[]])
+    }
+
+    /// Like [`send`](Self::send) for a payload in two pieces sent back to back (a channel
+    /// data header and the data), framed into one packet without joining them first.
+    pub fn send_parts(&mut self, parts: [&[u8]; 2]) -> Result<(), TransportError> {
         if let Some(e) = self.deferred_error.take() {
             return Err(e);
         }
         if self.closed {
             return Err(TransportError::Closed);
         }
-        let Some(&m) = payload.first() else {
+        let Some(&m) = parts[0].first().or(parts[1].first()) else {
             return Err(TransportError::Protocol("empty payload".into()));
         };
+        let len = parts[0].len() + parts[1].len();
         if m < msg::USERAUTH_REQUEST && m != msg::SERVICE_REQUEST && m != msg::SERVICE_ACCEPT {
             return Err(TransportError::Protocol(format!(
                 "message {m} belongs to the transport layer and cannot be sent through send()"
             )));
         }
-        if payload.len() > cipher::MAX_PAYLOAD_LEN {
+        if len > cipher::MAX_PAYLOAD_LEN {
             return Err(TransportError::PayloadTooLarge {
-                length: payload.len(),
+                length: len,
                 max: cipher::MAX_PAYLOAD_LEN,
             });
         }
         if self.holding() {
-            put_u32(&mut self.held, payload.len() as u32);
-            self.held.extend_from_slice(payload);
+            put_u32(&mut self.held, len as u32);
+            self.held.extend_from_slice(parts[0]);
+            self.held.extend_from_slice(parts[1]);
             return Ok(());
         }
-        self.send_packet(payload).map_err(|e| self.fail_with(e))?;
+        self.send_packet(parts).map_err(|e| self.fail_with(e))?;
         self.check_rekey().map_err(|e| self.fail_with(e))
     }
 
@@ -475,7 +483,7 @@ impl Transport {
         put_u32(&mut p, reason);
         put_string(&mut p, description.as_bytes());
         put_string(&mut p, b"");
-        let _ = self.send_packet(&p);
+        let _ = self.send_packet([&p, &[]]);
         self.closed = true;
     }
 
@@ -505,8 +513,10 @@ impl Transport {
         self.kex.as_ref().is_some_and(|k| !k.newkeys_sent)
     }
 
-    fn send_packet(&mut self, payload: &[u8]) -> Result<(), TransportError> {
-        let n = self.seal.write_packet(self.send_seq, payload, &mut self.out)?;
+    fn send_packet(&mut self, parts: [&[u8]; 2]) -> Result<(), TransportError> {
+        let n = self
+            .seal
+            .write_packet_parts(self.send_seq, parts, &mut self.out)?;
         self.send_seq = self.send_seq.wrapping_add(1);
         if self.send_seq == 0 && !self.first_kex_done {
             return Err(TransportError::Protocol(
@@ -550,7 +560,7 @@ impl Transport {
             self.cfg.kex.first().copied().unwrap_or(""),
             self.host_key_algs.first().copied().unwrap_or(""),
         );
-        self.send_packet(&ours)?;
+        self.send_packet([&ours, &[]])?;
         self.kex = Some(Box::new(Kex {
             initial,
             ours,
@@ -570,7 +580,7 @@ impl Transport {
     }
 
     fn send_newkeys(&mut self) -> Result<(), TransportError> {
-        self.send_packet(&[msg::NEWKEYS])?;
+        self.send_packet([&[msg::NEWKEYS], &[]])?;
         let k = self
             .kex
             .as_mut()
@@ -592,14 +602,14 @@ impl Transport {
             put_u32(&mut p, 1);
             put_string(&mut p, b"server-sig-algs");
             put_string(&mut p, self.cfg.server_sig_algs.join(",").as_bytes());
-            self.send_packet(&p)?;
+            self.send_packet([&p, &[]])?;
         }
         let held = std::mem::take(&mut self.held);
         let mut r = &held[..];
         while r.len() >= 4 {
             let n = r.get_u32() as usize;
             let (p, rest) = r.split_at(n);
-            self.send_packet(p)?;
+            self.send_packet([p, &[]])?;
             r = rest;
         }
         if done {
@@ -721,7 +731,7 @@ impl Transport {
                 let mut p = [0u8; 5];
                 p[0] = msg::UNIMPLEMENTED;
                 p[1..].copy_from_slice(&seq.to_be_bytes());
-                self.send_packet(&p)?;
+                self.send_packet([&p, &[]])?;
             }
         }
         Ok(())
@@ -816,7 +826,7 @@ impl Transport {
             p.push(msg::KEX_ECDH_INIT);
             alg.put_public(&mut p, &q_c);
             k.client_secret = Some((secret, q_c));
-            self.send_packet(&p)?;
+            self.send_packet([&p, &[]])?;
         }
         Ok(())
     }
@@ -874,7 +884,7 @@ impl Transport {
                 alg.put_public(&mut p, &q_s);
                 put_string(&mut p, &sig);
                 k.replied = true;
-                self.send_packet(&p)?;
+                self.send_packet([&p, &[]])?;
                 self.derive_keys(alg, &algorithms, &key, &h)?;
                 self.send_newkeys()?;
             }

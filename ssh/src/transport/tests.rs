@@ -583,7 +583,7 @@ fn unknown_transport_message_gets_unimplemented() {
     p.run().unwrap();
     // Message 15 is unassigned: inject it through the sealing path.
     let seq = p.c.send_seq;
-    p.c.send_packet(&[15, 1, 2]).unwrap();
+    p.c.send_packet([&[15, 1, 2], &[]]).unwrap();
     p.run().unwrap();
     // The server answered UNIMPLEMENTED, which the client ignores; both still open.
     assert!(!p.c.is_closed() && !p.s.is_closed());

@@ -460,10 +460,8 @@ impl Relay {
                 break;
             };
             let c = hops[d.i()].session.connection();
-            let n = match code {
-                None => c.send_data(dst, data),
-                Some(code) => c.send_extended_data(dst, *code, data),
-            };
+            // The bytes are passed on as they arrived (no copy until the packet is framed).
+            let n = c.send_data_bytes(dst, *code, data);
             if n == 0 {
                 break;
             }
