@@ -2,7 +2,8 @@
 //!
 //! - [`keys`]: the operator's X25519 key pair (`sshkey`, `sshkey.pub`).
 //! - [`format`]: header, records, blocks.
-//! - [`seal`]: the HPKE sender context that seals each block.
+//! - [`seal`]: the HPKE sender context that seals each block ([`seal_libcrypto`]: its
+//!   AEAD for large blocks).
 //! - [`writer`]: sealing a session's records while it runs.
 //! - [`disk`]: the few threads that write every recording's blocks.
 //! - [`write_behind`]: pushing a log to disk behind its writer, out of the page cache.
@@ -15,6 +16,7 @@ pub mod format;
 pub mod keys;
 pub mod reader;
 pub mod seal;
+pub mod seal_libcrypto;
 pub mod signing;
 pub mod trailer;
 pub mod write_behind;

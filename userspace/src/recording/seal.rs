@@ -2,9 +2,10 @@
 //! DHKEM(X25519, HKDF-SHA256) / HKDF-SHA256 / ChaCha20-Poly1305), as ssh-log-cli opens it.
 //!
 //! The KEM comes from the hpke crate and the key schedule is RFC 9180 §5.1 over the hkdf
-//! crate; only the per-block AEAD is aws-lc's. Every byte a session moves is sealed once more
-//! here, and aws-lc's fused ChaCha20-Poly1305 is about twice as fast as the hpke crate's
-//! generic one on x86-64 — the difference between recording costing a core or half of one.
+//! crate; only the per-block AEAD is not the hpke crate's. Every byte a session moves is
+//! sealed once more here, and aws-lc's fused ChaCha20-Poly1305 is about twice as fast as the
+//! hpke crate's generic one on x86-64, the system's libcrypto faster again for large blocks
+//! (`seal_libcrypto.rs`).
 //! The unit tests open what this seals with the hpke crate's own receiver.
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
@@ -13,7 +14,10 @@ use hpke::{kem::X25519HkdfSha256, Kem, Serializable};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use super::keys::PublicKey;
+use super::{
+    keys::PublicKey,
+    seal_libcrypto::{self, LibcryptoAead},
+};
 
 pub const TAG_LEN: usize = 16;
 const NONCE_LEN: usize = 12;
@@ -33,6 +37,8 @@ pub enum SealError {
 
 pub struct Sealer {
     key: LessSafeKey,
+    /// The same key on libcrypto, for blocks of [`seal_libcrypto::MIN_LEN`] and more.
+    bulk: Option<LibcryptoAead>,
     base_nonce: [u8; NONCE_LEN],
     seq: u64,
 }
@@ -80,9 +86,11 @@ impl Sealer {
         labeled_expand(&secret, b"key", &context, &mut key[..]);
         let mut base_nonce = [0u8; NONCE_LEN];
         labeled_expand(&secret, b"base_nonce", &context, &mut base_nonce);
+        let bulk = LibcryptoAead::new(&key);
         let key = UnboundKey::new(&CHACHA20_POLY1305, &key[..]).expect("a 32-byte ChaCha20 key");
         Self {
             key: LessSafeKey::new(key),
+            bulk,
             base_nonce,
             seq: 0,
         }
@@ -96,6 +104,13 @@ impl Sealer {
             *n ^= s;
         }
         self.seq = self.seq.checked_add(1).ok_or(SealError::Exhausted)?;
+        if let Some(bulk) = self
+            .bulk
+            .as_mut()
+            .filter(|_| buf.len() >= seal_libcrypto::MIN_LEN)
+        {
+            return bulk.seal(&nonce, buf).ok_or(SealError::Aead);
+        }
         let tag = self
             .key
             .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), buf)
@@ -124,7 +139,11 @@ mod tests {
             &[],
         )
         .unwrap();
-        for (i, len) in [0usize, 1, 63, 64, 65_536, 70_001].into_iter().enumerate() {
+        // Both AEADs (aws-lc below 1 KiB, libcrypto above), interleaved.
+        for (i, len) in [0usize, 1, 63, 64, 65_536, 70_001, 1023, 1024, 5, 262_144]
+            .into_iter()
+            .enumerate()
+        {
             let plain: Vec<u8> = (0..len).map(|j| (i * 31 + j) as u8).collect();
             let mut buf = plain.clone();
             let tag = sealer.seal_in_place(&mut buf).unwrap();
