@@ -62,50 +62,33 @@ fn derive(c: &mut Criterion) {
 }
 
 /// What a relayed 32 KiB SSH packet costs in cipher work alone: one open (from the client)
-/// and one seal (to the target) with the primitives russh uses (aws-lc) — the floor under
+/// and one seal (to the target) with the engine's packet keys — the floor under
 /// `ssh.cpu_s_per_gib.proxy.*`.
 fn ssh_cipher(c: &mut Criterion) {
-    use aws_lc_rs::aead::{
-        chacha20_poly1305_openssh::{OpeningKey, SealingKey},
-        Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM,
-    };
-    const PACKET: usize = 32 * 1024 + 4 + 1 + 7;
+    use portcullis_ssh::transport::cipher::{CipherAlg, OpeningKeys, SealingKeys};
     let mut g = c.benchmark_group("ssh_cipher");
     g.throughput(Throughput::Bytes(32 * 1024));
-    let (seal, open) = (SealingKey::new(&[1u8; 64]), OpeningKey::new(&[1u8; 64]));
-    let mut buf = vec![0u8; PACKET];
-    buf[..4].copy_from_slice(&((PACKET - 4) as u32).to_be_bytes());
-    let mut seq = 0u32;
-    g.bench_function("chacha20_poly1305_relay_32k", |b| {
-        b.iter(|| {
-            let mut tag = [0u8; 16];
-            seal.seal_in_place(seq, &mut buf, &mut tag);
-            open.open_in_place(seq, &mut buf, &tag).unwrap();
-            seq = seq.wrapping_add(1);
-        })
-    });
-    let key = LessSafeKey::new(UnboundKey::new(&AES_128_GCM, &[1u8; 16]).unwrap());
-    let mut n = 0u64;
-    let nonce = |n: u64| {
-        let mut b = [0u8; 12];
-        b[4..].copy_from_slice(&n.to_be_bytes());
-        Nonce::assume_unique_for_key(b)
-    };
-    // Length (the AAD), body, tag: as OpenSSH lays out an AES-GCM packet.
-    let mut abuf = vec![0u8; PACKET + 16];
-    g.bench_function("aes128_gcm_relay_32k", |b| {
-        b.iter(|| {
-            let (len, rest) = abuf.split_at_mut(4);
-            let aad = <[u8; 4]>::try_from(&*len).unwrap();
-            let (body, tag_out) = rest.split_at_mut(PACKET - 4);
-            let tag = key
-                .seal_in_place_separate_tag(nonce(n), Aad::from(aad), body)
-                .unwrap();
-            tag_out.copy_from_slice(tag.as_ref());
-            black_box(key.open_in_place(nonce(n), Aad::from(aad), rest).unwrap());
-            n += 1;
-        })
-    });
+    for (name, alg) in [
+        ("chacha20_poly1305_relay_32k", CipherAlg::Chacha20Poly1305),
+        ("aes128_gcm_relay_32k", CipherAlg::Aes128Gcm),
+    ] {
+        let (key, iv) = (&[1u8; 64][..alg.key_len()], &[2u8; 16][..alg.iv_len()]);
+        let mut seal = SealingKeys::new(alg, None, key, iv, &[]).unwrap();
+        let mut open = OpeningKeys::new(alg, None, key, iv, &[]).unwrap();
+        // Length, padding length, payload, padding, tag: as the packet is laid out.
+        let packet = seal.packet_len(32 * 1024);
+        let mut buf = vec![0u8; packet];
+        buf[..4].copy_from_slice(&((packet - 4 - seal.tag_len()) as u32).to_be_bytes());
+        let mut seq = 0u32;
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                seal.seal(seq, &mut buf).unwrap();
+                open.open(seq, &mut buf).unwrap();
+                seq = seq.wrapping_add(1);
+                black_box(&buf);
+            })
+        });
+    }
     g.finish();
 }
 
