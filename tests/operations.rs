@@ -229,3 +229,93 @@ fn metrics_sessions_terminate_and_reload_through_the_control_socket() {
         println!("{m}");
     }
 }
+
+/// One raw request on the control socket: the daemon's answer, parsed.
+fn control(socket: &std::path::Path, request: &[u8]) -> Value {
+    let mut c = std::os::unix::net::UnixStream::connect(socket).expect("connect to the control socket");
+    let mut w = c.try_clone().unwrap();
+    let request = request.to_vec();
+    // The daemon stops reading at its cap and answers; the rest of a long request may meet a
+    // closed socket.
+    let writer = std::thread::spawn(move || {
+        let _ = w.write_all(&request);
+    });
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).expect("the daemon answers");
+    let _ = writer.join();
+    serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer:?}"))
+}
+
+/// The caps of the operator-facing endpoints, met the way a stuck script or a scanner meets
+/// them: a request line past 64 KiB, bytes that are not text, and the metrics endpoint's
+/// 32 connections held open — each refused plainly while the next good request is served.
+#[test]
+fn the_control_socket_and_the_metrics_endpoint_hold_their_caps() {
+    if !root_or_skip() {
+        return;
+    }
+    let port = free_port();
+    let g = Gateway::start(
+        std::path::Path::new(BIN),
+        &GatewayOptions {
+            extra: format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+            ..Default::default()
+        },
+    );
+    let config = std::fs::read_to_string(&g.config).unwrap();
+    let instance = config
+        .lines()
+        .find_map(|l| l.strip_prefix("instance = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .unwrap();
+    let socket = g.dir.join("state").join(instance).join("control.sock");
+    assert!(
+        poll(10, || socket.exists().then_some(())).is_some(),
+        "no control socket\n{}",
+        g.daemon_log()
+    );
+
+    let mut long = b"{\"request\":\"sessions\",\"pad\":\"".to_vec();
+    long.resize(1 << 20, b'x');
+    long.extend_from_slice(b"\"}\n");
+    let a = control(&socket, &long);
+    assert_eq!(a["answer"], "error", "{a}");
+    assert!(a["error"].as_str().unwrap().contains("longer than 64 KiB"), "{a}");
+    let a = control(&socket, b"\xff\xfe{\"request\":\"sessions\"}\n");
+    assert_eq!(a["error"], "not a request: not UTF-8", "{a}");
+    let a = control(&socket, b"{\"request\":\"launch\"}\n");
+    assert!(a["error"].as_str().unwrap().starts_with("not a request"), "{a}");
+    let a = control(&socket, b"{\"request\":\"sessions\"}\n");
+    assert_eq!(a["answer"], "sessions", "{a}");
+
+    // 32 connections that never send a request hold every slot: the next is closed at once,
+    // unserved, and once they go the endpoint serves again.
+    assert_eq!(get(port, "/healthz").0, 200);
+    let held: Vec<TcpStream> = (0..32)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    let mut extra = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    extra
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let _ = write!(
+        extra,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut r = Vec::new();
+    let started = std::time::Instant::now();
+    // Closed: end of stream, or a reset for the request it never read; left open: the
+    // read times out after 5 s.
+    let _ = extra.read_to_end(&mut r);
+    assert!(
+        r.is_empty() && started.elapsed() < std::time::Duration::from_secs(4),
+        "the 33rd connection was served or left open: {:?}",
+        text(&r)
+    );
+    drop(held);
+    assert!(
+        poll(10, || (get(port, "/healthz").0 == 200).then_some(())).is_some(),
+        "the endpoint does not serve again once the held connections close\n{}",
+        g.daemon_log()
+    );
+}

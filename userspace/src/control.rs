@@ -148,9 +148,13 @@ async fn one(
         }
     } else {
         let mut line = String::new();
-        let mut rd = BufReader::new(rd.take(MAX_REQUEST));
+        // One byte past the cap tells a request that is too long from one that fits.
+        let mut rd = BufReader::new(rd.take(MAX_REQUEST + 1));
         let read = rd.read_line(&mut line);
         match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
+            Ok(Ok(n)) if n as u64 > MAX_REQUEST => Answer::Error {
+                error: format!("request longer than {} KiB", MAX_REQUEST / 1024),
+            },
             Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
                 Ok(req) => {
                     let by = match cred.pid() {
@@ -162,6 +166,9 @@ async fn one(
                 Err(e) => Answer::Error {
                     error: format!("not a request: {e}"),
                 },
+            },
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => Answer::Error {
+                error: "not a request: not UTF-8".into(),
             },
             Ok(Err(e)) => return Err(e),
             Err(_) => Answer::Error {
