@@ -16,7 +16,7 @@ use aws_lc_rs::cipher::{EncryptingKey, EncryptionContext, UnboundCipherKey};
 use aws_lc_rs::{constant_time, hmac, iv::FixedLength};
 use zeroize::Zeroize;
 
-use super::chacha_libcrypto::{self, LibcryptoChacha};
+use super::chacha_libcrypto::{self, Bulk};
 use super::error::TransportError;
 
 /// The largest `packet_length` we accept or send (OpenSSH's PACKET_MAX_SIZE).
@@ -214,7 +214,7 @@ enum Inner {
     Chacha {
         seal: Option<chacha::SealingKey>,
         open: Option<chacha::OpeningKey>,
-        bulk: Option<LibcryptoChacha>,
+        bulk: Bulk,
     },
     Gcm {
         key: aead::LessSafeKey,
@@ -262,7 +262,7 @@ impl Keys {
             CipherAlg::Chacha20Poly1305 => {
                 let mut k = [0u8; chacha::KEY_LEN];
                 k.copy_from_slice(key);
-                let bulk = LibcryptoChacha::new(&k);
+                let bulk = Bulk::new(&k);
                 let inner = if sealing {
                     Inner::Chacha {
                         seal: Some(chacha::SealingKey::new(&k)),
@@ -451,13 +451,16 @@ impl SealingKeys {
         let (body, tag) = packet.split_at_mut(body_end);
         match &mut self.0.inner {
             Inner::None => {}
-            Inner::Chacha { bulk: Some(bulk), .. } if body.len() >= chacha_libcrypto::MIN_LEN => {
-                let t = bulk
-                    .seal(seq, body)
-                    .ok_or(TransportError::Crypto("libcrypto chacha20-poly1305 seal"))?;
-                tag.copy_from_slice(&t);
-            }
-            Inner::Chacha { seal, .. } => {
+            Inner::Chacha { seal, bulk, .. } => {
+                if body.len() >= chacha_libcrypto::MIN_LEN {
+                    if let Some(bulk) = bulk.get() {
+                        let t = bulk
+                            .seal(seq, body)
+                            .ok_or(TransportError::Crypto("libcrypto chacha20-poly1305 seal"))?;
+                        tag.copy_from_slice(&t);
+                        return Ok(());
+                    }
+                }
                 let key = seal
                     .as_ref()
                     .ok_or(TransportError::Crypto("chacha sealing key"))?;
@@ -604,17 +607,17 @@ impl OpeningKeys {
         let (body, tag) = packet.split_at_mut(body_end);
         match &mut self.0.inner {
             Inner::None => {}
-            Inner::Chacha { bulk: Some(bulk), .. } if body.len() >= chacha_libcrypto::MIN_LEN => {
-                let mut t = [0u8; chacha::TAG_LEN];
-                t.copy_from_slice(tag);
-                let ok = bulk
-                    .open(seq, body, &t)
-                    .map_err(|()| TransportError::Crypto("libcrypto chacha20-poly1305 open"))?;
-                if !ok {
-                    return Err(mac_err);
+            Inner::Chacha { open, bulk, .. } => {
+                if body.len() >= chacha_libcrypto::MIN_LEN {
+                    if let Some(bulk) = bulk.get() {
+                        let mut t = [0u8; chacha::TAG_LEN];
+                        t.copy_from_slice(tag);
+                        let ok = bulk
+                            .open(seq, body, &t)
+                            .map_err(|()| TransportError::Crypto("libcrypto chacha20-poly1305 open"))?;
+                        return if ok { Ok(()) } else { Err(mac_err) };
+                    }
                 }
-            }
-            Inner::Chacha { open, .. } => {
                 let key = open
                     .as_ref()
                     .ok_or(TransportError::Crypto("chacha opening key"))?;
@@ -745,6 +748,32 @@ mod tests {
                 assert_eq!(&wire[r], &payload[..], "{c:?} {m:?} n={n}");
             }
         }
+    }
+
+    /// An interactive session's small packets never make libcrypto contexts; the first
+    /// large one does, on each side.
+    #[test]
+    fn chacha_makes_libcrypto_contexts_at_the_first_large_packet() {
+        let (mut s, mut o) = pair(CipherAlg::Chacha20Poly1305, None);
+        let state = |k: &Keys| match &k.inner {
+            Inner::Chacha {
+                bulk: Bulk::Pending(_),
+                ..
+            } => "pending",
+            Inner::Chacha {
+                bulk: Bulk::Ready(_), ..
+            } => "ready",
+            _ => "other",
+        };
+        let mut wire = Vec::new();
+        s.write_packet(0, b"ls -l\n", &mut wire).unwrap();
+        o.open_packet(0, &mut wire).unwrap();
+        assert_eq!((state(&s.0), state(&o.0)), ("pending", "pending"));
+        wire.clear();
+        s.write_packet(1, &[7u8; 4096], &mut wire).unwrap();
+        let (r, _) = o.open_packet(1, &mut wire).unwrap();
+        assert_eq!(wire[r], [7u8; 4096]);
+        assert_eq!((state(&s.0), state(&o.0)), ("ready", "ready"));
     }
 
     #[test]

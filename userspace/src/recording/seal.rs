@@ -16,7 +16,7 @@ use zeroize::Zeroizing;
 
 use super::{
     keys::PublicKey,
-    seal_libcrypto::{self, LibcryptoAead},
+    seal_libcrypto::{self, Bulk},
 };
 
 pub const TAG_LEN: usize = 16;
@@ -38,7 +38,7 @@ pub enum SealError {
 pub struct Sealer {
     key: LessSafeKey,
     /// The same key on libcrypto, for blocks of [`seal_libcrypto::MIN_LEN`] and more.
-    bulk: Option<LibcryptoAead>,
+    bulk: Bulk,
     base_nonce: [u8; NONCE_LEN],
     seq: u64,
 }
@@ -86,7 +86,7 @@ impl Sealer {
         labeled_expand(&secret, b"key", &context, &mut key[..]);
         let mut base_nonce = [0u8; NONCE_LEN];
         labeled_expand(&secret, b"base_nonce", &context, &mut base_nonce);
-        let bulk = LibcryptoAead::new(&key);
+        let bulk = Bulk::new(&key);
         let key = UnboundKey::new(&CHACHA20_POLY1305, &key[..]).expect("a 32-byte ChaCha20 key");
         Self {
             key: LessSafeKey::new(key),
@@ -104,12 +104,10 @@ impl Sealer {
             *n ^= s;
         }
         self.seq = self.seq.checked_add(1).ok_or(SealError::Exhausted)?;
-        if let Some(bulk) = self
-            .bulk
-            .as_mut()
-            .filter(|_| buf.len() >= seal_libcrypto::MIN_LEN)
-        {
-            return bulk.seal(&nonce, buf).ok_or(SealError::Aead);
+        if buf.len() >= seal_libcrypto::MIN_LEN {
+            if let Some(bulk) = self.bulk.get() {
+                return bulk.seal(&nonce, buf).ok_or(SealError::Aead);
+            }
         }
         let tag = self
             .key

@@ -5,7 +5,8 @@
 //! 3.5 GiB/s on the bench machine against 2.0–2.4 for aws-lc's AVX2 code (the engine's
 //! transport makes the same choice: `portcullis_ssh`'s `chacha_libcrypto.rs`). Small blocks
 //! stay on aws-lc, whose per-call cost is lower; `seal.rs`'s tests open both with the hpke
-//! crate. One cipher context per recording, keyed once: a block costs no allocation.
+//! crate. One cipher context per recording, keyed once at its first large block: a block
+//! costs no allocation.
 
 use std::ptr;
 
@@ -13,6 +14,34 @@ use openssl_sys as ossl;
 
 /// Blocks at least this long are sealed here.
 pub const MIN_LEN: usize = 1024;
+
+/// A recording's libcrypto key, made at its first large block: a recording of an
+/// interactive session, whose blocks stay small, holds no libcrypto context.
+pub enum Bulk {
+    Pending(zeroize::Zeroizing<[u8; 32]>),
+    Ready(LibcryptoAead),
+    Unavailable,
+}
+
+impl Bulk {
+    pub fn new(key: &[u8; 32]) -> Self {
+        Self::Pending(zeroize::Zeroizing::new(*key))
+    }
+
+    /// The context, made now if this is the first call; `None` when libcrypto cannot.
+    pub fn get(&mut self) -> Option<&mut LibcryptoAead> {
+        if let Self::Pending(key) = self {
+            *self = match LibcryptoAead::new(key) {
+                Some(c) => Self::Ready(c),
+                None => Self::Unavailable,
+            };
+        }
+        match self {
+            Self::Ready(c) => Some(c),
+            _ => None,
+        }
+    }
+}
 
 pub struct LibcryptoAead {
     ctx: *mut ossl::EVP_CIPHER_CTX,
