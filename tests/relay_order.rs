@@ -634,7 +634,9 @@ fn identified_idle_connections_are_bounded_per_identity() {
 }
 
 /// A login the policy refuses: the client is let in to read why, but the target connection
-/// (unauthenticated on sshd) is closed at once, not held while the client lingers.
+/// (unauthenticated on sshd) is closed at once, not held while the client lingers; and a
+/// client that opens no channel to read why (`ssh -N`) is told in the DISCONNECT after 10 s,
+/// not left waiting for the 60 s authentication deadline, and not audited a second time.
 #[test]
 fn a_refused_login_does_not_hold_a_target_connection() {
     let Some(g) = gateway(GatewayOptions::default()) else {
@@ -642,9 +644,10 @@ fn a_refused_login_does_not_hold_a_target_connection() {
     };
     let before = established_to(g.target);
     let mut c = g.ssh(&[], &["-N", "nobody@127.0.0.1"]);
+    let started = std::time::Instant::now();
     let mut child = c
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let denied = poll(10, || {
@@ -655,14 +658,29 @@ fn a_refused_login_does_not_hold_a_target_connection() {
     });
     assert!(denied.is_some(), "the refusal is audited{}", diagnostics(&g));
     let gone = poll(5, || (established_to(g.target) == before).then_some(()));
-    let _ = child.kill();
-    let _ = child.wait();
     assert!(
         gone.is_some(),
         "a refused client holds {} connections to the target (before: {before}){}",
         established_to(g.target),
         diagnostics(&g)
     );
+    let exited = poll(30, || child.try_wait().ok().flatten());
+    let waited = started.elapsed();
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(
+        exited.is_some() && waited < std::time::Duration::from_secs(25),
+        "ssh -N still connected after {waited:?}{}",
+        diagnostics(&g)
+    );
+    assert!(
+        err.contains("may not log in to") && err.contains("as nobody"),
+        "the client is not told why: {err}"
+    );
+    let denies: Vec<_> = g.audit().into_iter().filter(|e| e["event"] == "deny").collect();
+    assert_eq!(denies.len(), 1, "one refusal, audited once: {denies:?}");
 }
 
 /// `sftp -s /usr/lib/openssh/sftp-server` runs the SFTP server as a command (an exec, not

@@ -53,6 +53,9 @@ pub const HIGH_WATER: usize = 512 * 1024;
 pub const READ_PAUSE: usize = 4 * 1024 * 1024;
 /// How long a client may take from connecting to being authenticated.
 pub const AUTH: Duration = Duration::from_secs(60);
+/// How long a refused client is let stay to read why on a channel; then (an `ssh -N`, which
+/// opens none, say) it is told in the DISCONNECT, which every client prints.
+pub const REFUSED_LINGER: Duration = Duration::from_secs(10);
 /// Once one side is gone, how long the other's channels may take to drain.
 pub const DRAIN: Duration = Duration::from_secs(30);
 /// How long a key exchange after the first may take (while it runs, data to that side is
@@ -544,11 +547,7 @@ impl Relay {
             .authorization
             .observe(deciding.elapsed().as_secs_f64());
         match decision {
-            Decision::Refuse { why } => {
-                self.auth = AuthState::Refused { why };
-                self.drop_upstream("refused");
-                self.accept_front();
-            }
+            Decision::Refuse { why } => self.refuse(why),
             Decision::Allow {
                 credential,
                 serial,
@@ -627,9 +626,7 @@ impl Relay {
                 ));
                 self.conn.ctx.audit.emit(&ev);
                 let why = authorize::upstream_refused(&self.conn, login);
-                self.auth = AuthState::Refused { why };
-                self.drop_upstream("refused");
-                self.accept_front();
+                self.refuse(why);
             }
             _ => {}
         }
@@ -637,6 +634,15 @@ impl Relay {
 
     /// A refused (or abandoned) connection's target connection is closed at once: it is an
     /// unauthenticated connection on the target's sshd, which counts towards `MaxStartups`.
+    /// A refused login (audited already): the target connection goes at once; the client is
+    /// let in to read `why` on its first channel, for [`REFUSED_LINGER`] at most.
+    fn refuse(&mut self, why: String) {
+        self.auth = AuthState::Refused { why };
+        self.drop_upstream("refused");
+        self.accept_front();
+        self.auth_deadline = self.auth_deadline.min(Instant::now() + REFUSED_LINGER);
+    }
+
     /// The client stays to read why (until it leaves or the authentication deadline).
     fn drop_upstream(&mut self, why: &str) {
         let up = &mut self.hops[1];
@@ -665,10 +671,15 @@ impl Relay {
         if matches!(self.auth, AuthState::Authorized { .. }) {
             return;
         }
-        self.conn.ctx.audit.emit(&self.conn.deny("auth_timeout"));
-        self.hops[0]
-            .session
-            .disconnect(disconnect::BY_APPLICATION, "authentication timed out");
+        // A refused client was audited when refused: it is only told why, once more.
+        let text = match &self.auth {
+            AuthState::Refused { why } => format!("portcullis: {why}"),
+            _ => {
+                self.conn.ctx.audit.emit(&self.conn.deny("auth_timeout"));
+                "authentication timed out".into()
+            }
+        };
+        self.hops[0].session.disconnect(disconnect::BY_APPLICATION, &text);
         self.gone(Hop::Front);
     }
 
