@@ -59,20 +59,35 @@ fn sessions(g: &Gateway) -> Vec<Value> {
     serde_json::from_slice::<Vec<Value>>(&o.stdout).expect("sessions --json is a JSON array")
 }
 
+/// A loopback gateway with its metrics endpoint on `port`.
+fn with_metrics(port: u16, record: bool) -> Gateway {
+    Gateway::start(
+        std::path::Path::new(BIN),
+        &GatewayOptions {
+            record,
+            extra: format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+            ..Default::default()
+        },
+    )
+}
+
+/// Where the daemon of `config` (the configuration's text) has its control socket.
+fn control_socket(g: &Gateway, config: &str) -> std::path::PathBuf {
+    let instance = config
+        .lines()
+        .find_map(|l| l.strip_prefix("instance = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .unwrap();
+    g.dir.join("state").join(instance).join("control.sock")
+}
+
 #[test]
 fn metrics_sessions_terminate_and_reload_through_the_control_socket() {
     if !root_or_skip() {
         return;
     }
     let port = free_port();
-    let g = Gateway::start(
-        std::path::Path::new(BIN),
-        &GatewayOptions {
-            record: true,
-            extra: format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
-            ..Default::default()
-        },
-    );
+    let g = with_metrics(port, true);
     let diag = |g: &Gateway| format!("\n--- daemon:\n{}", g.daemon_log());
 
     // Health and readiness.
@@ -170,12 +185,7 @@ fn metrics_sessions_terminate_and_reload_through_the_control_socket() {
     let o = cli(&g, &["reload"]);
     assert_eq!(o.status.code(), Some(2), "{}{}", text(&o.stdout), text(&o.stderr));
     // ... and the daemon refuses it too when asked directly, naming the problem.
-    let instance = good
-        .lines()
-        .find_map(|l| l.strip_prefix("instance = \""))
-        .and_then(|l| l.strip_suffix('"'))
-        .unwrap();
-    let socket = g.dir.join("state").join(instance).join("control.sock");
+    let socket = control_socket(&g, &good);
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600, "control socket mode");
     let mut c = std::os::unix::net::UnixStream::connect(&socket).unwrap();
@@ -259,20 +269,8 @@ fn the_control_socket_and_the_metrics_endpoint_hold_their_caps() {
         return;
     }
     let port = free_port();
-    let g = Gateway::start(
-        std::path::Path::new(BIN),
-        &GatewayOptions {
-            extra: format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
-            ..Default::default()
-        },
-    );
-    let config = std::fs::read_to_string(&g.config).unwrap();
-    let instance = config
-        .lines()
-        .find_map(|l| l.strip_prefix("instance = \""))
-        .and_then(|l| l.strip_suffix('"'))
-        .unwrap();
-    let socket = g.dir.join("state").join(instance).join("control.sock");
+    let g = with_metrics(port, false);
+    let socket = control_socket(&g, &std::fs::read_to_string(&g.config).unwrap());
     assert!(
         poll(10, || socket.exists().then_some(())).is_some(),
         "no control socket\n{}",

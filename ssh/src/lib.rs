@@ -8,9 +8,11 @@
 //! - `transport`: identification, binary packet protocol, key exchange, ciphers, rekeying.
 //! - `auth`: user authentication, server and client roles.
 //! - `connection`: channels with windows credited on consumption, requests.
+//! - [`on_first_use`]: a value made from a key when first needed (libcrypto contexts).
 
 pub mod auth;
 pub mod connection;
 pub mod msg;
+pub mod on_first_use;
 pub mod session;
 pub mod transport;

@@ -494,19 +494,8 @@ impl Connection {
         let mut at = 0;
         while at < total {
             let n = chunk.min(total - at);
-            let mut head = [0u8; Outgoing::MAX_HEAD];
-            let mut w = &mut head[..];
-            match code {
-                None => w.put_u8(msg::CHANNEL_DATA),
-                Some(_) => w.put_u8(msg::CHANNEL_EXTENDED_DATA),
-            }
-            w.put_u32(peer_id);
-            if let Some(code) = code {
-                w.put_u32(code);
-            }
-            w.put_u32(n as u32);
-            let head_len = Outgoing::MAX_HEAD - w.len();
-            let o = Outgoing::split(&head[..head_len], data.slice(at..at + n));
+            let (head, len) = data_header(peer_id, code, n);
+            let o = Outgoing::split(&head[..len], data.slice(at..at + n));
             self.transmit_bytes += o.len();
             self.transmit.push_back(o);
             at += n;
@@ -537,15 +526,9 @@ impl Connection {
         self.reserve(total + total.div_ceil(chunk) * header);
         for part in data[..total].chunks(chunk) {
             self.queue(header + part.len(), |out| {
-                match code {
-                    None => out.put_u8(msg::CHANNEL_DATA),
-                    Some(_) => out.put_u8(msg::CHANNEL_EXTENDED_DATA),
-                }
-                out.put_u32(peer_id);
-                if let Some(code) = code {
-                    out.put_u32(code);
-                }
-                put_string(out, part);
+                let (head, len) = data_header(peer_id, code, part.len());
+                out.put_slice(&head[..len]);
+                out.put_slice(part);
             });
         }
         total
@@ -805,4 +788,22 @@ impl Connection {
         self.transmit_bytes += payload.len();
         self.transmit.push_back(Outgoing::whole(payload));
     }
+}
+
+/// CHANNEL_DATA's (or with `code`, CHANNEL_EXTENDED_DATA's) header for `n` bytes to the
+/// peer's channel `peer_id`, up to the data string's length: the bytes and how many are used.
+fn data_header(peer_id: u32, code: Option<u32>, n: usize) -> ([u8; Outgoing::MAX_HEAD], usize) {
+    let mut head = [0u8; Outgoing::MAX_HEAD];
+    let mut w = &mut head[..];
+    match code {
+        None => w.put_u8(msg::CHANNEL_DATA),
+        Some(_) => w.put_u8(msg::CHANNEL_EXTENDED_DATA),
+    }
+    w.put_u32(peer_id);
+    if let Some(code) = code {
+        w.put_u32(code);
+    }
+    w.put_u32(n as u32);
+    let used = Outgoing::MAX_HEAD - w.len();
+    (head, used)
 }

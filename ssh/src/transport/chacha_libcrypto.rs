@@ -29,31 +29,7 @@ pub const TAG_LEN: usize = 16;
 
 /// One direction's libcrypto key, made when its first large packet comes: a session that
 /// never sends one (an interactive shell) holds no libcrypto contexts, only the key.
-pub enum Bulk {
-    Pending(zeroize::Zeroizing<[u8; 64]>),
-    Ready(LibcryptoChacha),
-    Unavailable,
-}
-
-impl Bulk {
-    pub fn new(key: &[u8; 64]) -> Self {
-        Self::Pending(zeroize::Zeroizing::new(*key))
-    }
-
-    /// The contexts, made now if this is the first call; `None` when libcrypto cannot.
-    pub fn get(&mut self) -> Option<&mut LibcryptoChacha> {
-        if let Self::Pending(key) = self {
-            *self = match LibcryptoChacha::new(key) {
-                Some(c) => Self::Ready(c),
-                None => Self::Unavailable,
-            };
-        }
-        match self {
-            Self::Ready(c) => Some(c),
-            _ => None,
-        }
-    }
-}
+pub type Bulk = crate::on_first_use::OnFirstUse<[u8; 64], LibcryptoChacha>;
 
 /// One direction's key on libcrypto: ChaCha20 contexts keyed with K_2 and K_1 (only the IV
 /// changes per packet) and a Poly1305 MAC context re-keyed per packet.

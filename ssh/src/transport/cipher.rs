@@ -16,7 +16,7 @@ use aws_lc_rs::cipher::{EncryptingKey, EncryptionContext, UnboundCipherKey};
 use aws_lc_rs::{constant_time, hmac, iv::FixedLength};
 use zeroize::Zeroize;
 
-use super::chacha_libcrypto::{self, Bulk};
+use super::chacha_libcrypto::{self, Bulk, LibcryptoChacha};
 use super::error::TransportError;
 
 /// The largest `packet_length` we accept or send (OpenSSH's PACKET_MAX_SIZE).
@@ -262,7 +262,7 @@ impl Keys {
             CipherAlg::Chacha20Poly1305 => {
                 let mut k = [0u8; chacha::KEY_LEN];
                 k.copy_from_slice(key);
-                let bulk = Bulk::new(&k);
+                let bulk = Bulk::new(k);
                 let inner = if sealing {
                     Inner::Chacha {
                         seal: Some(chacha::SealingKey::new(&k)),
@@ -453,7 +453,7 @@ impl SealingKeys {
             Inner::None => {}
             Inner::Chacha { seal, bulk, .. } => {
                 if body.len() >= chacha_libcrypto::MIN_LEN {
-                    if let Some(bulk) = bulk.get() {
+                    if let Some(bulk) = bulk.get(LibcryptoChacha::new) {
                         let t = bulk
                             .seal(seq, body)
                             .ok_or(TransportError::Crypto("libcrypto chacha20-poly1305 seal"))?;
@@ -609,7 +609,7 @@ impl OpeningKeys {
             Inner::None => {}
             Inner::Chacha { open, bulk, .. } => {
                 if body.len() >= chacha_libcrypto::MIN_LEN {
-                    if let Some(bulk) = bulk.get() {
+                    if let Some(bulk) = bulk.get(LibcryptoChacha::new) {
                         let mut t = [0u8; chacha::TAG_LEN];
                         t.copy_from_slice(tag);
                         let ok = bulk

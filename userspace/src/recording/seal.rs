@@ -16,7 +16,7 @@ use zeroize::Zeroizing;
 
 use super::{
     keys::PublicKey,
-    seal_libcrypto::{self, Bulk},
+    seal_libcrypto::{self, Bulk, LibcryptoAead},
 };
 
 pub const TAG_LEN: usize = 16;
@@ -86,7 +86,7 @@ impl Sealer {
         labeled_expand(&secret, b"key", &context, &mut key[..]);
         let mut base_nonce = [0u8; NONCE_LEN];
         labeled_expand(&secret, b"base_nonce", &context, &mut base_nonce);
-        let bulk = Bulk::new(&key);
+        let bulk = Bulk::new(*key);
         let key = UnboundKey::new(&CHACHA20_POLY1305, &key[..]).expect("a 32-byte ChaCha20 key");
         Self {
             key: LessSafeKey::new(key),
@@ -105,7 +105,7 @@ impl Sealer {
         }
         self.seq = self.seq.checked_add(1).ok_or(SealError::Exhausted)?;
         if buf.len() >= seal_libcrypto::MIN_LEN {
-            if let Some(bulk) = self.bulk.get() {
+            if let Some(bulk) = self.bulk.get(LibcryptoAead::new) {
                 return bulk.seal(&nonce, buf).ok_or(SealError::Aead);
             }
         }

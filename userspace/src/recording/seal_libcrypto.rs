@@ -17,31 +17,7 @@ pub const MIN_LEN: usize = 1024;
 
 /// A recording's libcrypto key, made at its first large block: a recording of an
 /// interactive session, whose blocks stay small, holds no libcrypto context.
-pub enum Bulk {
-    Pending(zeroize::Zeroizing<[u8; 32]>),
-    Ready(LibcryptoAead),
-    Unavailable,
-}
-
-impl Bulk {
-    pub fn new(key: &[u8; 32]) -> Self {
-        Self::Pending(zeroize::Zeroizing::new(*key))
-    }
-
-    /// The context, made now if this is the first call; `None` when libcrypto cannot.
-    pub fn get(&mut self) -> Option<&mut LibcryptoAead> {
-        if let Self::Pending(key) = self {
-            *self = match LibcryptoAead::new(key) {
-                Some(c) => Self::Ready(c),
-                None => Self::Unavailable,
-            };
-        }
-        match self {
-            Self::Ready(c) => Some(c),
-            _ => None,
-        }
-    }
-}
+pub type Bulk = portcullis_ssh::on_first_use::OnFirstUse<[u8; 32], LibcryptoAead>;
 
 pub struct LibcryptoAead {
     ctx: *mut ossl::EVP_CIPHER_CTX,

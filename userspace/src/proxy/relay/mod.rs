@@ -142,6 +142,22 @@ enum Got {
     Failed(SessionError),
 }
 
+impl Got {
+    /// What a non-blocking socket read came to; `feed` hands the `n` bytes read to the
+    /// session.
+    fn of(read: std::io::Result<usize>, feed: impl FnOnce(usize) -> Result<(), SessionError>) -> Self {
+        match read {
+            Ok(0) => Got::Eof,
+            Ok(n) => match feed(n) {
+                Ok(()) => Got::Fed,
+                Err(e) => Got::Failed(e),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Got::Nothing,
+            Err(_) => Got::Eof,
+        }
+    }
+}
+
 /// Where the client stands with authentication.
 enum AuthState {
     /// No attempt decided yet.
@@ -410,31 +426,16 @@ impl Relay {
         let io = &mut self.hops[h.i()];
         // Straight into the session's receive buffer when it has the room (a streaming
         // connection), else through this thread's buffer and a copy.
-        if let Some(buf) = io.session.recv_space(READ_CHUNK) {
-            let got = match io.stream.try_read_buf(buf) {
-                Ok(0) => Got::Eof,
-                Ok(_) => match io.session.received() {
-                    Ok(()) => Got::Fed,
-                    Err(e) => Got::Failed(e),
-                },
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Got::Nothing,
-                Err(_) => Got::Eof,
-            };
-            self.on_read(h, got);
-            return;
-        }
-        let got = READ_BUF.with(|b| {
-            let mut b = b.borrow_mut();
-            match io.stream.try_read(&mut b) {
-                Ok(0) => Got::Eof,
-                Ok(n) => match io.session.recv(&b[..n]) {
-                    Ok(()) => Got::Fed,
-                    Err(e) => Got::Failed(e),
-                },
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Got::Nothing,
-                Err(_) => Got::Eof,
-            }
-        });
+        let got = if let Some(buf) = io.session.recv_space(READ_CHUNK) {
+            let read = io.stream.try_read_buf(buf);
+            Got::of(read, |_| io.session.received())
+        } else {
+            READ_BUF.with(|b| {
+                let mut b = b.borrow_mut();
+                let read = io.stream.try_read(&mut b);
+                Got::of(read, |n| io.session.recv(&b[..n]))
+            })
+        };
         self.on_read(h, got);
     }
 
@@ -632,8 +633,6 @@ impl Relay {
         }
     }
 
-    /// A refused (or abandoned) connection's target connection is closed at once: it is an
-    /// unauthenticated connection on the target's sshd, which counts towards `MaxStartups`.
     /// A refused login (audited already): the target connection goes at once; the client is
     /// let in to read `why` on its first channel, for [`REFUSED_LINGER`] at most.
     fn refuse(&mut self, why: String) {
@@ -643,6 +642,8 @@ impl Relay {
         self.auth_deadline = self.auth_deadline.min(Instant::now() + REFUSED_LINGER);
     }
 
+    /// A refused (or abandoned) connection's target connection is closed at once: it is an
+    /// unauthenticated connection on the target's sshd, which counts towards `MaxStartups`.
     /// The client stays to read why (until it leaves or the authentication deadline).
     fn drop_upstream(&mut self, why: &str) {
         let up = &mut self.hops[1];
