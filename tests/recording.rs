@@ -209,13 +209,15 @@ fn closed_logs_are_signed_and_verify_tells_truncation_and_tampering() {
         assert_eq!(o.status.code(), Some(0), "{}", said(&o));
         assert!(said(&o).contains("intact and signed by SHA256:"), "{}", said(&o));
     }
-    // The audit trail keeps the digest the trailer holds.
+    // The audit trail keeps the digest the trailer holds, named by its hash.
     let (h, start) = portcullis::recording::format::decode_header(&std::fs::read(log).unwrap()).unwrap();
     let t = h.trailer.expect("a trailer");
+    assert_eq!(t.version, portcullis::recording::trailer::VERSION);
+    let named = format!("blake3={}", t.digest);
     assert!(g
         .audit()
         .iter()
-        .any(|e| e["event"] == "recording.end" && e["reason"].as_str().unwrap().contains(&t.digest)));
+        .any(|e| e["event"] == "recording.end" && e["reason"].as_str().unwrap().contains(&named)));
 
     let bytes = std::fs::read(log).unwrap();
     let (blocks, _) = portcullis::recording::format::frame_blocks(&bytes, start);

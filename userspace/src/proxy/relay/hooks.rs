@@ -93,9 +93,9 @@ impl Relay {
                 tokio::spawn(async move {
                     end.reason = Some(match task.await {
                         // The digest lets the audit trail expose a log whose tail and
-                        // trailer were both cut off.
+                        // trailer were both cut off; named by its hash (trailer version 2).
                         Ok(Ok(sum)) => format!(
-                            "{} blocks={} bytes={} sha256={}{}",
+                            "{} blocks={} bytes={} blake3={}{}",
                             sum.path.display(),
                             sum.blocks,
                             sum.data_bytes,
