@@ -150,11 +150,11 @@ impl Session {
 
     /// Room to read the socket into without a copy: see [`Transport::recv_space`]. Then
     /// call [`received`](Self::received).
-    pub fn recv_space(&mut self, want: usize) -> Option<&mut bytes::BytesMut> {
+    pub fn recv_space(&mut self, want: usize, grow: bool) -> Option<&mut bytes::BytesMut> {
         if self.failed {
             return None;
         }
-        self.transport.recv_space(want)
+        self.transport.recv_space(want, grow)
     }
 
     /// Takes in what was appended to [`recv_space`](Self::recv_space), as `recv` does.

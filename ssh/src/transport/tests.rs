@@ -96,8 +96,10 @@ impl Pair {
         let mut pos = 0;
         while pos < data.len() {
             let k = rng.range(1, max).min(data.len() - pos);
-            // Half the time straight into the receive buffer, as the relay reads when it can.
-            match to.recv_space(k).filter(|_| rng.range(0, 1) == 0) {
+            // Mostly straight into the receive buffer, as the relay reads when it can (with
+            // `grow`, as it does while streaming).
+            let mode = rng.range(0, 2);
+            match (mode < 2).then(|| to.recv_space(k, mode == 1)).flatten() {
                 Some(buf) => {
                     buf.extend_from_slice(&data[pos..pos + k]);
                     to.received()?;

@@ -66,6 +66,9 @@ pub const KEX: Duration = Duration::from_secs(60);
 pub const CHANNEL_EVENTS: u32 = 256;
 /// One socket read.
 const READ_CHUNK: usize = 256 * 1024;
+/// A read this large marks a connection that streams: its next read goes straight into
+/// its session's buffer even if that takes a fresh one (see `Session::recv_space`).
+const STREAMING: usize = 64 * 1024;
 
 thread_local! {
     /// The read buffer, shared by every connection on a runtime thread: an idle connection
@@ -103,6 +106,8 @@ struct HopIo {
     write_failed: bool,
     /// The relay stopped handing channel data to this session at `HIGH_WATER`.
     blocked: bool,
+    /// The last read was large (see [`STREAMING`]).
+    streaming: bool,
 }
 
 impl HopIo {
@@ -251,6 +256,7 @@ impl Relay {
                     gone: false,
                     write_failed: false,
                     blocked: false,
+                    streaming: false,
                 },
                 HopIo {
                     stream: up.stream,
@@ -258,6 +264,7 @@ impl Relay {
                     gone: false,
                     write_failed: false,
                     blocked: false,
+                    streaming: false,
                 },
             ],
             pairs: Default::default(),
@@ -424,15 +431,17 @@ impl Relay {
             return;
         }
         let io = &mut self.hops[h.i()];
-        // Straight into the session's receive buffer when it has the room (a streaming
-        // connection), else through this thread's buffer and a copy.
-        let got = if let Some(buf) = io.session.recv_space(READ_CHUNK) {
+        // Straight into the session's receive buffer when it has the room or the connection
+        // streams (its last read was large), else through this thread's buffer and a copy.
+        let got = if let Some(buf) = io.session.recv_space(READ_CHUNK, io.streaming) {
             let read = io.stream.try_read_buf(buf);
+            io.streaming = matches!(read, Ok(n) if n >= STREAMING);
             Got::of(read, |_| io.session.received())
         } else {
             READ_BUF.with(|b| {
                 let mut b = b.borrow_mut();
                 let read = io.stream.try_read(&mut b);
+                io.streaming = matches!(read, Ok(n) if n >= STREAMING);
                 Got::of(read, |n| io.session.recv(&b[..n]))
             })
         };
