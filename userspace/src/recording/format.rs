@@ -25,7 +25,7 @@ pub const TRAILER_ROOM: usize = 512;
 pub const HEADER_B64: usize = HEADER_JSON / 3 * 4;
 /// Offset of the base64 header in the file.
 pub const HEADER_OFFSET: u64 = 4;
-/// Record header: source, code, elapsed.
+/// Record header after its length: source, code, elapsed.
 pub const RECORD_HEAD: usize = 13;
 
 pub const SOURCE_CLIENT: u8 = 0;
@@ -257,6 +257,11 @@ pub fn push_record(buf: &mut Vec<u8>, source: u8, code: u32, elapsed_us: u64, da
     buf.extend_from_slice(&code.to_be_bytes());
     buf.extend_from_slice(&elapsed_us.to_be_bytes());
     buf.extend_from_slice(data);
+}
+
+/// The bytes a record of `data` bytes takes in a block: its length, its head, the data.
+pub fn record_len(data: usize) -> usize {
+    4 + RECORD_HEAD + data
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

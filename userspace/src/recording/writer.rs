@@ -1,24 +1,29 @@
 //! Sealing one session's log while it runs, with no thread and no hand-off per block.
 //!
-//! The relay lays each record it passes on straight into the recording's pending blocks
-//! ([`Recorder::try_record`], a copy under a lock). Once it waits for the file (or 256 KiB
-//! are pending) a job starts on the shared I/O pool (`disk.rs`), unless one is running for
-//! this recording. The job takes whatever is pending, seals each block in place with the
-//! session's HPKE context, writes it with one `write` — a killed daemon leaves only whole
-//! blocks — adds it to the log's digest, publishes the session position the file now holds
-//! (the relay sends bytes on only once they are there), and goes on until nothing is
-//! pending. So a streaming session costs one pool hand-off per relay wake-up, not several
-//! per block. A small task per recording takes the exit data and, once the session ends (or
-//! the daemon stops), has a last job write what is left, rewrites the header in place with
-//! the exit data and the trailer (`trailer.rs`), and syncs the file.
+//! The relay hands each record it passes on to the recording ([`Recorder::try_record`]):
+//! a reference to the bytes it received, not a copy (it holds them until the file does
+//! anyway). Once it waits for the file (or 256 KiB are pending) a job starts on the shared
+//! I/O pool (`disk.rs`), unless one is running for this recording. The job takes whatever
+//! is pending, lays the records out as blocks in the log's staging buffer (`append.rs`),
+//! seals each in place with the session's HPKE context, adds it to the log's digest, writes
+//! the staged blocks with one `write` — a killed daemon leaves only whole blocks —
+//! publishes the session position the file now holds (the relay sends bytes on only once
+//! they are there), and goes on until nothing is pending. So a streaming session costs one
+//! pool hand-off per relay wake-up, not several per block, and the relay's thread does not
+//! touch the bytes for the recording at all. A small task per recording takes the exit
+//! data and, once the session ends (or the daemon stops), has a last job write what is
+//! left, rewrites the header in place with the exit data and the trailer (`trailer.rs`),
+//! and syncs the file.
 //!
-//! Memory per recording is bounded: the pending blocks reach at most [`PENDING`] plus one
+//! Memory per recording is bounded: the pending records cost at most [`PENDING`] plus one
 //! record (the relay waits past that: a slow disk slows the session instead of growing
-//! memory), and a job writes from a second buffer of the same bound; both shrink back to
-//! [`IDLE_BUFFER`] once the recording has been idle for [`IDLE_AFTER`]. Besides: a task,
-//! a file descriptor, the header and a hash state.
+//! memory) — their bytes are the relay's, counted in its channel windows; what is added is
+//! the list of them — and the staging buffer is `append::STAGE` (more only for a single
+//! record that does not fit); both are given back once the recording has been idle for
+//! [`IDLE_AFTER`]. Besides: a task, a file descriptor, the header and a hash state.
 
 use std::{
+    collections::VecDeque,
     fs::{File, OpenOptions},
     io::Write,
     os::unix::fs::{FileExt, OpenOptionsExt},
@@ -34,13 +39,13 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch, Notify};
 
 use super::{
+    append::Appender,
     disk,
     format::{self, ExitData, Header, PtyInfo},
     keys::PublicKey,
     seal::{SealError, Sealer, TAG_LEN},
     signing::{SigningError, SigningKey},
     trailer::{self, BlockHash},
-    write_behind::WriteBehind,
 };
 
 /// A block's plaintext grows to about this much before it is sealed.
@@ -51,8 +56,6 @@ pub const PENDING: usize = 1024 * 1024;
 const KICK: usize = 256 * 1024;
 /// Bytes written between two publications of the file's position to the relay.
 const PUBLISH: usize = 256 * 1024;
-/// What an idle recording keeps of its block buffer.
-pub const IDLE_BUFFER: usize = 4096;
 /// How long a recording waits for records before it shrinks its buffers. Not at once: a
 /// busy session empties its pending blocks between most writes, and giving the buffers back
 /// each time had the allocator map and fault in fresh pages for every block — it doubled
@@ -207,23 +210,39 @@ struct Shared {
     progress: watch::Sender<Progress>,
 }
 
-/// The records not yet written, laid out as the blocks they will be: each block is its
-/// length (`LEN` bytes), whole records and room for its tag; the pool seals them in place
-/// and writes each with one `write`.
+/// A record taken from the relay, not yet sealed: the bytes are the relay's own (a
+/// reference, not a copy; the relay holds them until the file does anyway).
+struct Rec {
+    source: u8,
+    code: u32,
+    us: u64,
+    data: Bytes,
+}
+
+impl Rec {
+    /// What the record costs until it is written: its framing in the block, its entry here,
+    /// and its bytes.
+    fn cost(&self) -> usize {
+        format::record_len(self.data.len()) + std::mem::size_of::<Rec>()
+    }
+}
+
+/// The records not yet written; a pool job takes them all and seals them into blocks.
 struct Pending {
-    buf: Vec<u8>,
-    /// Each block of `buf`: where it starts, and the position (`data_bytes`) its records
-    /// reach. The last one is open while `open` is set.
-    starts: Vec<(usize, u64)>,
-    open: bool,
+    records: VecDeque<Rec>,
+    /// What `records` cost (see [`Rec::cost`]), bounded by [`PENDING`].
+    cost: usize,
     data_bytes: u64,
-    /// The buffer a pool job writes from, lent to it while `busy`.
-    spare: Vec<u8>,
+    /// The position `records` start at (where the last batch taken ended).
+    batch_start: u64,
+    /// The list a pool job works from, lent to it while `busy` (it keeps its room).
+    spare: VecDeque<Rec>,
     /// A pool job is sealing and writing this recording's blocks; it takes whatever is
     /// pending until nothing is, so the relay and the pool hand over work without a thread
     /// switch per block (and no task sits between them).
     busy: bool,
-    /// The HPKE context and the digest of the blocks written, here while no job has them.
+    /// The HPKE context, the digest of the blocks written and the file's end, here while no
+    /// job has them.
     sealing: Option<Sealing>,
     blocks: u64,
     /// What stopped the recording (a failed write), for the writer task to report.
@@ -234,27 +253,24 @@ struct Pending {
     seen: u64,
     /// The writer task has a timer armed to shrink the buffers once idle.
     timer: bool,
-    /// Bytes counted in `portcullis_recording_queued_bytes` for `buf`.
-    queued: usize,
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
         crate::metrics::get()
             .recording_queued_bytes
-            .dec_by(self.queued as i64);
+            .dec_by(self.cost as i64);
     }
 }
 
-/// Blocks taken for a write: the buffer, where each block starts (and the position it
-/// reaches), and the context to seal them.
-type Batch = (Vec<u8>, Vec<(usize, u64)>, Sealing);
+/// Records taken for a write, the position they start at, and the context to seal them.
+type Batch = (VecDeque<Rec>, u64, Sealing);
 
-/// What a write job needs besides the buffer.
+/// What a write job needs besides the records.
 struct Sealing {
     ctx: Sealer,
     digest: BlockHash,
-    behind: WriteBehind,
+    out: Appender,
 }
 
 fn lock(m: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
@@ -263,44 +279,28 @@ fn lock(m: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
 }
 
 impl Pending {
-    /// Appends a record, opening a block if none is.
-    fn push(&mut self, source: u8, code: u32, us: u64, data: &[u8]) {
-        if !self.open {
-            self.starts.push((self.buf.len(), self.data_bytes));
-            self.buf.extend_from_slice(&[0; LEN]);
-            self.open = true;
-        }
-        self.data_bytes += data.len() as u64;
-        format::push_record(&mut self.buf, source, code, us, data);
-        if let Some(last) = self.starts.last_mut() {
-            last.1 = self.data_bytes;
-            if self.buf.len() - last.0 >= LEN + BLOCK {
-                self.end_block();
-            }
-        }
+    /// Takes a record.
+    fn push(&mut self, rec: Rec) {
+        self.data_bytes += rec.data.len() as u64;
+        let cost = rec.cost();
+        self.cost += cost;
+        crate::metrics::get().recording_queued_bytes.inc_by(cost as i64);
+        self.records.push_back(rec);
     }
 
-    /// Leaves room for the open block's tag.
-    fn end_block(&mut self) {
-        if self.open {
-            self.buf.extend_from_slice(&[0; TAG_LEN]);
-            self.open = false;
-        }
-    }
-
-    /// The pending blocks, closed, with the context to seal them, for a write; `None` if
-    /// nothing is pending (or a job has the context).
+    /// The pending records with the context to seal them, for a write; `None` if nothing is
+    /// pending (or a job has the context).
     fn take(&mut self) -> Option<Batch> {
-        if self.starts.is_empty() {
+        if self.records.is_empty() {
             return None;
         }
         let sealing = self.sealing.take()?;
-        self.end_block();
-        let buf = std::mem::replace(&mut self.buf, std::mem::take(&mut self.spare));
+        let records = std::mem::replace(&mut self.records, std::mem::take(&mut self.spare));
         crate::metrics::get()
             .recording_queued_bytes
-            .dec_by(std::mem::take(&mut self.queued) as i64);
-        Some((buf, std::mem::take(&mut self.starts), sealing))
+            .dec_by(std::mem::take(&mut self.cost) as i64);
+        let start = std::mem::replace(&mut self.batch_start, self.data_bytes);
+        Some((records, start, sealing))
     }
 }
 
@@ -325,33 +325,29 @@ impl Shared {
                     }
                 }
             };
-            let (mut buf, mut starts, mut sealing) = taken;
-            let r = write_blocks(&mut sealing, self, &mut buf, &starts);
-            let n = buf.len() as u64;
+            let (mut records, start, mut sealing) = taken;
+            let r = write_blocks(&mut sealing, self, &records, start);
+            records.clear();
             let mut p = lock(&self.pending);
             p.sealing = Some(sealing);
-            p.blocks += starts.len() as u64;
-            crate::metrics::get().recording_blocks.inc_by(starts.len() as u64);
-            starts.clear();
-            if p.starts.is_empty() {
-                // Keep the emptied list's room for the next batch.
-                p.starts = starts;
-            }
-            buf.clear();
-            p.spare = buf;
+            // Keep the emptied list's room for the next batch.
+            p.spare = records;
+            let written = r.as_ref().copied().unwrap_or_default();
+            p.blocks += written.0;
             drop(p);
+            crate::metrics::get().recording_blocks.inc_by(written.0);
+            crate::metrics::get().recording_bytes.inc_by(written.1);
             if let Err(e) = r {
                 self.fail(e);
                 return;
             }
-            crate::metrics::get().recording_bytes.inc_by(n);
         }
     }
 
     /// Starts a job for what is pending, unless one runs (it takes it) or nothing is.
     fn write_now(self: &Arc<Self>) {
         let mut p = lock(&self.pending);
-        let start = !p.busy && p.sealing.is_some() && !p.starts.is_empty();
+        let start = !p.busy && p.sealing.is_some() && !p.records.is_empty();
         if start {
             p.busy = true;
         }
@@ -429,34 +425,34 @@ impl Recorder {
                 (&file).write_all(&h).map_err(io)?;
                 // A link, not a rename: an existing log of that name is never replaced.
                 std::fs::hard_link(&fresh, &path).map_err(io)?;
-                Ok(h.len() as u64)
+                Ok(h.len())
             });
         let _ = std::fs::remove_file(&fresh);
         let header_len = placed?;
         let (progress, progress_rx) = watch::channel(Progress::default());
+        let out = Appender::new(header_len as u64);
         let shared = Arc::new(Shared {
             file,
             path: path.clone(),
             start: Instant::now(),
             activity: Notify::new(),
             pending: Mutex::new(Pending {
-                buf: Vec::new(),
-                starts: Vec::new(),
-                open: false,
+                records: VecDeque::new(),
+                cost: 0,
                 data_bytes: 0,
-                spare: Vec::new(),
+                batch_start: 0,
+                spare: VecDeque::new(),
                 busy: false,
                 sealing: Some(Sealing {
                     ctx,
                     digest: BlockHash::current(),
-                    behind: WriteBehind::new(header_len),
+                    out,
                 }),
                 blocks: 0,
                 error: None,
                 closed: false,
                 seen: 0,
                 timer: false,
-                queued: 0,
             }),
             progress,
         });
@@ -496,25 +492,26 @@ impl Recorder {
     /// the writer is behind (the relay holds the bytes, and the window they came with,
     /// until [`Recorder::ready`]). Returns the record's position: it is on disk once
     /// [`Recorder::written`] reaches it.
-    pub fn try_record(&self, source: u8, code: u32, data: &[u8]) -> Result<u64, TryRecord> {
+    pub fn try_record(&self, source: u8, code: u32, data: &Bytes) -> Result<u64, TryRecord> {
         let us = self.shared.start.elapsed().as_micros() as u64;
         let mut p = lock(&self.shared.pending);
         if p.closed {
             return Err(TryRecord::Stopped);
         }
-        if p.buf.len() >= PENDING {
+        if p.cost >= PENDING {
             return Err(TryRecord::Full);
         }
-        let before = p.buf.len();
-        p.push(source, code, us, data);
-        let grown = p.buf.len() - before;
-        p.queued += grown;
-        crate::metrics::get().recording_queued_bytes.inc_by(grown as i64);
+        p.push(Rec {
+            source,
+            code,
+            us,
+            data: data.clone(),
+        });
         let position = p.data_bytes;
         // A job once enough is pending; before that, when the relay waits for the file
         // ([`Recorder::written_past`]): one pool hand-off for all the records of a relay's
         // wake-up instead of one per record.
-        let kick = p.buf.len() >= KICK;
+        let kick = p.cost >= KICK;
         drop(p);
         if kick {
             self.shared.write_now();
@@ -553,7 +550,7 @@ impl Recorder {
             loop {
                 {
                     let p = lock(&shared.pending);
-                    if p.closed || p.buf.len() < PENDING {
+                    if p.closed || p.cost < PENDING {
                         return;
                     }
                 }
@@ -670,7 +667,7 @@ impl Writer {
                 if let Some(e) = p.error.take() {
                     return Err(e);
                 }
-                if !p.busy && p.starts.is_empty() {
+                if !p.busy && p.records.is_empty() {
                     let sealing = p
                         .sealing
                         .take()
@@ -690,13 +687,13 @@ impl Writer {
                 ..Default::default()
             });
         }
-        self.close(sealing.digest, blocks, data_bytes).await
+        self.close(sealing, blocks, data_bytes).await
     }
 
     /// Patches the header with the exit data and the trailer, and syncs the file.
     async fn close(
         mut self,
-        hash: BlockHash,
+        sealing: Sealing,
         blocks: u64,
         data_bytes: u64,
     ) -> Result<Summary, RecordingError> {
@@ -711,8 +708,11 @@ impl Writer {
         let (shared, signer) = (self.shared.clone(), self.signer.clone());
         // What is signed is what is written: the header as cut to fit.
         let mut header = format::fitted(&self.header);
+        let Sealing { digest, mut out, .. } = sealing;
         let trailer = disk::run(move || -> Result<format::Trailer, RecordingError> {
-            let d = hash.finish();
+            // Everything is written already.
+            out.flush(&shared.file).map_err(&io)?;
+            let d = digest.finish();
             header.trailer = Some(trailer::make(&header, blocks, &d, signer.as_deref())?);
             shared
                 .file
@@ -736,55 +736,71 @@ impl Writer {
 /// returns whether it did (the timer is then disarmed until the next job).
 fn shrink_if_idle(shared: &Shared) -> bool {
     let mut p = lock(&shared.pending);
-    let idle = p.data_bytes == p.seen && !p.busy && p.starts.is_empty();
+    let idle = p.data_bytes == p.seen && !p.busy && p.records.is_empty();
     if idle {
-        p.buf.shrink_to(IDLE_BUFFER);
-        p.spare.shrink_to(IDLE_BUFFER);
-        p.starts.shrink_to(0);
+        p.records.shrink_to(0);
+        p.spare.shrink_to(0);
+        if let Some(s) = &mut p.sealing {
+            s.out.shrink();
+        }
         p.timer = false;
     }
     p.seen = p.data_bytes;
     idle
 }
 
-/// Seals each block of `buf` (starting at `starts`, laid out by [`Pending::push`]) in place
-/// — its length, its records encrypted, its tag — writes it with one `write` (a killed
-/// daemon leaves whole blocks), publishes the position the file then holds, and adds it to
-/// the digest. Block by block, so that the relay passes on the first blocks' bytes while
-/// the next ones are sealed; published every [`PUBLISH`] bytes and after the last block,
-/// since each publication may wake the relay.
+/// Seals the records into blocks — each its length, its records encrypted, its tag — in
+/// the log's staging buffer, adds each to the digest, and has the file take them
+/// ([`Appender`]: whole blocks only, so a killed daemon leaves whole blocks). The position
+/// the file holds is published every [`PUBLISH`] bytes and after the last block, since each
+/// publication may wake the relay; so the relay passes on the first blocks' bytes while the
+/// next ones are sealed. `start`: the position the first record starts at. Returns the
+/// blocks and bytes written.
 fn write_blocks(
     sealing: &mut Sealing,
     shared: &Shared,
-    buf: &mut [u8],
-    starts: &[(usize, u64)],
-) -> Result<(), RecordingError> {
-    let mut unpublished = 0;
-    for (i, &(s, upto)) in starts.iter().enumerate() {
-        let e = starts.get(i + 1).map_or(buf.len(), |b| b.0);
-        let block = &mut buf[s..e];
-        let len = u32::try_from(block.len() - LEN)
+    records: &VecDeque<Rec>,
+    start: u64,
+) -> Result<(u64, u64), RecordingError> {
+    let file = &shared.file;
+    let io = |source| RecordingError::Io {
+        path: shared.path.clone(),
+        source,
+    };
+    let (mut position, mut blocks, mut bytes, mut unpublished) = (start, 0, 0, 0);
+    let mut i = 0;
+    while i < records.len() {
+        // A block takes records until its plaintext reaches `BLOCK`.
+        let mut plain = 0;
+        let mut end = i;
+        while end < records.len() && plain < BLOCK {
+            plain += format::record_len(records[end].data.len());
+            end += 1;
+        }
+        let len = u32::try_from(plain + TAG_LEN)
             .map_err(|_| RecordingError::Stopped("a block over 4 GiB".into()))?;
-        let body = block.len() - TAG_LEN;
-        let tag = sealing.ctx.seal_in_place(&mut block[LEN..body])?;
-        block[body..].copy_from_slice(&tag);
-        block[..LEN].copy_from_slice(&len.to_be_bytes());
-        // `write_all` is one `write` unless the kernel takes less (a full disk).
-        (&shared.file)
-            .write_all(block)
-            .map_err(|source| RecordingError::Io {
-                path: shared.path.clone(),
-                source,
-            })?;
-        unpublished += block.len();
-        if unpublished >= PUBLISH || i + 1 == starts.len() {
-            shared.progress.send_modify(|g| g.written = upto);
+        let total = LEN + plain + TAG_LEN;
+        let stage = sealing.out.stage(file, total).map_err(io)?;
+        let at = stage.len();
+        stage.extend_from_slice(&len.to_be_bytes());
+        for r in records.range(i..end) {
+            format::push_record(stage, r.source, r.code, r.us, &r.data);
+            position += r.data.len() as u64;
+        }
+        let tag = sealing.ctx.seal_in_place(&mut stage[at + LEN..])?;
+        stage.extend_from_slice(&tag);
+        sealing.digest.update(&stage[at..]);
+        blocks += 1;
+        bytes += total as u64;
+        unpublished += total;
+        i = end;
+        if unpublished >= PUBLISH || i == records.len() {
+            sealing.out.flush(file).map_err(io)?;
+            shared.progress.send_modify(|g| g.written = position);
             unpublished = 0;
         }
-        sealing.digest.update(block);
-        sealing.behind.wrote(&shared.file, block.len());
     }
-    Ok(())
+    Ok((blocks, bytes))
 }
 
 #[cfg(test)]
@@ -813,7 +829,7 @@ mod tests {
             })
             .unwrap();
         }
-        let chunk = vec![5u8; 32 * 1024];
+        let chunk = Bytes::from(vec![5u8; 32 * 1024]);
         let mut taken = 0u64;
         let mut last = 0;
         loop {

@@ -404,7 +404,7 @@ impl Relay {
                 flow.seal();
             }
             let rec = p.rec.as_ref().filter(|r| !r.failed());
-            // The recording takes (copies) everything queued, ahead of sending: the I/O pool
+            // The recording takes (a reference to) everything queued, ahead of sending: the I/O pool
             // seals and writes it block by block while the head waits to be on disk.
             if let Some(rec) = rec {
                 while flow.recorded.len() < flow.queue.len() {
