@@ -375,6 +375,12 @@ impl Shared {
         p.error.get_or_insert(e);
         p.closed = true;
         p.busy = false;
+        // They will not be written: the relay's buffers they hold go back now, not when the
+        // session ends.
+        p.records = VecDeque::new();
+        crate::metrics::get()
+            .recording_queued_bytes
+            .dec_by(std::mem::take(&mut p.cost) as i64);
         drop(p);
         self.progress.send_modify(|g| g.stopped = true);
     }
