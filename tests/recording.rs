@@ -487,6 +487,122 @@ fn a_killed_daemon_leaves_a_decryptable_prefix() {
     );
 }
 
+/// A recording directory on a 4 MiB file system, mounted for the test and gone with it.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount() -> Self {
+        let dir = std::env::temp_dir().join(support::unique("portcullis-full-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let o = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "mount: {}", said(&o));
+        Self(dir)
+    }
+
+    fn logs(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(&self.0)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// The disk fills up in the middle of a 16 MiB upload. `fail_closed` (the default): the
+/// session stops there, and every byte that reached the target is in the log, which holds
+/// whole blocks up to the failure. `fail_open`: the upload completes unrecorded from there.
+/// Both say it in `recording.end`.
+#[test]
+fn a_disk_that_fills_up_mid_session_stops_it_when_fail_closed_and_only_the_log_when_fail_open() {
+    if !support::privileged() {
+        return;
+    }
+    const SIZE: u64 = 16 << 20;
+    for fail_open in [false, true] {
+        let disk = SmallDisk::mount();
+        let g = Gateway::start(
+            Path::new(BIN),
+            &GatewayOptions {
+                record: true,
+                extra: format!(
+                    "\n[recording]\ndir = \"{}\"\non_failure = \"{}\"\n",
+                    disk.0.display(),
+                    if fail_open { "fail_open" } else { "fail_closed" }
+                ),
+                ..Default::default()
+            },
+        );
+        let upload = g.dir.join("upload");
+        std::fs::write(&upload, vec![0x5a; SIZE as usize]).unwrap();
+        let landed = g.dir.join("landed");
+        let o = g
+            .ssh(&[], &["root@127.0.0.1", &format!("cat > {}", landed.display())])
+            .stdin(std::fs::File::open(&upload).unwrap())
+            .output()
+            .unwrap();
+        let got = std::fs::metadata(&landed).map(|m| m.len()).unwrap_or(0);
+        let ends: Vec<String> = {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let ends: Vec<String> = g
+                    .audit()
+                    .iter()
+                    .filter(|e| e["event"] == "recording.end")
+                    .map(|e| e["reason"].as_str().unwrap_or_default().to_string())
+                    .collect();
+                if !ends.is_empty() || Instant::now() > deadline {
+                    break ends;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        assert_eq!(ends.len(), 1, "fail_open {fail_open}: {:?}", g.audit());
+        assert!(
+            ends[0].contains("failed") && ends[0].contains("No space left"),
+            "fail_open {fail_open}: {}",
+            ends[0]
+        );
+        let logs = disk.logs();
+        assert_eq!(logs.len(), 1);
+        let d = decrypt(&g, &logs[0]);
+        let recorded: u64 = d
+            .records
+            .iter()
+            .filter(|r| r.source == 0)
+            .map(|r| r.data.len() as u64)
+            .sum();
+        assert!(recorded > 0 && recorded < SIZE, "{recorded} bytes recorded");
+        // Whole blocks up to the failure: nothing cut short, only the trailer missing.
+        assert!(
+            d.damage.as_deref().is_none_or(|m| !m.contains("cut short")),
+            "{:?}",
+            d.damage
+        );
+        if fail_open {
+            assert_eq!(o.status.code(), Some(0), "{}", said(&o));
+            assert_eq!(got, SIZE, "the upload completes unrecorded");
+        } else {
+            assert_ne!(o.status.code(), Some(0), "the session must not go on unrecorded");
+            assert!(
+                got <= recorded,
+                "{got} bytes reached the target, {recorded} are in the log"
+            );
+        }
+    }
+}
+
 /// A daemon stopped (SIGTERM) during a session closes its recording properly: trailer
 /// signed, the stop said in the exit data — not a log that looks like a crash's.
 #[test]

@@ -3,7 +3,7 @@
 //! A pool job seals a batch of records into blocks here ([`Appender::room`], filled and
 //! sealed in place, then [`Appender::commit`]), and [`Appender::flush`] writes what is staged
 //! with one positional write: the file only ever grows by whole blocks, so a daemon killed at
-//! any moment leaves whole blocks. [`WriteBehind`] then pushes the written bytes to disk and
+//! any moment leaves whole blocks (and a write a full disk took only part of is cut back). [`WriteBehind`] then pushes the written bytes to disk and
 //! out of the page cache.
 //!
 //! Why not `O_DIRECT` (tried): it cut the kernel's part of a write, but on a virtual disk
@@ -56,7 +56,12 @@ impl Appender {
         if self.stage.is_empty() {
             return Ok(());
         }
-        file.write_all_at(&self.stage, self.end)?;
+        if let Err(e) = file.write_all_at(&self.stage, self.end) {
+            // A full disk may have taken part of it: cut the file back to its last whole
+            // block, so that the log stays whole blocks up to where it stopped.
+            let _ = file.set_len(self.end);
+            return Err(e);
+        }
         let n = self.stage.len();
         self.end += n as u64;
         self.behind.wrote(file, n);
