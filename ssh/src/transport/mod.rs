@@ -331,18 +331,20 @@ impl Transport {
     /// Room to read the socket straight into, saving [`recv`](Self::recv)'s copy: the
     /// receive buffer, when at least `want` bytes fit at its end without allocating (once
     /// the space of packets whose payloads were all dropped is taken back — a streaming
-    /// connection's buffer after its first large read). With `grow`, a buffer whose space is
-    /// still held by payloads the application keeps (a recorded session's bytes wait for the
-    /// log) is replaced by a fresh one, only the partial packet copied: for a connection
-    /// that streams. `None`: read elsewhere and `recv`, so an idle connection never holds a
-    /// read-sized buffer. Append only (as `try_read_buf` does), then call
+    /// connection's buffer after its first large read). With `grow` (a connection that
+    /// streams), a buffer with at least a quarter of `want` free is read into as it is, and
+    /// one with less gets `want` more room — a fresh buffer if its space is still held by
+    /// payloads the application keeps (a recorded session's bytes wait for the log), with
+    /// the unparsed bytes copied over. `None`: read elsewhere and `recv`, so an idle connection never
+    /// holds a read-sized buffer. Append only (as `try_read_buf` does), then call
     /// [`received`](Self::received).
     pub fn recv_space(&mut self, want: usize, grow: bool) -> Option<&mut BytesMut> {
         if self.closed || self.deferred_error.is_some() {
             return None;
         }
-        let fits = self.rbuf.capacity() - self.rbuf.len() >= want || self.rbuf.try_reclaim(want);
-        if !fits && grow {
+        let free = self.rbuf.capacity() - self.rbuf.len();
+        let fits = free >= want || self.rbuf.try_reclaim(want);
+        if !fits && grow && free < want / 4 {
             self.rbuf.reserve(want);
         }
         (fits || grow).then_some(&mut self.rbuf)

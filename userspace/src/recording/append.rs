@@ -1,7 +1,7 @@
 //! Laying a log's blocks out for its file, and writing them.
 //!
-//! A pool job seals a batch of records into blocks here ([`Appender::room`], filled and
-//! sealed in place, then [`Appender::commit`]), and [`Appender::flush`] writes what is staged
+//! A pool job seals a batch of records into blocks here (appended to [`Appender::stage`]
+//! and sealed in place there), and [`Appender::flush`] writes what is staged
 //! with one positional write: the file only ever grows by whole blocks, so a daemon killed at
 //! any moment leaves whole blocks (and a write a full disk took only part of is cut back). [`WriteBehind`] then pushes the written bytes to disk and
 //! out of the page cache.
@@ -69,6 +69,11 @@ impl Appender {
         // Room a block bigger than usual took is given back at once.
         self.stage.shrink_to(STAGE);
         Ok(())
+    }
+
+    /// Drops what is staged (a failed recording: it will not be written) and its room.
+    pub fn discard(&mut self) {
+        self.stage = Vec::new();
     }
 
     /// Gives back the staging buffer's room: for an idle log, once everything is written.

@@ -5,7 +5,7 @@
 //! - [`seal`]: the HPKE sender context that seals each block ([`seal_libcrypto`]: its
 //!   AEAD for large blocks).
 //! - [`writer`]: sealing a session's records while it runs.
-//! - [`append`]: laying the sealed blocks out for the file, written past the page cache.
+//! - [`append`]: the sealed blocks staged for the file, written whole.
 //! - [`disk`]: the few threads that write every recording's blocks.
 //! - [`write_behind`]: pushing a log to disk behind its writer, out of the page cache.
 //! - [`signing`]: the gateway's Ed25519 recording-signing key.

@@ -50,7 +50,7 @@ use super::{
 
 /// A block's plaintext grows to about this much before it is sealed.
 pub const BLOCK: usize = 64 * 1024;
-/// Bytes of pending blocks a recording takes before the relay waits for it.
+/// What the pending records may cost (see `Rec::cost`) before the relay waits for the writer.
 pub const PENDING: usize = 1024 * 1024;
 /// Bytes pending that start a write job without waiting for the relay to ask.
 const KICK: usize = 256 * 1024;
@@ -146,7 +146,7 @@ pub async fn close_all(within: Duration) -> usize {
 }
 
 /// What the relay hands the writer task besides data: the exit data, for the header.
-/// (Data goes straight into the recording's pending blocks: see [`Recorder::try_record`].)
+/// (Data goes to the recording's pending records: see [`Recorder::try_record`].)
 enum Item {
     Exit(ExitData),
 }
@@ -192,7 +192,7 @@ pub struct Summary {
     pub path: PathBuf,
     pub blocks: u64,
     pub data_bytes: u64,
-    /// Hex SHA-256 of the blocks, as in the trailer (worth keeping apart from the log: it
+    /// Hex BLAKE3 of the blocks, as in the trailer (worth keeping apart from the log: it
     /// shows a log whose trailer and tail were both removed).
     pub digest: String,
     pub signed: bool,
@@ -326,13 +326,13 @@ impl Shared {
                 }
             };
             let (mut records, start, mut sealing) = taken;
-            let r = write_blocks(&mut sealing, self, &records, start);
+            let mut written = (0, 0);
+            let r = write_blocks(&mut sealing, self, &records, start, &mut written);
             records.clear();
             let mut p = lock(&self.pending);
             p.sealing = Some(sealing);
             // Keep the emptied list's room for the next batch.
             p.spare = records;
-            let written = r.as_ref().copied().unwrap_or_default();
             p.blocks += written.0;
             drop(p);
             crate::metrics::get().recording_blocks.inc_by(written.0);
@@ -378,6 +378,9 @@ impl Shared {
         // They will not be written: the relay's buffers they hold go back now, not when the
         // session ends.
         p.records = VecDeque::new();
+        if let Some(s) = &mut p.sealing {
+            s.out.discard();
+        }
         crate::metrics::get()
             .recording_queued_bytes
             .dec_by(std::mem::take(&mut p.cost) as i64);
@@ -494,7 +497,7 @@ impl Recorder {
         }
     }
 
-    /// Records bytes without waiting (they are copied into the pending block): `Full` when
+    /// Records bytes without waiting (a reference to them is kept): `Full` when
     /// the writer is behind (the relay holds the bytes, and the window they came with,
     /// until [`Recorder::ready`]). Returns the record's position: it is on disk once
     /// [`Recorder::written`] reaches it.
@@ -760,20 +763,21 @@ fn shrink_if_idle(shared: &Shared) -> bool {
 /// ([`Appender`]: whole blocks only, so a killed daemon leaves whole blocks). The position
 /// the file holds is published every [`PUBLISH`] bytes and after the last block, since each
 /// publication may wake the relay; so the relay passes on the first blocks' bytes while the
-/// next ones are sealed. `start`: the position the first record starts at. Returns the
-/// blocks and bytes written.
+/// next ones are sealed. `start`: the position the first record starts at. `written`
+/// counts the blocks and bytes written (also those before a failure).
 fn write_blocks(
     sealing: &mut Sealing,
     shared: &Shared,
     records: &VecDeque<Rec>,
     start: u64,
-) -> Result<(u64, u64), RecordingError> {
+    written: &mut (u64, u64),
+) -> Result<(), RecordingError> {
     let file = &shared.file;
     let io = |source| RecordingError::Io {
         path: shared.path.clone(),
         source,
     };
-    let (mut position, mut blocks, mut bytes, mut unpublished) = (start, 0, 0, 0);
+    let (mut position, mut staged, mut unpublished) = (start, (0, 0), 0);
     let mut i = 0;
     while i < records.len() {
         // A block takes records until its plaintext reaches `BLOCK`.
@@ -796,17 +800,18 @@ fn write_blocks(
         let tag = sealing.ctx.seal_in_place(&mut stage[at + LEN..])?;
         stage.extend_from_slice(&tag);
         sealing.digest.update(&stage[at..]);
-        blocks += 1;
-        bytes += total as u64;
+        staged.0 += 1;
+        staged.1 += total as u64;
         unpublished += total;
         i = end;
         if unpublished >= PUBLISH || i == records.len() {
             sealing.out.flush(file).map_err(io)?;
+            *written = staged;
             shared.progress.send_modify(|g| g.written = position);
             unpublished = 0;
         }
     }
-    Ok((blocks, bytes))
+    Ok(())
 }
 
 #[cfg(test)]

@@ -13,7 +13,10 @@
 //!   the explanation of a refusal.
 //!
 //! Memory per connection: each channel's bytes in flight are at most the window the proxy
-//! grants its sender ([`WINDOW`]); each session's unsent output stays under [`HIGH_WATER`]
+//! grants its sender ([`WINDOW`]), held as slices of the receive buffers they arrived in (a
+//! slice keeps its whole buffer, at most [`READ_CHUNK`] and a quarter; chunks under 2 KiB
+//! are copied instead, so tiny packets cannot pin buffers: `pairs.rs`); each session's
+//! unsent output stays under [`HIGH_WATER`]
 //! plus one packet for data and [`READ_PAUSE`] overall (the socket is not read while its
 //! peer does not read ours); at most [`MAX_CHANNELS`] channels per hop.
 
