@@ -13,10 +13,11 @@
 //!   the explanation of a refusal.
 //!
 //! Memory per connection: each channel's bytes in flight are at most the window the proxy
-//! grants its sender ([`WINDOW`]), held as slices of the receive buffers they arrived in (a
-//! slice keeps its whole buffer, at most [`READ_CHUNK`] and a quarter; chunks under 2 KiB
-//! are copied instead, so tiny packets cannot pin buffers: `pairs.rs`); each session's
-//! unsent output stays under [`HIGH_WATER`]
+//! grants its sender ([`WINDOW`]). On a connection with one channel they are slices of the
+//! receive buffers they arrived in, which hold that channel's bytes alone (a buffer is at
+//! most [`READ_CHUNK`] and a quarter); with several channels, and for chunks under 2 KiB,
+//! they are copied, so that no channel's bytes keep buffers shared with others alive
+//! (`pairs.rs`). Each session's unsent output stays under [`HIGH_WATER`]
 //! plus one packet for data and [`READ_PAUSE`] overall (the socket is not read while its
 //! peer does not read ours); at most [`MAX_CHANNELS`] channels per hop.
 

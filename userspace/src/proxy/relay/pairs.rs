@@ -1,7 +1,8 @@
 //! Each client channel joined to its target channel, and the bytes on their way between
 //! them.
 //!
-//! Bytes a session delivers (`Data`, a zero-copy slice of the decrypted packet) wait in the
+//! Bytes a session delivers (`Data`, a zero-copy slice of the decrypted packet; copied when
+//! the connection carries several channels, see [`Relay::on_data`]) wait in the
 //! pair's flow towards the other hop until that session takes them (`send_data` takes what
 //! the receiver's window allows); only then are they consumed on the sending side, which
 //! credits the sender's window. So what a channel holds is bounded by the window the proxy
@@ -265,6 +266,7 @@ impl Relay {
             self.hops[h.i()].session.connection().consume(id, data.len());
             return;
         };
+        let shared = self.pairs.len() > 1 && data.len() > SMALL;
         let Some(p) = self.pairs.get(i) else { return };
         let to = h.other();
         if p.refused || p.ids[to.i()].is_none() || p.toward[to.i()].discard {
@@ -272,6 +274,15 @@ impl Relay {
             self.hops[h.i()].session.connection().consume(id, data.len());
             return;
         }
+        // With several channels on the connection, the bytes are copied out of the receive
+        // buffer: a slice keeps its whole buffer (up to a read's worth, shared with the other
+        // channels' bytes), so a channel whose reader stopped beside a streaming one would
+        // hold several times its window. One channel alone keeps the zero-copy slices (its
+        // buffers hold its own bytes).
+        let data = match shared {
+            true => Bytes::copy_from_slice(&data),
+            false => data,
+        };
         if h == Hop::Front && p.kind == Kind::Session && !p.started {
             p.held.push(code, data);
             return;
