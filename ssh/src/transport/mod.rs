@@ -335,9 +335,9 @@ impl Transport {
     /// streams), a buffer with at least a quarter of `want` free is read into as it is, and
     /// one with less gets `want` more room — a fresh buffer if its space is still held by
     /// payloads the application keeps (a recorded session's bytes wait for the log), with
-    /// the unparsed bytes copied over. `None`: read elsewhere and `recv`, so an idle connection never
-    /// holds a read-sized buffer. Append only (as `try_read_buf` does), then call
-    /// [`received`](Self::received).
+    /// the unparsed bytes copied over. `None`: read elsewhere and `recv`, so an idle
+    /// connection never holds a read-sized buffer. Append only (as `try_read_buf` does), then
+    /// call [`received`](Self::received).
     pub fn recv_space(&mut self, want: usize, grow: bool) -> Option<&mut BytesMut> {
         if self.closed || self.deferred_error.is_some() {
             return None;

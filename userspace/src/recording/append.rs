@@ -1,10 +1,10 @@
 //! Laying a log's blocks out for its file, and writing them.
 //!
 //! A pool job seals a batch of records into blocks here (appended to [`Appender::stage`]
-//! and sealed in place there), and [`Appender::flush`] writes what is staged
-//! with one positional write: the file only ever grows by whole blocks, so a daemon killed at
-//! any moment leaves whole blocks (and a write a full disk took only part of is cut back). [`WriteBehind`] then pushes the written bytes to disk and
-//! out of the page cache.
+//! and sealed in place there), and [`Appender::flush`] writes what is staged with one
+//! positional write: the file only ever grows by whole blocks, so a daemon killed at any
+//! moment leaves whole blocks (and a write a full disk took only part of is cut back).
+//! [`WriteBehind`] then pushes the written bytes to disk and out of the page cache.
 //!
 //! Why not `O_DIRECT` (tried): it cut the kernel's part of a write, but on a virtual disk
 //! each write waits for the device and traps to the hypervisor, and the relay waits for the
@@ -15,8 +15,8 @@ use std::{fs::File, os::unix::fs::FileExt};
 use super::write_behind::WriteBehind;
 
 /// The staging buffer's size while a session streams: a publication's worth of blocks
-/// (`writer::PUBLISH`) and one more block. It starts (and idles) empty, and grows further only for
-/// a block that does not fit.
+/// (`writer::PUBLISH`) and one more block. It starts (and idles) empty, and grows further
+/// only for a block that does not fit.
 pub const STAGE: usize = 384 * 1024;
 
 /// One log's end: the blocks staged and where the file ends.
@@ -84,12 +84,14 @@ impl Appender {
     }
 
     /// The file's length once what is staged is written.
-    pub fn end(&self) -> u64 {
+    #[cfg(test)]
+    fn end(&self) -> u64 {
         self.end + self.stage.len() as u64
     }
 
     /// The staging buffer's size, for the stated memory bound.
-    pub fn capacity(&self) -> usize {
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
         self.stage.capacity()
     }
 }

@@ -2,9 +2,9 @@
 //! them.
 //!
 //! Bytes a session delivers (`Data`, a zero-copy slice of the decrypted packet; copied when
-//! the connection carries several channels, see [`Relay::on_data`]) wait in the
-//! pair's flow towards the other hop until that session takes them (`send_data` takes what
-//! the receiver's window allows); only then are they consumed on the sending side, which
+//! the connection carries several channels, see [`Relay::on_data`]) wait in the pair's flow
+//! towards the other hop until that session takes them (`send_data` takes what the
+//! receiver's window allows); only then are they consumed on the sending side, which
 //! credits the sender's window. So what a channel holds is bounded by the window the proxy
 //! granted its sender, a stopped reader stops only its own channel's writer, and nothing
 //! waits on anything else. Recording takes each chunk before any of it is sent on, and the
@@ -415,8 +415,8 @@ impl Relay {
                 flow.seal();
             }
             let rec = p.rec.as_ref().filter(|r| !r.failed());
-            // The recording takes (a reference to) everything queued, ahead of sending: the I/O pool
-            // seals and writes it block by block while the head waits to be on disk.
+            // The recording takes (a reference to) everything queued, ahead of sending: the I/O
+            // pool seals and writes it block by block while the head waits to be on disk.
             if let Some(rec) = rec {
                 while flow.recorded.len() < flow.queue.len() {
                     let (code, data) = &flow.queue[flow.recorded.len()];
