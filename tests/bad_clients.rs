@@ -1,7 +1,7 @@
 //! Clients that misbehave: garbage instead of an SSH banner, a stalled handshake, an
 //! oversized packet, a password, a login name no unix system accepts, a flood of channel
-//! opens, channels stuck between a stream's packets, vanishing mid-transfer. Bounded time, a clear end, an audit event, no panic.
-//! Needs root (sshd).
+//! opens, channels stuck between a stream's packets, vanishing mid-transfer. Bounded time,
+//! bounded memory, a clear end, an audit event, no panic. Needs root (sshd).
 
 mod support;
 
