@@ -955,3 +955,126 @@ fn ten_thousand_concurrent_recordings_run_on_a_few_threads() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Runs `command` on a new session channel of `h`; returns its stdout and exit status (None:
+/// the start request was refused).
+async fn exec_on(h: &russh::client::Handle<support::RawClient>, command: &str) -> (Vec<u8>, Option<u32>) {
+    let mut ch = h.channel_open_session().await.unwrap();
+    ch.exec(true, command).await.unwrap();
+    let (mut out, mut status) = (Vec::new(), None);
+    while let Some(m) = ch.wait().await {
+        match m {
+            russh::ChannelMsg::Data { data } => out.extend_from_slice(&data),
+            russh::ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+            russh::ChannelMsg::Failure => return (out, None),
+            _ => {}
+        }
+    }
+    (out, status)
+}
+
+/// Sessions one after another on one connection (what a ControlMaster, Ansible or an IDE's
+/// remote does): the engine gives a closed channel's id to the next one, and each session
+/// still gets its own log, so none is refused (fail_closed) or runs unrecorded.
+#[test]
+fn sessions_one_after_another_on_one_connection_each_get_their_log() {
+    let Some(g) = gateway(recorded()) else { return };
+    let outs = support::runtime().block_on(async {
+        let cfg = std::sync::Arc::new(russh::client::Config::default());
+        let mut h = russh::client::connect(cfg, ("127.0.0.1", g.proxy_port), support::RawClient)
+            .await
+            .unwrap();
+        assert!(h.authenticate_none("root").await.unwrap().success());
+        let mut outs = Vec::new();
+        for n in 0..3 {
+            outs.push(exec_on(&h, &format!("echo session-{n}")).await);
+        }
+        outs
+    });
+    for (n, (out, status)) in outs.iter().enumerate() {
+        assert_eq!(
+            (String::from_utf8_lossy(out).as_ref(), *status),
+            (format!("session-{n}\n").as_str(), Some(0)),
+            "session {n}: {:?}\n{}",
+            g.audit()
+                .iter()
+                .map(|e| format!("{} {} {}", e["event"], e["reason"], e["rule"]))
+                .collect::<Vec<_>>(),
+            g.daemon_log()
+        );
+    }
+    let logs = finished(&g, 3);
+    assert_eq!(logs.len(), 3, "{logs:?}");
+    let mut seen: Vec<String> = logs
+        .iter()
+        .map(|l| {
+            let d = decrypt(&g, l);
+            let out: Vec<u8> = d
+                .records
+                .iter()
+                .filter(|r| r.source == 1)
+                .flat_map(|r| r.data.clone())
+                .collect();
+            format!(
+                "{} → {}",
+                d.header.request.unwrap_or_default(),
+                String::from_utf8_lossy(&out)
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        (0..3)
+            .map(|n| format!("exec echo session-{n} → session-{n}\n"))
+            .collect::<Vec<_>>()
+    );
+}
+
+/// The answer to the channel's next request: `None` if none came within 10 s.
+async fn reply(ch: &mut russh::Channel<russh::client::Msg>) -> Option<bool> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ch.wait()).await {
+            Ok(Some(russh::ChannelMsg::Success)) => return Some(true),
+            Ok(Some(russh::ChannelMsg::Failure)) => return Some(false),
+            Ok(Some(_)) => continue,
+            Ok(None) | Err(_) => return None,
+        }
+    }
+}
+
+/// A start request after one the target refused (a subsystem it lacks, then an `exec` on the
+/// same channel) would run a command the audit trail and the log's header do not name: it
+/// is refused, audited, and nothing runs.
+#[test]
+fn a_second_start_request_on_a_channel_is_refused() {
+    let Some(g) = gateway(recorded()) else { return };
+    let marker = g.path("ran-second");
+    let (first, second) = support::runtime().block_on(async {
+        let cfg = std::sync::Arc::new(russh::client::Config::default());
+        let mut h = russh::client::connect(cfg, ("127.0.0.1", g.proxy_port), support::RawClient)
+            .await
+            .unwrap();
+        assert!(h.authenticate_none("root").await.unwrap().success());
+        let mut ch = h.channel_open_session().await.unwrap();
+        ch.request_subsystem(true, "no-such-subsystem").await.unwrap();
+        let mut replies = Vec::new();
+        replies.push(reply(&mut ch).await);
+        ch.exec(true, format!("touch {}", marker.display()))
+            .await
+            .unwrap();
+        replies.push(reply(&mut ch).await);
+        (replies[0], replies[1])
+    });
+    assert_eq!(first, Some(false), "the unknown subsystem was not refused");
+    assert_ne!(second, Some(true), "a second start request was accepted");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!marker.exists(), "the second request's command ran");
+    let audit = g.audit();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e["event"] == "deny" && e["reason"] == "second_start_request"),
+        "{audit:?}"
+    );
+}

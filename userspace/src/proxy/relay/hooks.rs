@@ -71,7 +71,8 @@ impl Relay {
         if p.rec.is_some() {
             return true;
         }
-        let name = format!("{}-{}", self.conn.session, id.get());
+        let name = format!("{}-{}", self.conn.session, self.recordings);
+        self.recordings += 1;
         match Recorder::start(
             &setup.dir,
             &name,
@@ -142,6 +143,22 @@ impl Relay {
 
     /// A request on a refused session's channel: accepted; one that starts the session is
     /// answered with the refusal on stderr and exit status 1.
+    /// A start request on a session channel that had one: refused and audited.
+    pub(super) fn second_start_request(&mut self, id: ChannelId, req: &ChannelRequest, seq: Option<u64>) {
+        let mut ev = self.conn.event("deny");
+        ev.decision = Some("deny");
+        ev.reason = Some("second_start_request".into());
+        ev.rule = Some(match req {
+            ChannelRequest::Exec { command } => format!("exec {}", String::from_utf8_lossy(command)),
+            ChannelRequest::Subsystem { name } => format!("subsystem {name}"),
+            _ => "shell".into(),
+        });
+        self.conn.ctx.audit.emit(&ev);
+        if let Some(s) = seq {
+            self.hops[0].session.connection().reply_to(id, s, false);
+        }
+    }
+
     pub(super) fn refused_request(&mut self, id: ChannelId, req: &ChannelRequest, seq: Option<u64>) {
         let starts = matches!(
             req,

@@ -208,6 +208,9 @@ pub struct Relay {
     kex_since: [Option<Instant>; 2],
     /// `channel.open` events audited, and suppressed past [`CHANNEL_EVENTS`].
     channel_events: std::cell::Cell<(u32, u64)>,
+    /// Recordings started on this connection: the next one's number in its file name. Not
+    /// the channel id, which the engine gives again once a channel is closed.
+    recordings: u32,
     started: std::time::Instant,
     /// Once authenticated: the session's entry among the live ones (`portcullis sessions`).
     live: Option<crate::live::Entry>,
@@ -286,6 +289,7 @@ impl Relay {
             drain_deadline: None,
             kex_since: [None; 2],
             channel_events: Default::default(),
+            recordings: 0,
             started: std::time::Instant::now(),
             live: None,
             terminated: false,

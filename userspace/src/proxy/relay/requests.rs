@@ -99,7 +99,8 @@ impl Relay {
             self.refused_request(id, &req, seq);
             return;
         }
-        let unstarted = p.kind == super::pairs::Kind::Session && !p.started;
+        let session = p.kind == super::pairs::Kind::Session;
+        let unstarted = session && !p.started;
         match &req {
             ChannelRequest::PtyReq {
                 term,
@@ -110,12 +111,19 @@ impl Relay {
             } => {
                 p.pty = Some(super::hooks::pty_info(term, *cols, *rows, modes));
             }
-            // Once per session channel: a second start request (which sshd refuses) must not
-            // restart the SFTP audit mid-stream or log a command that never ran.
+            // Once per session channel. sshd takes a second start request after refusing the
+            // first (a subsystem it lacks, then an `exec`), which would run a command that
+            // neither the audit trail nor the log's header names, and feed a shell's bytes to
+            // the SFTP audit. No client sends one: it is refused here.
             ChannelRequest::Shell | ChannelRequest::Exec { .. } | ChannelRequest::Subsystem { .. }
-                if unstarted && !self.start_session(i, id, &req, seq) =>
+                if session =>
             {
-                return;
+                if !unstarted {
+                    return self.second_start_request(id, &req, seq);
+                }
+                if !self.start_session(i, id, &req, seq) {
+                    return;
+                }
             }
             ChannelRequest::X11Req { screen, .. } => {
                 let detail = Some(format!("screen {screen}"));
