@@ -285,6 +285,48 @@ fn vlan_tags_select_the_vnet() {
     assert_eq!(k.xdp(&qinq.build()), XDP_PASS);
 }
 
+/// Priority tags (VLAN 0) name no network: the kernel strips them wherever they are and
+/// delivers the frame by its other tag (or untagged). A lab client's frame tagged
+/// `[VLAN 100][VLAN 0]` reaches `lo.100`, so it is lab's; read by its inner tag it would
+/// have been no vnet's and passed unsteered to a lab target. Past `MAX_TAGS` tags a frame
+/// is dropped: the kernel would strip any number of priority tags and route it.
+#[test]
+fn priority_tags_are_skipped_as_the_kernel_skips_them() {
+    let Some(k) = Kernel::new() else { return };
+    let tagged = |tags: &[(u16, u16)], dst: &str, port: u16| {
+        let mut f = Frame::tcp(dst, port);
+        f.tags = tags.to_vec();
+        f.build()
+    };
+    for tags in [
+        &[(0x8100, 100), (0x8100, 0)][..],
+        &[(0x8100, 0), (0x8100, 100)],
+        &[(0x8100, 0), (0x8100, 100), (0x8100, 0), (0x8100, 0)],
+        &[(0x88a8, 0), (0x8100, 100)],
+    ] {
+        assert_eq!(
+            k.tc(&tagged(tags, "198.18.10.10", 2222), LO),
+            (TC_ACT_OK, MARK_STEER | 2),
+            "{tags:x?}"
+        );
+    }
+    // Only priority tags: untagged, vnet "corp", whose 198.18.10.10 protects 22.
+    for n in 1..=parse::MAX_TAGS {
+        let tags = vec![(0x8100, 0); n];
+        assert_eq!(
+            k.tc(&tagged(&tags, "198.18.10.10", 22), LO),
+            (TC_ACT_OK, MARK_STEER | 1),
+            "{n} priority tags"
+        );
+    }
+    // One tag too many, whatever it is for: dropped by both programs.
+    let tags = vec![(0x8100, 0); parse::MAX_TAGS + 1];
+    for (dst, port) in [("198.18.10.10", 22), ("198.18.99.99", 80)] {
+        assert_eq!(k.xdp(&tagged(&tags, dst, port)), XDP_DROP);
+        assert_eq!(k.tc(&tagged(&tags, dst, port), LO).0, TC_ACT_SHOT);
+    }
+}
+
 /// Issue 11 #5: a NIC that strips the VLAN tag before XDP shows a tagged frame as
 /// untagged, so on an interface with VLAN vnets XDP leaves such frames to TC (which sees
 /// the stripped tag in `skb->vlan_tci`); and steered flows of a VLAN arrive on the VLAN

@@ -116,8 +116,17 @@ const fn outcome(verdict: u32, target: u32) -> Outcome {
     }
 }
 
+/// VLAN tags read in a frame. A frame with more is dropped: no network stacks that many,
+/// and the kernel would strip any number of priority tags (VLAN 0) and deliver it.
+pub const MAX_TAGS: usize = 4;
+
 /// Classifies an Ethernet frame that arrived on `ifindex`. `vlan` is a VLAN id the driver
-/// already stripped (0 if none); a tag in the frame itself overrides it.
+/// already stripped (0 if none), the frame's outermost tag.
+///
+/// The network is named the way the kernel delivers the frame: priority tags (VLAN 0) are
+/// stripped wherever they are, and the remaining tag names the VLAN device. So
+/// `[VLAN 200][VLAN 0]` is VLAN 200's, as on `trunk0.200`, and `[VLAN 0]` × 4 is untagged.
+/// With two non-zero tags (802.1ad outer, 802.1Q inner) the inner one names the network.
 #[inline(always)]
 pub fn classify<T: Tables>(p: &Packet, ifindex: u32, vlan: u16, t: &T) -> Outcome {
     let mut vlan = vlan;
@@ -126,22 +135,22 @@ pub fn classify<T: Tables>(p: &Packet, ifindex: u32, vlan: u16, t: &T) -> Outcom
     }
     let mut proto = unsafe { p.be16(12) };
     let mut off = 14;
-    if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
-        if !p.has(14, 4) {
+    for _ in 0..MAX_TAGS {
+        if proto != ETH_P_8021Q && proto != ETH_P_8021AD {
+            break;
+        }
+        if !p.has(off, 4) {
             return outcome(verdict::MALFORMED, 0);
         }
-        vlan = unsafe { p.be16(14) } & 0x0fff;
-        proto = unsafe { p.be16(16) };
-        off = 18;
-        // 802.1ad outer tag: the customer (inner) tag names the network.
-        if proto == ETH_P_8021Q {
-            if !p.has(18, 4) {
-                return outcome(verdict::MALFORMED, 0);
-            }
-            vlan = unsafe { p.be16(18) } & 0x0fff;
-            proto = unsafe { p.be16(20) };
-            off = 22;
+        let vid = unsafe { p.be16(off) } & 0x0fff;
+        if vid != 0 {
+            vlan = vid;
         }
+        proto = unsafe { p.be16(off + 2) };
+        off += 4;
+    }
+    if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+        return outcome(verdict::DROPPED, 0);
     }
     if proto != ETH_P_IPV4 && proto != ETH_P_IPV6 {
         return outcome(verdict::NOT_TCP, 0);
