@@ -80,6 +80,8 @@ struct Client {
     open_failed: Option<String>,
     /// Answers to our channel requests, in order.
     replies: Vec<bool>,
+    /// Answers to our global requests, in order.
+    global_replies: Vec<bool>,
     /// Channel data and extended data from the target.
     data: Vec<u8>,
     stderr: Vec<u8>,
@@ -110,6 +112,7 @@ impl Client {
             confirmed: None,
             open_failed: None,
             replies: Vec::new(),
+            global_replies: Vec::new(),
             data: Vec::new(),
             stderr: Vec::new(),
             exit_status: None,
@@ -194,6 +197,9 @@ impl Client {
                 }
                 SessionEvent::Connection(ConnectionEvent::GlobalRequest { want_reply: true, .. }) => {
                     self.s.connection().global_reply(false, bytes::Bytes::new())
+                }
+                SessionEvent::Connection(ConnectionEvent::GlobalReply { success, .. }) => {
+                    self.global_replies.push(success)
                 }
                 SessionEvent::Connection(ConnectionEvent::Eof { .. }) => self.peer_eof = true,
                 SessionEvent::Connection(ConnectionEvent::Closed { .. }) => self.closed = true,
@@ -729,4 +735,32 @@ fn sftp_server_run_as_a_command_is_audited() {
             .then_some(())
     });
     assert!(audited.is_some(), "the remove is audited{}", diagnostics(&g));
+}
+
+/// `no-more-sessions@openssh.com` with a reply asked for is answered (success, as sshd
+/// does), and so is what follows it: an unanswered one held every later global reply back
+/// (the client's keepalives went unanswered until it gave up).
+#[test]
+fn no_more_sessions_with_want_reply_is_answered_and_holds_nothing_back() {
+    use portcullis_ssh::connection::GlobalRequest;
+    let Some(g) = gateway(GatewayOptions::default()) else {
+        return;
+    };
+    let (mut c, id) = Client::session(&g);
+    c.s.connection()
+        .global_request(GlobalRequest::NoMoreSessions, true);
+    c.s.connection().global_request(GlobalRequest::Keepalive, true);
+    c.until("both global replies", 10, &g, |c| c.global_replies.len() == 2);
+    assert!(c.global_replies[0], "no-more-sessions was refused");
+    // The channel opened before still works.
+    c.s.connection().request(
+        id,
+        ChannelRequest::Exec {
+            command: bytes::Bytes::from_static(b"echo still"),
+        },
+        true,
+    );
+    c.until("the command's output", 10, &g, |c| c.closed);
+    assert_eq!(String::from_utf8_lossy(&c.data), "still\n", "{:#?}", c.log);
+    c.bye();
 }

@@ -320,6 +320,9 @@ impl Relay {
                     .session
                     .connection()
                     .global_request(GlobalRequest::NoMoreSessions, false);
+                // Answered here, as sshd answers it (success): the target's own answer is not
+                // asked for, and an unanswered slot would hold every later reply back.
+                self.answer_global(slot, true, Bytes::new());
             }
             _ => self.answer_global(slot, false, Bytes::new()),
         }
