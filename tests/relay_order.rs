@@ -764,3 +764,67 @@ fn no_more_sessions_with_want_reply_is_answered_and_holds_nothing_back() {
     assert_eq!(String::from_utf8_lossy(&c.data), "still\n", "{:#?}", c.log);
     c.bye();
 }
+
+/// One channel, before its command: every data packet (2049 bytes, just too big to be
+/// coalesced) comes with 200 KiB of something the gateway drops (a global request it does
+/// not know, no reply asked; SSH_MSG_IGNORE would do the same), so that each sits alone in
+/// a receive buffer. Kept as slices, the held bytes (the channel's 2 MiB window) kept about a
+/// thousand buffers alive (hundreds of MiB); at most `MAX_BUFFERS` are, the rest is copied.
+/// Then the command starts and gets every byte.
+#[test]
+fn padded_packets_on_one_channel_hold_no_more_than_a_few_buffers() {
+    const PACKET: usize = 2049;
+    let Some(g) = gateway(GatewayOptions::default()) else {
+        return;
+    };
+    let rss_before = g.daemon_rss_kb().unwrap();
+    let (mut c, id) = Client::session(&g);
+    let padding = portcullis_ssh::connection::GlobalRequest::Other {
+        name: "padding@portcullis.test".into(),
+        data: bytes::Bytes::from(vec![0u8; 200 * 1024]),
+    };
+    let (mut sent, mut peak) = (0usize, rss_before);
+    loop {
+        let n = c.s.connection().send_data(id, &[b'p'; PACKET]);
+        sent += n;
+        if n < PACKET {
+            break;
+        }
+        c.s.connection().global_request(padding.clone(), false);
+        c.write_out();
+        if sent % (64 * PACKET) == 0 {
+            c.turn();
+            peak = peak.max(g.daemon_rss_kb().unwrap_or(0));
+        }
+    }
+    c.write_out();
+    c.pump_for(Duration::from_millis(500));
+    peak = peak.max(g.daemon_rss_kb().unwrap_or(0));
+    let grown = peak.saturating_sub(rss_before);
+    eprintln!(
+        "{} KiB held on one channel; the daemon grew by {grown} KiB",
+        sent >> 10
+    );
+    assert!(sent >= 1 << 20, "only {sent} bytes fit the window");
+    assert!(
+        grown < 32 * 1024,
+        "the daemon grew by {grown} KiB for {sent} held bytes"
+    );
+    // The command gets them all.
+    c.s.connection().request(
+        id,
+        ChannelRequest::Exec {
+            command: bytes::Bytes::from_static(b"wc -c"),
+        },
+        true,
+    );
+    c.s.connection().eof(id);
+    c.until("the command's exit", 30, &g, |c| c.exit_status.is_some());
+    assert_eq!(
+        String::from_utf8_lossy(&c.data).trim(),
+        sent.to_string(),
+        "{:#?}",
+        c.log
+    );
+    c.bye();
+}

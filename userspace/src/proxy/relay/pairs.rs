@@ -31,6 +31,17 @@ pub(super) type Item = (Option<u32>, Bytes);
 const SMALL: usize = 2048;
 /// The most one coalesced item holds.
 const TAIL_MAX: usize = 64 * 1024;
+/// At most this many receive buffers are kept alive by one flow's queued slices; past it,
+/// received bytes are copied. A slice keeps its whole buffer (up to about 512 KiB: a read's
+/// room and the packet it began with), so a peer that pads each small data packet with a
+/// buffer's worth of other messages (SSH_MSG_IGNORE) would otherwise make a 2 MiB window
+/// hold hundreds of MiB. A stream's queue spans about 8 buffers (its window over 256 KiB
+/// reads), so honest streams keep their zero-copy path.
+pub(super) const MAX_BUFFERS: usize = 8;
+/// Two slices this close in memory (the second after the first) are taken to share a
+/// buffer: what lies between them in one buffer is a packet's framing and whatever other
+/// messages came with it.
+const SAME_BUFFER_GAP: usize = 64 * 1024;
 
 /// The bytes on their way to one hop, and what follows them.
 #[derive(Default)]
@@ -38,6 +49,12 @@ pub(super) struct Flow {
     pub queue: VecDeque<Item>,
     /// Small chunks being coalesced, after `queue`.
     tail: Option<(Option<u32>, BytesMut)>,
+    /// Per item of `queue`: what of a receive buffer it keeps alive (see [`MAX_BUFFERS`]).
+    holds: VecDeque<Hold>,
+    /// Receive buffers kept alive by the queue: its [`Hold::First`] items.
+    buffers: usize,
+    /// Where the last queued slice ends, while its buffer is counted.
+    last_end: Option<usize>,
     /// The positions in the recording ([`Recorder::try_record`]) of the first items of
     /// `queue`, which the recording has (the head's parts may be sent already). An item is
     /// passed on once the recording's file holds its position.
@@ -55,11 +72,14 @@ pub(super) struct Flow {
 }
 
 impl Flow {
-    /// Adds received bytes, after what is queued.
-    pub fn push(&mut self, code: Option<u32>, data: Bytes) {
+    /// Adds received bytes, after what is queued. `slice`: `data` is part of a receive
+    /// buffer (not a copy of its own).
+    pub fn push(&mut self, code: Option<u32>, data: Bytes, slice: bool) {
         if data.len() > SMALL {
             self.seal();
+            let (data, hold) = if slice { self.keep(data) } else { (data, Hold::Own) };
             self.queue.push_back((code, data));
+            self.holds.push_back(hold);
             return;
         }
         match &mut self.tail {
@@ -75,10 +95,49 @@ impl Flow {
         }
     }
 
+    /// A slice as it is, with what it holds, or a copy when the queue keeps
+    /// [`MAX_BUFFERS`] buffers alive already.
+    fn keep(&mut self, data: Bytes) -> (Bytes, Hold) {
+        let start = data.as_ptr() as usize;
+        let end = start + data.len();
+        let same = self
+            .last_end
+            .is_some_and(|last| start >= last && start - last <= SAME_BUFFER_GAP);
+        if same {
+            self.last_end = Some(end);
+            return (data, Hold::Same);
+        }
+        if self.buffers >= MAX_BUFFERS {
+            return (Bytes::copy_from_slice(&data), Hold::Own);
+        }
+        self.buffers += 1;
+        self.last_end = Some(end);
+        (data, Hold::First)
+    }
+
     /// Moves the coalesced chunks into the queue.
     fn seal(&mut self) {
         if let Some((code, buf)) = self.tail.take() {
             self.queue.push_back((code, buf.freeze()));
+            self.holds.push_back(Hold::Own);
+        }
+    }
+
+    /// Takes the head item off the queue (it was sent).
+    pub fn pop_front(&mut self) {
+        self.queue.pop_front();
+        self.recorded.pop_front();
+        if self.holds.pop_front() == Some(Hold::First) {
+            // The buffer's next slice, if queued, keeps it alive now (a buffer's slices
+            // follow its first one, with copies and chunks of their own in between).
+            match self.holds.iter_mut().find(|h| **h != Hold::Own) {
+                Some(h) if *h == Hold::Same => *h = Hold::First,
+                _ => self.buffers -= 1,
+            }
+        }
+        if self.buffers == 0 {
+            // The last slice's buffer is no longer counted: a slice next to it starts anew.
+            self.last_end = None;
         }
     }
 
@@ -90,7 +149,21 @@ impl Flow {
         self.queue.clear();
         self.tail = None;
         self.recorded.clear();
+        self.holds.clear();
+        self.buffers = 0;
+        self.last_end = None;
     }
+}
+
+/// What a queued item keeps alive of the receive buffer it came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hold {
+    /// Nothing: a copy, or coalesced chunks.
+    Own,
+    /// Its buffer, as the first queued slice of it.
+    First,
+    /// Its buffer, which an earlier queued slice holds already.
+    Same,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -279,15 +352,15 @@ impl Relay {
         // channels' bytes), so a channel whose reader stopped beside a streaming one would
         // hold several times its window. One channel alone keeps the zero-copy slices (its
         // buffers hold its own bytes).
-        let data = match shared {
-            true => Bytes::copy_from_slice(&data),
-            false => data,
+        let (data, slice) = match shared {
+            true => (Bytes::copy_from_slice(&data), false),
+            false => (data, true),
         };
         if h == Hop::Front && p.kind == Kind::Session && !p.started {
-            p.held.push(code, data);
+            p.held.push(code, data, slice);
             return;
         }
-        p.toward[to.i()].push(code, data);
+        p.toward[to.i()].push(code, data, slice);
         self.pairs.mark(i);
     }
 
@@ -486,8 +559,7 @@ impl Relay {
             }
             totals.to[d.i()] += n as u64;
             if n == data.len() {
-                flow.queue.pop_front();
-                flow.recorded.pop_front();
+                flow.pop_front();
             } else {
                 data.advance(n);
             }
@@ -568,11 +640,11 @@ mod tests {
     fn small_chunks_are_coalesced_and_large_ones_kept_whole_in_order() {
         let mut f = Flow::default();
         for _ in 0..10_000 {
-            f.push(None, Bytes::from_static(b"x"));
+            f.push(None, Bytes::from_static(b"x"), false);
         }
-        f.push(Some(1), Bytes::from_static(b"err"));
-        f.push(None, Bytes::from(vec![7u8; SMALL + 1]));
-        f.push(None, Bytes::from_static(b"y"));
+        f.push(Some(1), Bytes::from_static(b"err"), false);
+        f.push(None, Bytes::from(vec![7u8; SMALL + 1]), false);
+        f.push(None, Bytes::from_static(b"y"), false);
         f.seal();
         let items: Vec<(Option<u32>, usize)> = f.queue.iter().map(|(c, b)| (*c, b.len())).collect();
         assert_eq!(
@@ -583,11 +655,67 @@ mod tests {
         // A coalesced item never grows past TAIL_MAX.
         let mut f = Flow::default();
         for _ in 0..(3 * TAIL_MAX / SMALL) {
-            f.push(None, Bytes::from(vec![0u8; SMALL]));
+            f.push(None, Bytes::from(vec![0u8; SMALL]), false);
         }
         f.seal();
         assert!(f.queue.iter().all(|(_, b)| b.len() <= TAIL_MAX));
         assert_eq!(f.queue.iter().map(|(_, b)| b.len()).sum::<usize>(), 3 * TAIL_MAX);
+    }
+
+    /// Slices of `n` receive buffers of 256 KiB, `per` from each, each slice padded by
+    /// 60 KiB of other messages (as far apart as a buffer's packets may be).
+    fn buffers(n: usize, per: usize) -> Vec<Vec<Bytes>> {
+        let step = SMALL + 1 + 60 * 1024;
+        (0..n)
+            .map(|_| {
+                let buf = Bytes::from(vec![0u8; 256 * 1024]);
+                (0..per)
+                    .map(|k| buf.slice(k * step..k * step + SMALL + 1))
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn queued_slices_keep_at_most_max_buffers_alive_and_later_ones_are_copied() {
+        let mut f = Flow::default();
+        let bufs = buffers(MAX_BUFFERS + 3, 4);
+        let mut copied = 0;
+        for b in &bufs {
+            for s in b {
+                f.push(None, s.clone(), true);
+                if f.queue.back().unwrap().1.as_ptr() != s.as_ptr() {
+                    copied += 1;
+                }
+            }
+        }
+        assert_eq!(f.buffers, MAX_BUFFERS);
+        assert_eq!(
+            copied,
+            3 * 4,
+            "the slices of the buffers past the bound are copied"
+        );
+        // Sending the first buffer's first slice: its other slices keep it alive.
+        f.pop_front();
+        assert_eq!(f.buffers, MAX_BUFFERS);
+        for _ in 1..4 {
+            f.pop_front();
+        }
+        assert_eq!(f.buffers, MAX_BUFFERS - 1, "the first buffer is no longer held");
+        // Room again: the next buffer's slices are kept as they are.
+        let next = buffers(1, 2);
+        for s in &next[0] {
+            f.push(None, s.clone(), true);
+            assert_eq!(f.queue.back().unwrap().1.as_ptr(), s.as_ptr());
+        }
+        assert_eq!(f.buffers, MAX_BUFFERS);
+        while !f.queue.is_empty() {
+            f.pop_front();
+        }
+        assert_eq!((f.buffers, f.last_end), (0, None));
+        // A copy of its own, or a slice of a buffer of its own, is no receive buffer.
+        f.push(None, Bytes::from(vec![1u8; SMALL + 1]), false);
+        assert_eq!(f.buffers, 0);
     }
 
     #[test]
