@@ -591,25 +591,42 @@ impl Relay {
     }
 }
 
-/// An SFTP client's first packet: SSH_FXP_INIT (length 5, type 1) for version 3.
-const SFTP_INIT: [u8; 9] = [0, 0, 0, 5, 1, 0, 0, 0, 3];
+/// An SFTP client's first packet begins `uint32 length, byte SSH_FXP_INIT (1), uint32
+/// version`: these 9 bytes are what the sniffer looks at. sftp-server takes any version and
+/// extension pairs after it (within `length`), so only the type and a length that sftp-server
+/// would read (5 to 256 KiB) are required; OpenSSH's client sends `0 0 0 5 1 0 0 0 3`.
+const SFTP_INIT_HEAD: usize = 9;
+const SFTP_MAX_PACKET: u32 = 256 * 1024;
 
-/// Looks at the next client bytes for an SFTP INIT: `Some(taken)` once recognised (the
-/// first `taken` bytes of `sent` completed it; the sniffer is done), `None` while undecided
-/// or once ruled out (then `sniff` is `None`).
-fn sniff_step(sniff: &mut Option<Vec<u8>>, sent: &[u8]) -> Option<usize> {
+/// Whether the bytes seen so far can begin an SFTP INIT.
+fn may_be_init(head: &[u8]) -> bool {
+    if head.first().is_some_and(|&b| b != 0) {
+        return false;
+    }
+    if let Some(len) = head.get(..4) {
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+        if !(5..=SFTP_MAX_PACKET).contains(&len) {
+            return false;
+        }
+    }
+    head.get(4).is_none_or(|&t| t == 1)
+}
+
+/// Looks at the next client bytes for an SFTP INIT: `Some((taken, head))` once recognised
+/// (the first `taken` bytes of `sent` completed the INIT's first 9 bytes, `head`; the
+/// sniffer is done), `None` while undecided or once ruled out (then `sniff` is `None`).
+fn sniff_step(sniff: &mut Option<Vec<u8>>, sent: &[u8]) -> Option<(usize, Vec<u8>)> {
     let buf = sniff.as_mut()?;
-    let take = (SFTP_INIT.len() - buf.len()).min(sent.len());
+    let take = (SFTP_INIT_HEAD - buf.len()).min(sent.len());
     buf.extend_from_slice(&sent[..take]);
-    if !SFTP_INIT.starts_with(buf) {
+    if !may_be_init(buf) {
         *sniff = None;
         return None;
     }
-    if buf.len() < SFTP_INIT.len() {
+    if buf.len() < SFTP_INIT_HEAD {
         return None;
     }
-    *sniff = None;
-    Some(take)
+    sniff.take().map(|head| (take, head))
 }
 
 /// Feeds `sent` (client bytes that reached the target) to the session's SFTP watcher, or
@@ -625,9 +642,9 @@ fn watch_sftp(
         w.feed(sent);
         return None;
     }
-    let take = sniff_step(sniff, sent)?;
+    let (take, head) = sniff_step(sniff, sent)?;
     let mut w = crate::proxy::sftp::Watcher::new(conn.ctx.audit.clone(), conn.event("sftp"));
-    w.feed(&SFTP_INIT);
+    w.feed(&head);
     w.feed(&sent[take..]);
     Some(w)
 }
@@ -720,22 +737,45 @@ mod tests {
 
     #[test]
     fn the_sftp_sniffer_recognises_an_init_split_anywhere() {
-        let init = SFTP_INIT;
-        for cut in 0..=init.len() {
-            let mut sniff = Some(Vec::new());
-            let mut got = None;
-            for part in [&init[..cut], &init[cut..]] {
-                if got.is_none() {
-                    got = sniff_step(&mut sniff, part);
+        // OpenSSH's client (version 3), version 4, and an INIT with an extension pair.
+        let mut ext = vec![0, 0, 0, 17, 1, 0, 0, 0, 3, 0, 0, 0, 2, b'a', b'b', 0, 0, 0, 2];
+        ext.extend_from_slice(b"cd");
+        for init in [
+            vec![0, 0, 0, 5, 1, 0, 0, 0, 3],
+            vec![0, 0, 0, 5, 1, 0, 0, 0, 4],
+            ext,
+        ] {
+            for cut in 0..=init.len() {
+                let mut sniff = Some(Vec::new());
+                let mut got = None;
+                for part in [&init[..cut], &init[cut..]] {
+                    if got.is_none() {
+                        got = sniff_step(&mut sniff, part);
+                    }
                 }
+                // The part that completes the first 9 bytes says how much of it was taken.
+                let completing = if cut >= SFTP_INIT_HEAD {
+                    SFTP_INIT_HEAD
+                } else {
+                    SFTP_INIT_HEAD - cut
+                };
+                assert_eq!(
+                    got,
+                    Some((completing, init[..SFTP_INIT_HEAD].to_vec())),
+                    "cut at {cut}"
+                );
+                assert!(sniff.is_none());
             }
-            // The part that completes the INIT says how much of it was taken.
-            let completing = if cut == init.len() { cut } else { init.len() - cut };
-            assert_eq!(got, Some(completing), "cut at {cut}");
-            assert!(sniff.is_none());
         }
-        let mut sniff = Some(Vec::new());
-        assert_eq!(sniff_step(&mut sniff, b"ls -la\n"), None);
-        assert!(sniff.is_none(), "not SFTP: no more looking");
+        for not in [
+            &b"ls -la\n"[..],
+            &[0, 0, 0, 4, 1, 0, 0, 0, 3],
+            &[0, 0, 0, 5, 2, 0, 0, 0, 3],
+            &[0, 9, 0, 0, 1],
+        ] {
+            let mut sniff = Some(Vec::new());
+            assert_eq!(sniff_step(&mut sniff, not), None, "{not:?}");
+            assert!(sniff.is_none(), "not SFTP ({not:?}): no more looking");
+        }
     }
 }
