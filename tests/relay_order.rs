@@ -828,3 +828,60 @@ fn padded_packets_on_one_channel_hold_no_more_than_a_few_buffers() {
     );
     c.bye();
 }
+
+/// A client that sends its input, EOF and CLOSE at once (as paramiko's `sendall` then
+/// `close` does) while the command is not reading yet: sshd would deliver every byte it took
+/// before the CLOSE (it drains a closed channel's input to the command). So does the
+/// gateway; it dropped what the target's window could not take yet, which the recording
+/// still had.
+#[test]
+fn bytes_sent_before_an_early_close_all_reach_the_target_and_match_the_log() {
+    let Some(g) = gateway(recorded()) else { return };
+    let count = g.path("count");
+    let (mut c, id) = Client::session(&g);
+    let command = format!("sleep 3; wc -c > {}.new; mv {0}.new {0}", count.display());
+    c.s.connection().request(
+        id,
+        ChannelRequest::Exec {
+            command: bytes::Bytes::from(command),
+        },
+        false,
+    );
+    // As much as the windows take while the command sleeps: the target's, and the
+    // gateway's beyond it.
+    let chunk = vec![b'x'; 32 * 1024];
+    let (mut sent, mut idle_since) = (0, Instant::now());
+    while idle_since.elapsed() < Duration::from_millis(300) {
+        loop {
+            let n = c.s.connection().send_data(id, &chunk);
+            if n == 0 {
+                break;
+            }
+            sent += n;
+            idle_since = Instant::now();
+            c.write_out();
+        }
+        c.turn();
+    }
+    assert!(sent > 2 << 20, "only {sent} bytes taken");
+    c.s.connection().eof(id);
+    c.s.connection().close(id);
+    c.pump_for(Duration::from_millis(100));
+    let got = poll(20, || std::fs::read_to_string(&count).ok());
+    assert_eq!(
+        got.as_deref().map(str::trim),
+        Some(sent.to_string().as_str()),
+        "what the command read{}",
+        diagnostics(&g)
+    );
+    let logs = finished(&g, 1);
+    let d = reader::decrypt(&logs[0], &keys::load_private(&g.private_key()).unwrap()).unwrap();
+    let logged: usize = d
+        .records
+        .iter()
+        .filter(|r| r.source == 0)
+        .map(|r| r.data.len())
+        .sum();
+    assert_eq!(logged, sent, "client bytes in the log");
+    c.bye();
+}

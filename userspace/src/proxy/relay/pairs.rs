@@ -46,6 +46,7 @@ const SAME_BUFFER_GAP: usize = 64 * 1024;
 /// The bytes on their way to one hop, and what follows them.
 #[derive(Default)]
 pub(super) struct Flow {
+    /// What is on its way, in order; added to by [`push`](Self::push) only.
     pub queue: VecDeque<Item>,
     /// Small chunks being coalesced, after `queue`.
     tail: Option<(Option<u32>, BytesMut)>,
@@ -67,8 +68,6 @@ pub(super) struct Flow {
     pub close_sent: bool,
     /// The receiver closed its side: bytes for it are dropped (its window given back).
     pub discard: bool,
-    /// The sender closed early: what the receiver cannot take now is dropped, not waited for.
-    pub abandon: bool,
 }
 
 impl Flow {
@@ -125,6 +124,7 @@ impl Flow {
 
     /// Takes the head item off the queue (it was sent).
     pub fn pop_front(&mut self) {
+        debug_assert_eq!(self.holds.len(), self.queue.len(), "items are queued by push");
         self.queue.pop_front();
         self.recorded.pop_front();
         if self.holds.pop_front() == Some(Hold::First) {
@@ -386,9 +386,10 @@ impl Relay {
             return;
         };
         let Some(p) = self.pairs.get(i) else { return };
-        let to_twin = &mut p.toward[h.other().i()];
-        to_twin.close = true;
-        to_twin.abandon = true;
+        // What the peer sent before its CLOSE still goes through, then the close: sshd too
+        // drains a closed channel's input to the command (a client may send its input, EOF
+        // and CLOSE at once), and the recording has those bytes already.
+        p.toward[h.other().i()].close = true;
         p.held.clear();
         let to_h = &mut p.toward[h.i()];
         to_h.discard = true;
@@ -420,7 +421,7 @@ impl Relay {
             if h == Hop::Up && p.kind == Kind::Session && p.ids[h.i()].is_some() && !p.refused {
                 // The target's side ended without closing: say so rather than end silently.
                 let lost = Bytes::from_static(b"\r\nportcullis: the connection to the target was lost\r\n");
-                p.toward[Hop::Front.i()].queue.push_back((Some(1), lost));
+                p.toward[Hop::Front.i()].push(Some(1), lost, false);
             }
             p.toward[h.i()].clear();
             p.toward[h.other().i()].close = true;
@@ -573,9 +574,6 @@ impl Relay {
                 }
             }
             return;
-        }
-        if flow.abandon {
-            flow.clear();
         }
         if flow.is_empty() {
             let c = hops[d.i()].session.connection();
