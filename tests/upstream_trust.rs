@@ -1,8 +1,8 @@
 //! What the gateway lets the target hop do (issue 11 #9): certificates bound to the
-//! gateway's address (`[ca] source_address`, checked by a real sshd), and forwarded-tcpip
-//! channels from a target only for a remote forward the client asked for and was granted
-//! (a scripted target, since sshd never reports an unrequested one). Needs root (sshd,
-//! logging in as root).
+//! gateway's address (`[ca] source_address`, checked by a real sshd), forwarded-tcpip
+//! channels from a target only for a remote forward the client asked for and was granted,
+//! and nothing said on a session before it starts (scripted targets, since sshd does
+//! neither). Needs root (sshd, logging in as root).
 
 use std::{
     io::{Read, Write},
@@ -270,5 +270,146 @@ fn forwarded_connections_only_for_granted_remote_forwards() {
         }
         assert!(Instant::now() < deadline, "{audit:#?}");
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A target that speaks on a session channel before it is asked to start anything, then
+/// runs any `exec` as printing one line.
+struct Chatty;
+
+impl server::Handler for Chatty {
+    type Error = russh::Error;
+
+    async fn auth_openssh_certificate(&mut self, _user: &str, _c: &Certificate) -> Result<Auth, Self::Error> {
+        Ok(Auth::Accept)
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: russh::Channel<server::Msg>,
+        reply: server::ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let h = session.handle();
+        tokio::spawn(async move {
+            reply.accept().await;
+            let _ = h.data(channel.id(), &b"said before any request\n"[..]).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop(channel);
+        });
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: russh::ChannelId,
+        _command: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)?;
+        session.data(channel, &b"the command's output\n"[..])?;
+        session.exit_status_request(channel, 0)?;
+        session.eof(channel)?;
+        session.close(channel)?;
+        Ok(())
+    }
+}
+
+/// sshd says nothing on a session channel before the client asks for a shell, a command or
+/// a subsystem, and the recording starts with that request: what a target sends before it
+/// would reach the client unrecorded, so it is dropped. What follows the request is
+/// relayed and recorded.
+#[test]
+fn what_a_target_says_before_the_session_starts_is_dropped() {
+    if !root_or_skip() {
+        return;
+    }
+    let g = Gateway::start(
+        Path::new(BIN),
+        &GatewayOptions {
+            record: true,
+            target_down: true,
+            ..Default::default()
+        },
+    );
+    let listener = std::net::TcpListener::bind(g.target).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let config = Arc::new(server::Config {
+                keys: vec![PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap()],
+                methods: russh::MethodSet::from(&[russh::MethodKind::PublicKey][..]),
+                ..Default::default()
+            });
+            while let Ok((s, _)) = listener.accept().await {
+                let config = config.clone();
+                tokio::spawn(async move {
+                    if let Ok(running) = server::run_stream(config, s, Chatty).await {
+                        let _ = running.await;
+                    }
+                });
+            }
+        });
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let out = rt.block_on(async {
+        let cfg = Arc::new(russh::client::Config::default());
+        let mut h = russh::client::connect(cfg, ("127.0.0.1", g.proxy_port), NoCheck)
+            .await
+            .unwrap();
+        assert!(h.authenticate_none("root").await.unwrap().success());
+        let mut ch = h.channel_open_session().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        ch.exec(true, "anything").await.unwrap();
+        let mut out = Vec::new();
+        while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(10), ch.wait()).await {
+            if let russh::ChannelMsg::Data { data } = m {
+                out.extend_from_slice(&data);
+            }
+        }
+        out
+    });
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "the command's output\n",
+        "{}",
+        g.daemon_log()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !g.audit().iter().any(|e| e["event"] == "recording.end") {
+        assert!(Instant::now() < deadline, "no recording.end: {:?}", g.audit());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let logs = g.recordings();
+    let key = portcullis::recording::keys::load_private(&g.private_key()).unwrap();
+    let d = portcullis::recording::reader::decrypt(&logs[0], &key).unwrap();
+    let from_target: Vec<u8> = d
+        .records
+        .iter()
+        .filter(|r| r.source == 1)
+        .flat_map(|r| r.data.clone())
+        .collect();
+    assert_eq!(String::from_utf8_lossy(&from_target), "the command's output\n");
+}
+
+/// A client that trusts any host key (the gateway's derived one).
+struct NoCheck;
+
+impl russh::client::Handler for NoCheck {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        _key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
     }
 }

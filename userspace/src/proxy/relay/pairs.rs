@@ -356,8 +356,13 @@ impl Relay {
             true => (Bytes::copy_from_slice(&data), false),
             false => (data, true),
         };
-        if h == Hop::Front && p.kind == Kind::Session && !p.started {
-            p.held.push(code, data, slice);
+        if p.kind == Kind::Session && !p.started {
+            match h {
+                Hop::Front => p.held.push(code, data, slice),
+                // sshd says nothing on a session before it is asked to start one, and the
+                // recording (which starts with that request) could not have it: dropped.
+                Hop::Up => self.hops[h.i()].session.connection().consume(id, data.len()),
+            }
             return;
         }
         p.toward[to.i()].push(code, data, slice);
