@@ -18,10 +18,10 @@
 //! - it reads the frame, not the IP length fields (a kernel never gives a target more than
 //!   the frame). The oracle sets IPv4 total length / IPv6 payload length to what the frame
 //!   holds before etherparse reads it: the leak check then looks at every byte the frame has.
-//! - it knows 0x8100 and 0x88a8 as VLAN TPIDs (as Linux does; not 0x9100), at most two tags,
-//!   and 0x88a8 only as the outer (service) tag, as IEEE 802.1ad stacks them: a frame with
-//!   an 802.1ad tag inside another tag must be `NOT_TCP` (Linux drops it without a matching
-//!   stacked VLAN device).
+//! - it knows 0x8100 and 0x88a8 as VLAN TPIDs (as Linux does; not 0x9100) in any position,
+//!   skips priority tags (VLAN 0) as Linux strips them, and names the network by the last
+//!   other tag (the stripped one if none); past four tags a frame must be `DROPPED` (Linux
+//!   would strip any number of priority tags and route it).
 //! - it drops any IPv6 fragment header, atomic ones included, and chains of more than six
 //!   extension headers (`DROPPED` is always acceptable towards a target).
 //! - it walks a hop-by-hop header wherever it appears and an AH of length 0 (IPv6, as
@@ -39,7 +39,7 @@ use etherparse::{
 };
 use libfuzzer_sys::fuzz_target;
 use portcullis_common::{
-    parse::{classify, Outcome, Packet, Tables},
+    parse::{self, classify, Outcome, Packet, Tables},
     v4_mapped, verdict, TargetValue, INLINE_PORTS, MARK_STEER, MARK_VNET_MASK,
 };
 
@@ -156,9 +156,9 @@ impl Tables for Model {
 enum Seen {
     /// Shorter than an Ethernet header or a VLAN tag it announces.
     Short,
-    /// An 802.1ad tag inside another tag: refused by policy (see the top).
-    InnerServiceTag,
-    /// Not IPv4 or IPv6 after at most two tags.
+    /// More VLAN tags than the classifier reads: dropped by policy (see the top).
+    TooManyTags,
+    /// Not IPv4 or IPv6 after the tags.
     NotIp,
     /// IPv4 or IPv6, as far as etherparse got.
     Ip { vlan: u16, ip: Ip },
@@ -200,19 +200,22 @@ fn oracle(frame: &[u8], stripped: u16) -> Seen {
     let mut ether_type = eth.ether_type().0;
     let mut off = eth.slice().len();
     let mut vlan = stripped;
-    for tag in 0..2 {
-        if ether_type != 0x8100 && ether_type != 0x88a8 {
+    let is_tag = |t: u16| t == 0x8100 || t == 0x88a8;
+    for _ in 0..parse::MAX_TAGS {
+        if !is_tag(ether_type) {
             break;
-        }
-        if tag == 1 && ether_type == 0x88a8 {
-            return Seen::InnerServiceTag;
         }
         let Ok(v) = SingleVlanHeaderSlice::from_slice(&frame[off..]) else {
             return Seen::Short;
         };
-        vlan = v.vlan_identifier().value();
+        if v.vlan_identifier().value() != 0 {
+            vlan = v.vlan_identifier().value();
+        }
         ether_type = v.ether_type().0;
         off += v.slice().len();
+    }
+    if is_tag(ether_type) {
+        return Seen::TooManyTags;
     }
     // The length fields say what the frame holds (see the top).
     let mut copy = frame.to_vec();
@@ -318,9 +321,9 @@ fn check(m: &Model, frame: &[u8], o: Outcome) {
             }
             return;
         }
-        Seen::InnerServiceTag => {
-            if v != verdict::NOT_TCP {
-                fail("an 802.1ad tag inside another tag is not parsed further (policy)");
+        Seen::TooManyTags => {
+            if v != verdict::DROPPED {
+                fail("a frame with more VLAN tags than the classifier reads is dropped (policy)");
             }
             return;
         }

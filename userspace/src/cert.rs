@@ -28,31 +28,29 @@ pub enum CertError {
     Generate,
 }
 
-/// Why a `[ca] source_address` entry is refused.
-#[derive(Debug, thiserror::Error)]
-pub enum SourceAddressError {
-    #[error(transparent)]
-    Cidr(#[from] crate::split_tunnel::CidrError),
-    #[error("{0:?}: host bits are set (did you mean {1}?); sshd refuses such a prefix")]
-    HostBits(String, String),
-}
+/// Why a `[ca] source_address` entry is refused: sshd refuses a prefix with host bits set,
+/// so the gateway does not certify another network than the one written.
+pub type SourceAddressError = crate::split_tunnel::CidrError;
 
 /// The `source-address` option's value for `list` (OpenSSH: comma-separated CIDR prefixes):
 /// each entry an address (taken as /32 or /128) or a prefix whose host bits are zero.
 pub fn source_address(list: &[&str]) -> Result<String, SourceAddressError> {
     let mut out = Vec::with_capacity(list.len());
     for entry in list {
-        let e = entry.trim();
-        let c: crate::split_tunnel::Cidr = e.parse()?;
-        // The parse clears host bits; sshd would refuse the prefix instead, so say so here
-        // rather than let the gateway certify another network than the one written.
-        let written = e.split('/').next().and_then(|a| a.parse().ok());
-        if written.map(crate::targets::canonical) != Some(c.addr) {
-            return Err(SourceAddressError::HostBits(e.to_string(), c.to_string()));
-        }
-        out.push(c.to_string());
+        out.push(crate::split_tunnel::Cidr::exact(entry.trim())?.to_string());
     }
     Ok(out.join(","))
+}
+
+/// Whether `p` may be a certificate's principal: not empty, at most 256 bytes, and nothing
+/// sshd reads as list or pattern syntax where it matches principals (`,` separates, `*` and
+/// `?` match, `!` negates) nor white space or control characters.
+pub fn valid_principal(p: &str) -> bool {
+    !p.is_empty()
+        && p.len() <= 256
+        && !p
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || matches!(c, ',' | '*' | '?' | '!'))
 }
 
 /// The account CA as a certificate signer. An Ed25519 CA key signs through aws-lc with its
@@ -198,6 +196,26 @@ pub fn mint<S: ssh_key::SigningKey>(ca: &S, r: &Request<'_>) -> Result<Minted, C
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn principals_refuse_list_and_pattern_syntax() {
+        for ok in ["root", "alice", "first.last", "a+tag", "o'brien", "user@host"] {
+            assert!(valid_principal(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "a,root",
+            "root*",
+            "ro?t",
+            "!root",
+            "a b",
+            "a\tb",
+            "a\0",
+            &"x".repeat(257),
+        ] {
+            assert!(!valid_principal(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn certificate_names_login_identity_and_a_short_validity() {

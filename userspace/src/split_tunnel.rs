@@ -30,6 +30,9 @@ pub enum CidrError {
     /// (input): an IPv4-mapped IPv6 prefix shorter than /96 also covers non-mapped IPv6.
     #[error("{0:?}: an IPv4-mapped prefix must be /96 or longer (write IPv4 prefixes as a.b.c.d/n)")]
     MappedTooShort(String),
+    /// (input, the prefix it names)
+    #[error("{0:?}: host bits are set (did you mean {1}?)")]
+    HostBits(String, String),
 }
 
 /// Inclusive `(start, end)` range of address values within one family.
@@ -112,6 +115,20 @@ impl FromStr for Cidr {
             Cidr { addr, len }.range().0,
             len,
         ))
+    }
+}
+
+impl Cidr {
+    /// Parses `input` as written: an address (a /32 or /128) or a prefix whose host bits are
+    /// zero. Where a prefix says who someone is or what a rule covers, `198.18.1.5/0` (a
+    /// typo of /32) must not quietly become every address.
+    pub fn exact(input: &str) -> Result<Cidr, CidrError> {
+        let c: Cidr = input.parse()?;
+        let written = input.trim().split('/').next().and_then(|a| a.parse().ok());
+        if written.map(crate::targets::canonical) != Some(c.addr) {
+            return Err(CidrError::HostBits(input.into(), c.to_string()));
+        }
+        Ok(c)
     }
 }
 

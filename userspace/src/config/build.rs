@@ -718,10 +718,7 @@ fn identity(reg: &mut Registry, i: &IdentityConfig, names: &HashMap<String, u16>
     };
     let mut sources = Vec::new();
     for s in &i.sources {
-        let c: Cidr = s
-            .get_ref()
-            .parse()
-            .map_err(|e| Bad::at(s.span(), format!("identity.sources: {e}")))?;
+        let c = Cidr::exact(s.get_ref()).map_err(|e| Bad::at(s.span(), format!("identity.sources: {e}")))?;
         sources.push(c);
     }
     if sources.is_empty() {
@@ -747,8 +744,7 @@ fn selector(s: &toml::Spanned<SelectorConfig>, names: &HashMap<String, u16>) -> 
         SelectorConfig::EmailDomain(d) => Selector::EmailDomain(d.clone()),
         SelectorConfig::Group(g) => Selector::Group(g.clone()),
         SelectorConfig::Source(c) => Selector::Source(
-            c.parse()
-                .map_err(|e| Bad::at(s.span(), format!("policy selector source: {e}")))?,
+            Cidr::exact(c).map_err(|e| Bad::at(s.span(), format!("policy selector source: {e}")))?,
         ),
         SelectorConfig::Vnet(v) => {
             if !names.contains_key(v) {

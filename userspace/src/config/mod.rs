@@ -369,6 +369,44 @@ email_prefix_login = true
         text.lines().nth(n - 1).unwrap().to_string()
     }
 
+    /// A prefix that says who someone is or what a rule covers is taken as written:
+    /// `198.18.1.5/0` (a typo of /32) named every IPv4 source as this identity.
+    #[test]
+    fn identity_sources_and_source_selectors_refuse_host_bits() {
+        for (from, to, says) in [
+            (
+                "sources = [\"198.18.1.2\"]",
+                "sources = [\"198.18.1.5/0\"]",
+                "identity.sources: \"198.18.1.5/0\": host bits are set (did you mean 0.0.0.0/0?)",
+            ),
+            (
+                "sources = [\"198.18.1.2\"]",
+                "sources = [\"2001:db8::1/64\"]",
+                "host bits are set (did you mean 2001:db8::/64?)",
+            ),
+            (
+                "exclude = [{ source = \"198.18.1.99/32\" }]",
+                "exclude = [{ source = \"10.1.2.3/8\" }]",
+                "policy selector source: \"10.1.2.3/8\": host bits are set (did you mean 10.0.0.0/8?)",
+            ),
+        ] {
+            assert!(BASE.contains(from), "{from}");
+            let t = BASE.replace(from, to);
+            let e = err(&t);
+            assert!(e.contains(says), "{to}: {e}");
+        }
+        for ok in [
+            "198.18.1.0/24",
+            "198.18.1.2/32",
+            "198.18.1.2",
+            "::ffff:198.18.1.0/120",
+            "2001:db8::/64",
+        ] {
+            let t = BASE.replace("sources = [\"198.18.1.2\"]", &format!("sources = [{ok:?}]"));
+            assert!(p(&t).is_ok(), "{ok}: {:?}", p(&t).err().map(|e| e.to_string()));
+        }
+    }
+
     /// Issue 11 #3: `::ffff:a.b.c.d` is one address in two notations; a second target so
     /// written overwrote the first one's ports in the dataplane while `check` said ok.
     #[test]

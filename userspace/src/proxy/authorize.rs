@@ -87,6 +87,15 @@ pub fn decide(c: &Conn, login: &str) -> Decision {
         PrincipalConfig::Login => login,
         PrincipalConfig::EmailPrefix => c.identity.email_prefix(),
     };
+    if !cert::valid_principal(principal) {
+        // sshd splits a certificate's principal on commas when it matches it against
+        // `principals="…"` or an AuthorizedPrincipalsFile: `a,root@example.com` would log in
+        // wherever `root` is a principal.
+        ev.reason = Some("invalid_principal".into());
+        ctx.audit.emit(&ev);
+        let why = format!("{principal:?} cannot be a certificate principal");
+        return Decision::Refuse { why };
+    }
     let req = cert::Request {
         principal,
         email: &c.identity.email,

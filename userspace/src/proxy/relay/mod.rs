@@ -593,8 +593,14 @@ impl Relay {
         };
         match ev {
             ClientAuthEvent::Success if self.hops[0].gone => {
-                // The client left (or timed out) while the target was logging in.
-                self.auth = AuthState::Open;
+                // The client left (or timed out) while the target was logging in. The minted
+                // certificate did log in: audited, with why nothing followed.
+                if let AuthState::LoggingIn { mut start, .. } =
+                    std::mem::replace(&mut self.auth, AuthState::Open)
+                {
+                    start.reason = Some("client_gone_during_login".into());
+                    self.conn.ctx.audit.emit(&start);
+                }
                 self.drop_upstream("the client is gone");
             }
             ClientAuthEvent::Success => {
