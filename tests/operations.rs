@@ -321,3 +321,70 @@ fn the_control_socket_and_the_metrics_endpoint_hold_their_caps() {
         g.daemon_log()
     );
 }
+
+/// A reload that takes access away applies to connections already accepted but not yet
+/// logged in: the login is judged by the configuration in force then. One connection waits
+/// in authentication while alice leaves group "ops"; another while her identity goes.
+#[test]
+fn a_reload_revokes_logins_not_made_yet() {
+    if !root_or_skip() {
+        return;
+    }
+    let g = Gateway::start(std::path::Path::new(BIN), &GatewayOptions::default());
+    let good = std::fs::read_to_string(&g.config).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for (change, reason) in [
+        (
+            good.replace("groups = [\"ops\"]", "groups = [\"former\"]"),
+            "no_policy",
+        ),
+        (
+            good.replace("sources = [\"127.0.0.1\"]", "sources = [\"198.18.0.9\"]"),
+            "identity_changed",
+        ),
+    ] {
+        assert_ne!(change, good);
+        rt.block_on(async {
+            let cfg = std::sync::Arc::new(russh::client::Config::default());
+            let mut h = russh::client::connect(cfg, ("127.0.0.1", g.proxy_port), AnyHostKey)
+                .await
+                .unwrap();
+            std::fs::write(&g.config, &change).unwrap();
+            let o = cli(&g, &["reload"]);
+            assert!(o.status.success(), "reload: {}", text(&o.stderr));
+            // Accepted or not, the gateway says why on the session; the audit tells.
+            let _ = h.authenticate_none("root").await;
+        });
+        let denied = poll(10, || {
+            g.audit()
+                .iter()
+                .any(|e| e["event"] == "deny" && e["reason"] == reason)
+                .then_some(())
+        });
+        let audit = g.audit();
+        assert!(denied.is_some(), "no deny {reason}: {audit:?}");
+        assert!(
+            !audit.iter().any(|e| e["event"] == "session.start"),
+            "logged in after the reload took access away ({reason}): {audit:?}"
+        );
+        std::fs::write(&g.config, &good).unwrap();
+        assert!(cli(&g, &["reload"]).status.success());
+    }
+}
+
+/// A client that trusts any host key (the gateway's derived one).
+struct AnyHostKey;
+
+impl russh::client::Handler for AnyHostKey {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        _key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}

@@ -306,8 +306,7 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
             r = listeners.v4.accept() => r,
             r = accept_opt(listeners.v6.as_ref()) => r,
             Some(inc) = plain.recv() => {
-                let (snap, ctx) = (state.load_full(), ctx.clone());
-                tokio::spawn(proxy::serve(inc, snap, ctx));
+                tokio::spawn(proxy::serve(inc, state.clone(), ctx.clone()));
                 continue;
             }
             _ = floods.tick() => {
@@ -341,7 +340,7 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
                             vnet: conn.vnet,
                             permit,
                         };
-                        tokio::spawn(proxy::serve(inc, state.load_full(), ctx.clone()));
+                        tokio::spawn(proxy::serve(inc, state.clone(), ctx.clone()));
                     }
                     Err(e) => tracing::warn!(error = %e, "inspecting an accepted connection failed"),
                 }

@@ -3,6 +3,9 @@
 
 use crate::{config, identity::Registry, policy::Engine, targets::TargetSet};
 
+/// The configuration in force: the daemon swaps in a new [`Snapshot`] on reload.
+pub type Snapshots = std::sync::Arc<arc_swap::ArcSwap<Snapshot>>;
+
 /// What a connection is judged against; replaced whole on reload, so a connection sees
 /// one consistent configuration.
 pub struct Snapshot {

@@ -20,7 +20,12 @@ pub struct Admitted {
 }
 
 /// Audits the connection and either admits it or refuses it (and returns `None`).
-pub async fn admit(inc: Incoming, snap: Arc<Snapshot>, ctx: Option<Arc<Context>>) -> Option<Admitted> {
+pub async fn admit(
+    inc: Incoming,
+    current: crate::snapshot::Snapshots,
+    ctx: Option<Arc<Context>>,
+) -> Option<Admitted> {
+    let snap: Arc<Snapshot> = current.load_full();
     let session = audit::session_id();
     let vnet = inc.vnet.and_then(|id| snap.targets.vnet_by_id(id));
     let target = inc.vnet.and_then(|id| snap.target(id, inc.target_addr.ip()));
@@ -103,6 +108,7 @@ pub async fn admit(inc: Incoming, snap: Arc<Snapshot>, ctx: Option<Arc<Context>>
         identity: identity.clone(),
         base: ev,
         snap: snap.clone(),
+        current,
         ctx,
         accepted: std::time::Instant::now(),
     };

@@ -54,15 +54,30 @@ pub fn decide(c: &Conn, login: &str) -> Decision {
         );
         return Decision::Refuse { why };
     }
+    // Judged by the configuration in force now, not the one the connection was admitted
+    // under (up to the authentication deadline ago): a reload that removes an identity, a
+    // group or a policy applies to every login not made yet.
+    let now = c.current.load();
+    let identity = now.identities.lookup(c.vnet_id, c.peer.ip());
+    let Some(identity) = identity.filter(|i| i.email == c.identity.email) else {
+        ev.reason = Some("identity_changed".into());
+        c.ctx.audit.emit(&ev);
+        let why = format!(
+            "{} is no longer who {} is (the configuration was reloaded)",
+            c.identity.email,
+            c.peer.ip()
+        );
+        return Decision::Refuse { why };
+    };
     let r = Request {
-        identity: &c.identity,
+        identity,
         source: c.peer.ip(),
         vnet: &c.vnet,
         target: &c.target,
         port: c.target_addr.port(),
         login,
     };
-    let d = c.snap.policies.evaluate(&r);
+    let d = now.policies.evaluate(&r);
     ev.policy = d.policy.clone();
     ev.rule = d.rule.clone();
     if let Err(reason) = d.allow {

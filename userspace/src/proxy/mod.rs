@@ -195,6 +195,10 @@ pub struct Conn {
     /// serial added once authorized).
     pub base: Event,
     pub snap: Arc<Snapshot>,
+    /// The configuration in force now (`snap` is the one the connection was admitted
+    /// under): the login decision reads it, so a reload that revokes access applies to
+    /// every login not made yet.
+    pub current: crate::snapshot::Snapshots,
     pub ctx: Arc<Context>,
     /// When the connection was admitted (for the handshake latency).
     pub accepted: std::time::Instant,
@@ -223,8 +227,8 @@ fn deny_event(base: &Event, reason: &str) -> Event {
 }
 
 /// Serves one client connection to the end.
-pub async fn serve(inc: Incoming, snap: Arc<Snapshot>, ctx: Option<Arc<Context>>) {
-    let Some(admitted) = admit::admit(inc, snap, ctx).await else {
+pub async fn serve(inc: Incoming, current: crate::snapshot::Snapshots, ctx: Option<Arc<Context>>) {
+    let Some(admitted) = admit::admit(inc, current, ctx).await else {
         return;
     };
     let admit::Admitted {
