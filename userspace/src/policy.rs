@@ -127,10 +127,17 @@ pub struct Engine {
     policies: usize,
 }
 
+/// The order policies of several applications covering one target are tried in: by
+/// precedence, and at equal precedence a block first. (Within one application precedence
+/// is unique; across applications a tie must not let an allow win by the order the
+/// applications happen to be listed in.)
+fn order(p: &Policy) -> (i64, bool) {
+    (p.precedence, p.action != Action::Block)
+}
+
 impl Engine {
-    /// Builds the index. Policies of an application are sorted by precedence (ties keep
-    /// configuration order); a target covered by several applications sees their policies
-    /// merged by precedence.
+    /// Builds the index. Policies are sorted by [`order`] (configuration order among
+    /// equals); a target covered by several applications sees their policies merged so.
     pub fn new(applications: &[Application], policies: Vec<Policy>) -> Self {
         let mut per_app: HashMap<&str, Vec<Arc<Policy>>> = HashMap::new();
         let n = policies.len();
@@ -160,7 +167,7 @@ impl Engine {
         let finish = |v: Building| -> PortPolicies {
             v.into_iter()
                 .map(|(port, mut ps)| {
-                    ps.sort_by_key(|p| p.precedence);
+                    ps.sort_by_key(|p| order(p));
                     (port, ps.into())
                 })
                 .collect()
@@ -195,7 +202,7 @@ impl Engine {
             }
         }
         if !self.wildcard.is_empty() && host.is_some() {
-            out.sort_by_key(|p| p.precedence);
+            out.sort_by_key(|p| order(p));
         }
         out
     }
@@ -428,6 +435,45 @@ mod tests {
         }
     }
 
+    /// Two applications cover web-01 (its own, and one for every host) with an allow and a
+    /// block at the same precedence: the block decides, whichever application comes first.
+    #[test]
+    fn a_block_wins_a_precedence_tie_across_applications() {
+        let contractor = who("c@contractor.example", &["ops"]);
+        for apps in [
+            [app("web", "web-01", &[22]), app("all", "*", &[22])],
+            [app("all", "*", &[22]), app("web", "web-01", &[22])],
+        ] {
+            let e = Engine::new(
+                &apps,
+                vec![
+                    pol(
+                        "web-ops",
+                        "web",
+                        Action::Allow,
+                        1,
+                        vec![Selector::Everyone],
+                        &["root"],
+                    ),
+                    pol(
+                        "no-contractors",
+                        "all",
+                        Action::Block,
+                        1,
+                        vec![Selector::EmailDomain("contractor.example".into())],
+                        &[],
+                    ),
+                ],
+            );
+            assert_eq!(
+                e.evaluate(&req(&contractor, "web-01", "root")).allow,
+                Err(DenyReason::Blocked),
+                "{:?}",
+                apps.iter().map(|a| &a.name).collect::<Vec<_>>()
+            );
+        }
+    }
+
     #[test]
     fn default_deny_and_first_match_by_precedence() {
         let e = Engine::new(
@@ -575,7 +621,7 @@ mod tests {
 
     proptest! {
         /// The engine agrees with the specification evaluated naively: sort by precedence
-        /// (stable), the first policy matching include-any, require-all, exclude-none decides
+        /// (stable; at equal precedence a block first), the first policy matching include-any, require-all, exclude-none decides
         /// (block denies; allow allows if the login is listed, else evaluation goes on).
         #[test]
         fn engine_matches_the_naive_specification(
@@ -597,7 +643,7 @@ mod tests {
             prop_assert_eq!(&e.explain(&r).allow, &got);
 
             let mut sorted = ps.clone();
-            sorted.sort_by_key(|p| p.precedence);
+            sorted.sort_by_key(|p| (p.precedence, p.action != Action::Block));
             let m = |s: &Selector| selector_matches(s, &r);
             let mut want = Err(DenyReason::NoPolicy);
             for p in &sorted {
