@@ -740,9 +740,38 @@ fn identity(reg: &mut Registry, i: &IdentityConfig, names: &HashMap<String, u16>
 
 fn selector(s: &toml::Spanned<SelectorConfig>, names: &HashMap<String, u16>) -> R<Selector> {
     Ok(match s.get_ref() {
-        SelectorConfig::Email(e) => Selector::Email(e.clone()),
-        SelectorConfig::EmailDomain(d) => Selector::EmailDomain(d.clone()),
-        SelectorConfig::Group(g) => Selector::Group(g.clone()),
+        // A selector that can match nobody fails open in `exclude` and `require` rules and
+        // in block policies: the notation is checked here.
+        SelectorConfig::Email(e) => {
+            let ok = e
+                .split_once('@')
+                .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty() && !d.contains('@'));
+            if !ok || e.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                return Err(Bad::at(
+                    s.span(),
+                    format!("policy selector email {e:?}: expected user@domain"),
+                ));
+            }
+            Selector::Email(e.clone())
+        }
+        SelectorConfig::EmailDomain(d) => {
+            if d.is_empty() || d.contains('@') || d.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                return Err(Bad::at(
+                    s.span(),
+                    format!("policy selector email_domain {d:?}: expected a domain such as \"example.com\" (no @)"),
+                ));
+            }
+            Selector::EmailDomain(d.clone())
+        }
+        SelectorConfig::Group(g) => {
+            if g.trim().is_empty() || g.trim() != g {
+                return Err(Bad::at(
+                    s.span(),
+                    format!("policy selector group {g:?}: expected a group name without surrounding spaces"),
+                ));
+            }
+            Selector::Group(g.clone())
+        }
         SelectorConfig::Source(c) => Selector::Source(
             Cidr::exact(c).map_err(|e| Bad::at(s.span(), format!("policy selector source: {e}")))?,
         ),

@@ -369,6 +369,35 @@ email_prefix_login = true
         text.lines().nth(n - 1).unwrap().to_string()
     }
 
+    /// A selector that can match nobody fails open where it excludes or requires: its
+    /// notation is checked (`@contractor.example` as a domain, `bob` as an email).
+    #[test]
+    fn selectors_that_can_match_nobody_are_refused() {
+        for (to, says) in [
+            (
+                "exclude = [{ email_domain = \"@contractor.example\" }]",
+                "policy selector email_domain \"@contractor.example\": expected a domain",
+            ),
+            (
+                "exclude = [{ email = \"bob\" }]",
+                "policy selector email \"bob\": expected user@domain",
+            ),
+            (
+                "exclude = [{ group = \" ops\" }]",
+                "policy selector group \" ops\"",
+            ),
+            (
+                "exclude = [{ email_domain = \"\" }]",
+                "policy selector email_domain \"\"",
+            ),
+        ] {
+            let t = BASE.replace("exclude = [{ source = \"198.18.1.99/32\" }]", to);
+            let e = err(&t);
+            assert!(e.contains(says), "{to}: {e}");
+            assert_eq!(line_of(&t, &e), to, "{e}");
+        }
+    }
+
     /// A prefix that says who someone is or what a rule covers is taken as written:
     /// `198.18.1.5/0` (a typo of /32) named every IPv4 source as this identity.
     #[test]
