@@ -783,6 +783,14 @@ email_prefix_login = true
                 "limits.unauthenticated_per_source 8: more than limits.unauthenticated (4)",
             ),
             ("refusal_audit_interval_secs = 0", "expected 1..=3600"),
+            (
+                "upstream_dials_per_identity = 0",
+                "limits.upstream_dials_per_identity 0: expected at least 1",
+            ),
+            (
+                "upstream_dials_per_target = 0",
+                "limits.upstream_dials_per_target 0: expected at least 1",
+            ),
             ("unauthenticated = -1", "invalid value"),
             ("bogus = 1", "bogus"),
         ] {
