@@ -197,6 +197,9 @@ pub(super) struct Pair {
     pub rec: Option<Recorder>,
     /// A wake-up is registered for when `rec` has room, or its file has grown.
     pub rec_waiting: bool,
+    /// The target's exit status or signal went to the recording (once: a target sending
+    /// more must not make the writer's queue overflow into tasks).
+    pub exit_recorded: bool,
     pub sftp: Option<crate::proxy::sftp::Watcher>,
     /// The first client bytes of a started session without a watcher: if they are an SFTP
     /// INIT, the session runs an SFTP server (`ForceCommand internal-sftp`, `sftp -s
@@ -223,6 +226,7 @@ impl Pair {
             refused: false,
             rec: None,
             rec_waiting: false,
+            exit_recorded: false,
             sftp: None,
             sniff: None,
             pty: None,

@@ -142,8 +142,9 @@ impl Relay {
         match &req {
             ChannelRequest::ExitStatus { status } => {
                 self.totals.exit_status = Some(*status);
-                if let Some(r) = &p.rec {
+                if let Some(r) = p.rec.as_ref().filter(|_| !p.exit_recorded) {
                     r.exit_now(Recorder::exit_status(*status));
+                    p.exit_recorded = true;
                 }
             }
             ChannelRequest::ExitSignal {
@@ -152,9 +153,10 @@ impl Relay {
                 message,
                 ..
             } => {
-                if let Some(r) = &p.rec {
+                if let Some(r) = p.rec.as_ref().filter(|_| !p.exit_recorded) {
                     let msg = (!message.is_empty()).then(|| message.clone());
                     r.exit_now(Recorder::exit_signal(signal.clone(), *core_dumped, msg));
+                    p.exit_recorded = true;
                 }
             }
             _ => {}
