@@ -177,7 +177,10 @@ fn limits(c: &Config) -> R<()> {
     for (what, v) in [
         ("limits.unauthenticated", &l.unauthenticated),
         ("limits.unauthenticated_per_source", &l.unauthenticated_per_source),
-        ("limits.upstream_dials_per_identity", &l.upstream_dials_per_identity),
+        (
+            "limits.upstream_dials_per_identity",
+            &l.upstream_dials_per_identity,
+        ),
         ("limits.upstream_dials_per_target", &l.upstream_dials_per_target),
     ] {
         if let Some(v) = v.as_ref().filter(|v| *v.get_ref() == 0) {

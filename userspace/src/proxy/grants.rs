@@ -20,8 +20,9 @@ pub struct Grants {
 struct RemoteForwards {
     granted: Vec<(String, u32)>,
     /// Asked for, not answered yet: the target may report a connection before its answer
-    /// reaches us. Port 0 (any port) until the target says which one it bound.
-    pending: Vec<(String, u32)>,
+    /// reaches us. Port 0 (any port) until the target says which one it bound. The flag:
+    /// the client cancelled it meanwhile, so the answer grants nothing.
+    pending: Vec<(String, u32, bool)>,
 }
 
 /// At most this many remote forwards per connection (OpenSSH's client sets up a handful):
@@ -36,7 +37,7 @@ impl Grants {
         if r.pending.len() + r.granted.len() >= MAX_REMOTE_FORWARDS {
             return false;
         }
-        r.pending.push((address.to_owned(), port));
+        r.pending.push((address.to_owned(), port, false));
         true
     }
 
@@ -44,17 +45,24 @@ impl Grants {
     /// listens (on `bound`, which differs from `asked` only when that was 0).
     pub fn remote_answered(&mut self, address: &str, asked: u32, bound: Option<u32>) {
         let r = &mut self.remote;
-        if let Some(i) = r.pending.iter().position(|(a, p)| a == address && *p == asked) {
-            r.pending.swap_remove(i);
-        }
-        if let Some(port) = bound {
+        let cancelled = match r.pending.iter().position(|(a, p, _)| a == address && *p == asked) {
+            Some(i) => r.pending.swap_remove(i).2,
+            None => false,
+        };
+        if let Some(port) = bound.filter(|_| !cancelled) {
             r.granted.push((address.to_owned(), port));
         }
     }
 
-    /// The client cancelled a remote forward.
+    /// The client cancelled a remote forward (also one whose answer is still on its way).
     pub fn remote_cancelled(&mut self, address: &str, port: u32) {
-        self.remote.granted.retain(|(a, p)| !(a == address && *p == port));
+        let r = &mut self.remote;
+        r.granted.retain(|(a, p)| !(a == address && *p == port));
+        for (a, p, cancelled) in &mut r.pending {
+            if a == address && *p == port {
+                *cancelled = true;
+            }
+        }
     }
 
     /// Whether the target may report a connection on (`address`, `port`): the client asked
@@ -64,7 +72,7 @@ impl Grants {
         r.granted.iter().any(|(a, p)| a == address && *p == port)
             || r.pending
                 .iter()
-                .any(|(a, p)| a == address && (*p == port || *p == 0))
+                .any(|(a, p, cancelled)| !cancelled && a == address && (*p == port || *p == 0))
     }
 }
 
@@ -99,5 +107,15 @@ mod tests {
         assert!(!l.remote_granted("localhost", 9090));
         l.remote_cancelled("localhost", 8080);
         assert!(!l.remote_granted("localhost", 8080));
+
+        // Cancelled before the target's answer arrived: the answer grants nothing.
+        l.remote_asked("localhost", 7070);
+        l.remote_cancelled("localhost", 7070);
+        assert!(!l.remote_granted("localhost", 7070), "cancelled while in flight");
+        l.remote_answered("localhost", 7070, Some(7070));
+        assert!(
+            !l.remote_granted("localhost", 7070),
+            "the late answer brought it back"
+        );
     }
 }
