@@ -491,3 +491,46 @@ fn upstream_packets_of_one_vnet_never_leave_through_another() {
         "t1:80\n"
     );
 }
+
+/// A reload the dataplane cannot apply whole (`xdp_mode = "native"` and a new ingress
+/// interface whose driver has no native XDP, a bridge) is refused, and what it had put in place
+/// already is taken back: the new file no longer protects port 22, but the previous
+/// configuration, which keeps serving, does, so port 22 must still be steered (it was
+/// forwarded to the target's own sshd while the proxy went on judging by the old file).
+#[test]
+fn a_reload_the_dataplane_cannot_apply_leaves_the_previous_one_whole() {
+    let Some(bed) = Bed::new() else { return };
+    let t = &bed.topo;
+    let t1_22 = Server::start(&t.target, sa("198.18.10.10:22"), "t1:22");
+    let original = std::fs::read_to_string(&bed.config).unwrap();
+    let native = original.replacen("[dataplane]\n", "[dataplane]\nxdp_mode = \"native\"\n", 1);
+    assert_ne!(native, original);
+    std::fs::write(&bed.config, &native).unwrap();
+    let d = bed.daemon();
+    refused_by_proxy(
+        &fetch(&t.client, sa("198.18.10.10:22")).unwrap(),
+        "web-01",
+        "198.18.10.10:22",
+    );
+
+    let o = t.gw.exec("ip link add pcbr0 type bridge && ip link set pcbr0 up");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let changed = native.replace(
+        "hostname = \"web-01\", ports = [22]",
+        "hostname = \"web-01\", ports = [2222]",
+    ) + "\n[[vnet]]\nname = \"extra\"\nid = 3\ningress = [\"pcbr0\"]\n";
+    std::fs::write(&bed.config, &changed).unwrap();
+    let o = bed.cli("reload");
+    assert!(!o.status.success(), "the reload was taken");
+    wait_until(|| {
+        d.stderr()
+            .iter()
+            .any(|l| l.contains("reload failed while updating the dataplane"))
+    });
+    refused_by_proxy(
+        &fetch(&t.client, sa("198.18.10.10:22")).unwrap(),
+        "web-01",
+        "198.18.10.10:22",
+    );
+    assert_eq!(t1_22.hits(), 0, "a protected flow reached the target");
+}

@@ -536,7 +536,19 @@ async fn reload(
         Ok(Err(e)) => Err(format!("reload rejected: {e}")),
         Ok(Ok(new)) => {
             let applied = match dp {
-                Some(dp) => dp.apply(&new.targets).await,
+                Some(dp) => match dp.apply(&new.targets).await {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        // Part of the new set may be in place already (the forward guard and
+                        // the maps go first): the previous one is put back, so that what the
+                        // dataplane protects and steers is again what the proxy serves.
+                        let old = state.load();
+                        if let Err(back) = dp.apply(&old.targets).await {
+                            tracing::error!(error = %back, "restoring the previous configuration in the dataplane failed");
+                        }
+                        Err(e)
+                    }
+                },
                 None => Ok(()),
             };
             match applied {
