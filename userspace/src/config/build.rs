@@ -77,7 +77,8 @@ pub(super) fn build(
     let policies = policies(c, &apps, &names)?;
     ca(c)?;
     limits(c)?;
-    let warnings = email_prefix_collisions(c, extra_identities);
+    let mut warnings = email_prefix_collisions(c, extra_identities);
+    warnings.extend(vlan_ingress_without_upstream(c));
     let account = match &c.account {
         Some(a) => {
             let secret = relative_to(path, a.secret.get_ref());
@@ -214,6 +215,31 @@ fn limits(c: &Config) -> R<()> {
         }
     }
     Ok(())
+}
+
+/// Vnets with VLAN ingress and no `upstream`: the forward guard (`dataplane/forward_guard.rs`)
+/// matches interfaces by name, and a VLAN device's name is not in the configuration, so
+/// while the daemon is down (or a VLAN device is re-created under it) only an upstream rule
+/// keeps such a vnet's protected ports from being forwarded. A warning: the operator may
+/// guard the path otherwise.
+fn vlan_ingress_without_upstream(c: &Config) -> Vec<String> {
+    c.vnets
+        .iter()
+        .filter(|v| v.upstream.is_empty())
+        .filter(|v| {
+            v.ingress
+                .iter()
+                .any(|i| matches!(i.get_ref(), super::schema::IngressConfig::Vlan(_)))
+        })
+        .map(|v| {
+            format!(
+                "vnet {:?} has VLAN ingress but no upstream interfaces: while the daemon is down, \
+                 nothing stops its protected ports from being forwarded from the VLAN (name the \
+                 interfaces towards its targets in `upstream`)",
+                v.name.get_ref()
+            )
+        })
+        .collect()
 }
 
 /// Identities whose email prefixes are equal, when email prefixes name principals

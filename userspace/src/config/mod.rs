@@ -824,6 +824,29 @@ email_prefix_login = true
         assert!(p(&format!("{BASE}{same}")).unwrap().warnings.is_empty());
     }
 
+    /// The forward guard cannot name a VLAN device: a vnet reached only through VLANs
+    /// needs its upstream interfaces named for the second line to hold.
+    #[test]
+    fn vlan_ingress_without_upstream_is_warned_about() {
+        let vlan = BASE.replace(
+            "ingress = [\"veth0\"]",
+            "ingress = [{ interface = \"trunk0\", vlan = 200 }]",
+        );
+        assert_ne!(vlan, BASE);
+        let w = p(&vlan).unwrap().warnings;
+        assert!(
+            w.len() == 1 && w[0].contains("vnet \"corp\" has VLAN ingress but no upstream"),
+            "{w:?}"
+        );
+        let guarded = vlan.replace("id = 1\n", "id = 1\nupstream = [\"tg1\"]\n");
+        assert_ne!(guarded, vlan);
+        assert!(p(&guarded).unwrap().warnings.is_empty());
+        assert!(
+            p(BASE).unwrap().warnings.is_empty(),
+            "untagged ingress is guarded by name"
+        );
+    }
+
     #[test]
     fn listeners_resolve_their_target() {
         let t = format!(
