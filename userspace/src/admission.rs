@@ -197,6 +197,7 @@ impl Admission {
     /// Admits a connection from `source` if both caps allow; a refusal is counted (and
     /// audited in the next aggregate), never audited on its own.
     pub fn try_admit(&self, source: IpAddr) -> Result<Permit, Refused> {
+        let source = source_key(source);
         let mut s = self.inner.lock();
         let caps = s.caps;
         let mine = s.per_source.get(&source).copied().unwrap_or(0);
@@ -352,9 +353,40 @@ pub fn raise_nofile() -> std::io::Result<(u64, u64, u64)> {
     Ok((before, lim.rlim_cur, lim.rlim_max))
 }
 
+/// What `unauthenticated_per_source` counts by: an IPv4 address, or an IPv6 /64 (one host
+/// is given a /64 to pick addresses from, so counting single addresses would let it fill
+/// the global cap alone).
+fn source_key(source: IpAddr) -> IpAddr {
+    match source {
+        IpAddr::V6(a) if a.to_ipv4_mapped().is_none() => {
+            IpAddr::V6(std::net::Ipv6Addr::from(u128::from(a) & !(u64::MAX as u128)))
+        }
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ipv6_source_is_counted_by_its_64() {
+        let a = Admission::new(limits(100, 2));
+        let _p = [
+            a.try_admit(ip("2001:db8:1:2::1")).unwrap(),
+            a.try_admit(ip("2001:db8:1:2:ffff::9")).unwrap(),
+        ];
+        assert_eq!(
+            a.try_admit(ip("2001:db8:1:2:abcd::1")).unwrap_err(),
+            Refused::PerSource,
+            "a third address of the same /64"
+        );
+        let _q = a.try_admit(ip("2001:db8:1:3::1")).unwrap();
+        let _r = [
+            a.try_admit(ip("198.18.1.1")).unwrap(),
+            a.try_admit(ip("198.18.1.2")).unwrap(),
+        ];
+    }
 
     fn limits(global: usize, per: usize) -> Limits {
         Limits {
