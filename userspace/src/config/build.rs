@@ -433,10 +433,12 @@ fn vnets(c: &Config) -> R<(Vec<Vnet>, HashMap<String, u16>)> {
             upstream.push(u.get_ref().clone());
         }
         if let Some(t) = v.table {
-            if t == 0 || t == 255 {
+            // 253 (default), 254 (main) and 255 (local) are the system's own: a vnet's table
+            // must be its own, or it routes like a vnet without one (see `shared_addresses`).
+            if t == 0 || (253..=255).contains(&t) {
                 return Err(Bad::at(
                     v.id.span(),
-                    format!("vnet {name:?}: table {t} is not a usable routing table"),
+                    format!("vnet {name:?}: table {t} is not a usable routing table (0, 253 default, 254 main and 255 local are the system's; pick one of its own)"),
                 ));
             }
         }

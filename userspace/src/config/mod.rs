@@ -511,6 +511,14 @@ email_prefix_login = true
         let e = err(&two("table = 101", "table = 101"));
         assert!(e.contains("share routing table 101"), "{e}");
         assert!(p(&two("table = 101", "table = 102")).is_ok());
+        // The system's tables route as if there were none.
+        for t in [0, 253, 254, 255] {
+            let e = err(&two("table = 101", &format!("table = {t}")));
+            assert!(
+                e.contains(&format!("table {t} is not a usable routing table")),
+                "{t}: {e}"
+            );
+        }
         // An upstream interface belongs to one vnet (the egress guard checks the vnet).
         let e = err(&format!(
             "{}\n[[vnet]]\nname = \"lab\"\nid = 2\nupstream = [\"up0\"]\n",
