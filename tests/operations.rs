@@ -2,6 +2,8 @@
 //! (`portcullis sessions`, `terminate`, `reload`), end to end on a loopback gateway with
 //! the real OpenSSH client and sshd. Needs root; `cargo xtask test` runs it.
 
+mod support;
+
 use std::{
     io::{Read, Write},
     net::TcpStream,
@@ -349,7 +351,7 @@ fn a_reload_revokes_logins_not_made_yet() {
         assert_ne!(change, good);
         rt.block_on(async {
             let cfg = std::sync::Arc::new(russh::client::Config::default());
-            let mut h = russh::client::connect(cfg, ("127.0.0.1", g.proxy_port), AnyHostKey)
+            let mut h = russh::client::connect(cfg, ("127.0.0.1", g.proxy_port), support::RawClient)
                 .await
                 .unwrap();
             std::fs::write(&g.config, &change).unwrap();
@@ -372,19 +374,5 @@ fn a_reload_revokes_logins_not_made_yet() {
         );
         std::fs::write(&g.config, &good).unwrap();
         assert!(cli(&g, &["reload"]).status.success());
-    }
-}
-
-/// A client that trusts any host key (the gateway's derived one).
-struct AnyHostKey;
-
-impl russh::client::Handler for AnyHostKey {
-    type Error = russh::Error;
-
-    async fn check_server_key(
-        &mut self,
-        _key: &russh::keys::PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        Ok(true)
     }
 }

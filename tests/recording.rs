@@ -738,12 +738,7 @@ fn scp_and_rsync_transfers_are_recorded() {
         })
         .unwrap();
     let d = decrypt(&g, scp_log);
-    let stream: Vec<u8> = d
-        .records
-        .iter()
-        .filter(|r| r.source == 0)
-        .flat_map(|r| r.data.clone())
-        .collect();
+    let stream = d.data_from(0);
     assert!(
         stream.windows(payload.len()).any(|w| w == &payload[..]),
         "the file's bytes are in the recording"
@@ -1009,12 +1004,7 @@ fn sessions_one_after_another_on_one_connection_each_get_their_log() {
         .iter()
         .map(|l| {
             let d = decrypt(&g, l);
-            let out: Vec<u8> = d
-                .records
-                .iter()
-                .filter(|r| r.source == 1)
-                .flat_map(|r| r.data.clone())
-                .collect();
+            let out = d.data_from(1);
             format!(
                 "{} → {}",
                 d.header.request.unwrap_or_default(),

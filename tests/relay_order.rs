@@ -342,12 +342,7 @@ fn bytes_sent_before_exec_are_recorded_and_reach_the_target_after_it() {
     assert_eq!(logs.len(), 1, "{logs:?}");
     let d = reader::decrypt(&logs[0], &keys::load_private(&g.private_key()).unwrap()).unwrap();
     assert!(d.damage.is_none(), "{:?}", d.damage);
-    let from_client: Vec<u8> = d
-        .records
-        .iter()
-        .filter(|r| r.source == 0)
-        .flat_map(|r| r.data.clone())
-        .collect();
+    let from_client = d.data_from(0);
     let got = std::fs::read(&file).unwrap_or_default();
     let outcome = if got == [PRE, POST].concat() {
         "the early bytes reached the target"

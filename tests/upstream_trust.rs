@@ -4,6 +4,8 @@
 //! and nothing said on a session before it starts (scripted targets, since sshd does
 //! neither). Needs root (sshd, logging in as root).
 
+mod support;
+
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener},
@@ -147,6 +149,16 @@ impl server::Handler for Target {
 /// Serves `Target` on `addr` (the gateway's target address, where no sshd listens).
 fn scripted_target(addr: SocketAddr) -> mpsc::Receiver<Tried> {
     let (tx, rx) = mpsc::channel();
+    serve_scripted(addr, move || Target { report: tx.clone() });
+    rx
+}
+
+/// Serves a handler `make` gives for each connection on `addr`, with a fresh host key and
+/// publickey authentication (the gateway's certificate).
+fn serve_scripted<H: server::Handler + Send + 'static>(
+    addr: SocketAddr,
+    make: impl Fn() -> H + Send + 'static,
+) {
     let listener = std::net::TcpListener::bind(addr).unwrap();
     listener.set_nonblocking(true).unwrap();
     std::thread::spawn(move || {
@@ -162,8 +174,7 @@ fn scripted_target(addr: SocketAddr) -> mpsc::Receiver<Tried> {
                 ..Default::default()
             });
             while let Ok((s, _)) = listener.accept().await {
-                let h = Target { report: tx.clone() };
-                let config = config.clone();
+                let (config, h) = (config.clone(), make());
                 tokio::spawn(async move {
                     if let Ok(running) = server::run_stream(config, s, h).await {
                         let _ = running.await;
@@ -172,7 +183,6 @@ fn scripted_target(addr: SocketAddr) -> mpsc::Receiver<Tried> {
             }
         });
     });
-    rx
 }
 
 /// A one-shot line echo server: where the client's side of the forward connects.
@@ -332,37 +342,14 @@ fn what_a_target_says_before_the_session_starts_is_dropped() {
             ..Default::default()
         },
     );
-    let listener = std::net::TcpListener::bind(g.target).unwrap();
-    listener.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            let config = Arc::new(server::Config {
-                keys: vec![PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap()],
-                methods: russh::MethodSet::from(&[russh::MethodKind::PublicKey][..]),
-                ..Default::default()
-            });
-            while let Ok((s, _)) = listener.accept().await {
-                let config = config.clone();
-                tokio::spawn(async move {
-                    if let Ok(running) = server::run_stream(config, s, Chatty).await {
-                        let _ = running.await;
-                    }
-                });
-            }
-        });
-    });
+    serve_scripted(g.target, || Chatty);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let out = rt.block_on(async {
         let cfg = Arc::new(russh::client::Config::default());
-        let mut h = russh::client::connect(cfg, ("127.0.0.1", g.proxy_port), NoCheck)
+        let mut h = russh::client::connect(cfg, ("127.0.0.1", g.proxy_port), support::RawClient)
             .await
             .unwrap();
         assert!(h.authenticate_none("root").await.unwrap().success());
@@ -391,25 +378,6 @@ fn what_a_target_says_before_the_session_starts_is_dropped() {
     let logs = g.recordings();
     let key = portcullis::recording::keys::load_private(&g.private_key()).unwrap();
     let d = portcullis::recording::reader::decrypt(&logs[0], &key).unwrap();
-    let from_target: Vec<u8> = d
-        .records
-        .iter()
-        .filter(|r| r.source == 1)
-        .flat_map(|r| r.data.clone())
-        .collect();
+    let from_target = d.data_from(1);
     assert_eq!(String::from_utf8_lossy(&from_target), "the command's output\n");
-}
-
-/// A client that trusts any host key (the gateway's derived one).
-struct NoCheck;
-
-impl russh::client::Handler for NoCheck {
-    type Error = russh::Error;
-
-    async fn check_server_key(
-        &mut self,
-        _key: &russh::keys::PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        Ok(true)
-    }
 }

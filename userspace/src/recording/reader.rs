@@ -49,6 +49,18 @@ fn read(path: &Path) -> Result<Vec<u8>, DecryptError> {
 }
 
 /// Decrypts without naming a trusted signer (the verdict then says which key signed).
+impl Decrypted {
+    /// What one side sent (`format::SOURCE_CLIENT` or `SOURCE_TARGET`), data and extended
+    /// data, in order.
+    pub fn data_from(&self, source: u8) -> Vec<u8> {
+        self.records
+            .iter()
+            .filter(|r| r.source == source)
+            .flat_map(|r| r.data.iter().copied())
+            .collect()
+    }
+}
+
 pub fn decrypt(path: &Path, key: &PrivateKey) -> Result<Decrypted, DecryptError> {
     decrypt_checked(path, key, None)
 }
