@@ -259,6 +259,21 @@ fn closed_logs_are_signed_and_verify_tells_truncation_and_tampering() {
         edit_header(v, |h| h.request = Some("exec true".into()))
     });
     expect(&command, 7, "altered");
+    // The trailer's digest or signer spelt otherwise (the signature cannot see it): altered.
+    let digest = variant("digest.log", &|v| {
+        edit_header(v, |h| {
+            let t = h.trailer.as_mut().unwrap();
+            t.digest = t.digest.to_uppercase();
+        })
+    });
+    expect(&digest, 7, "not 64 lowercase hex digits");
+    let signer = variant("signer.log", &|v| {
+        edit_header(v, |h| {
+            let t = h.trailer.as_mut().unwrap();
+            t.signer = t.signer.as_ref().map(|s| format!("{s} edited"));
+        })
+    });
+    expect(&signer, 7, "signer is not written as the gateway writes it");
     // A block appended after the sealed end: altered.
     let appended = variant("appended.log", &|v| {
         let last = v[blocks[blocks.len() - 1].clone()].to_vec();

@@ -64,11 +64,12 @@ impl Appender {
         }
         let n = self.stage.len();
         self.end += n as u64;
-        self.behind.wrote(file, n);
         self.stage.clear();
         // Room a block bigger than usual took is given back at once.
         self.stage.shrink_to(STAGE);
-        Ok(())
+        // The bytes are in the file; a write-back error of an earlier window fails the
+        // recording from here on.
+        self.behind.wrote(file, n)
     }
 
     /// Drops what is staged (a failed recording: it will not be written) and its room.

@@ -276,8 +276,10 @@ pub fn judge(e: &Evidence<'_>, expected: Option<&PublicKey>) -> Verdict {
     if BlockHash::for_version(t.version).is_none() {
         return Verdict::Altered(format!("unknown trailer version {}", t.version));
     }
-    let Some(digest) = unhex32(&t.digest) else {
-        return Verdict::Altered("the trailer's digest is not 64 hex digits".into());
+    // As the gateway writes them, byte for byte: the signature covers the digest's value,
+    // so another spelling of it (upper case, `+f` for `0f`) would be an edit it cannot see.
+    let Some(digest) = unhex32(&t.digest).filter(|d| hex(d) == t.digest) else {
+        return Verdict::Altered("the trailer's digest is not 64 lowercase hex digits".into());
     };
     let signer = match (&t.signer, &t.signature) {
         (None, None) => None,
@@ -285,6 +287,13 @@ pub fn judge(e: &Evidence<'_>, expected: Option<&PublicKey>) -> Verdict {
             let Some(pk) = signing::parse_signer(s) else {
                 return Verdict::Altered("the trailer's signer is not an Ed25519 public key".into());
             };
+            let mut bare = pk.clone();
+            bare.set_comment("");
+            if bare.to_openssh().ok().as_deref() != Some(s.as_str()) {
+                return Verdict::Altered(
+                    "the trailer's signer is not written as the gateway writes it".into(),
+                );
+            }
             let sig = STANDARD.decode(sig).unwrap_or_default();
             if !signing::verify(&pk, &message(t.version, e.header, t.blocks, &digest), &sig) {
                 return Verdict::Altered(

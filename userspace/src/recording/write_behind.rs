@@ -10,7 +10,9 @@
 //! two windows of dirty or in-flight pages. A recording cannot outrun its disk for long
 //! anyway; this makes the wait steady instead of a stall at the dirty limit or at close.
 //!
-//! Best effort: an I/O error here is left to the `sync_all` at close, which reports it.
+//! A write-back error of a window (EIO, or ENOSPC/EDQUOT where space is only taken at
+//! write-back, as on NFS or thin storage) is returned, so that the recording fails then
+//! (a fail-closed session stops) rather than at the `sync_all` at close.
 
 use std::{fs::File, os::fd::AsRawFd};
 
@@ -35,18 +37,20 @@ impl WriteBehind {
         }
     }
 
-    /// `n` more bytes were appended; pushes the windows they completed.
-    pub fn wrote(&mut self, file: &File, n: usize) {
+    /// `n` more bytes were appended; pushes the windows they completed. An error: the
+    /// window before could not be written back.
+    pub fn wrote(&mut self, file: &File, n: usize) -> std::io::Result<()> {
         self.end += n as u64;
         while self.end - self.window >= WINDOW {
             let (start, len) = (self.window, WINDOW);
             let fd = file.as_raw_fd();
             // SAFETY: plain syscalls on a descriptor `file` keeps open; offsets and lengths
-            // lie within what was written; errors are ignored (see the module comment).
+            // lie within what was written. Starting a writeback may fail harmlessly (the
+            // wait below reports what matters).
             unsafe {
                 libc::sync_file_range(fd, start as i64, len as i64, libc::SYNC_FILE_RANGE_WRITE);
                 if let Some(prev) = start.checked_sub(WINDOW).filter(|&p| p >= self.blocks) {
-                    libc::sync_file_range(
+                    let waited = libc::sync_file_range(
                         fd,
                         prev as i64,
                         len as i64,
@@ -54,11 +58,16 @@ impl WriteBehind {
                             | libc::SYNC_FILE_RANGE_WRITE
                             | libc::SYNC_FILE_RANGE_WAIT_AFTER,
                     );
+                    if waited != 0 {
+                        // Not dropped from the cache: the pages are what is left of them.
+                        return Err(std::io::Error::last_os_error());
+                    }
                     libc::posix_fadvise(fd, prev as i64, len as i64, libc::POSIX_FADV_DONTNEED);
                 }
             }
             self.window += WINDOW;
         }
+        Ok(())
     }
 }
 
@@ -81,7 +90,7 @@ mod tests {
         let chunk: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         for _ in 0..60 {
             f.write_all(&chunk).unwrap();
-            wb.wrote(&f, chunk.len());
+            wb.wrote(&f, chunk.len()).unwrap();
             expect.extend_from_slice(&chunk);
         }
         let total = expect.len() as u64;

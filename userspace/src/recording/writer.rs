@@ -26,7 +26,7 @@ use std::{
     collections::VecDeque,
     fs::{File, OpenOptions},
     io::Write,
-    os::unix::fs::{FileExt, OpenOptionsExt},
+    os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt},
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -407,7 +407,13 @@ impl Recorder {
             path: path.clone(),
             source,
         };
-        std::fs::create_dir_all(dir).map_err(io)?;
+        // Private: the names and sizes of logs say who worked when (an existing directory
+        // keeps the mode its operator gave it).
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io)?;
         // Written under a temporary name and linked into place with its header: a daemon
         // killed at any instant leaves either no log or one that starts with a header (an
         // orphaned `.log.new` holds nothing of a session: none of its bytes passed yet).
@@ -418,7 +424,9 @@ impl Recorder {
             .mode(0o600)
             .open(&fresh)
             .map_err(io)?;
-        let (ctx, enc) = Sealer::new(key)?;
+        let (ctx, enc) = Sealer::new(key).inspect_err(|_| {
+            let _ = std::fs::remove_file(&fresh);
+        })?;
         let header = Header {
             started_at: crate::audit::unix_secs(),
             data_size: 0,

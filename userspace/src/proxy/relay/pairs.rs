@@ -500,6 +500,7 @@ impl Relay {
             let rec = p.rec.as_ref().filter(|r| !r.failed());
             // The recording takes (a reference to) everything queued, ahead of sending: the I/O
             // pool seals and writes it block by block while the head waits to be on disk.
+            let mut refused = false;
             if let Some(rec) = rec {
                 while flow.recorded.len() < flow.queue.len() {
                     let (code, data) = &flow.queue[flow.recorded.len()];
@@ -517,7 +518,10 @@ impl Relay {
                             }
                             break;
                         }
-                        Err(TryRecord::Stopped) => break,
+                        Err(TryRecord::Stopped) => {
+                            refused = true;
+                            break;
+                        }
                     }
                 }
             }
@@ -527,7 +531,9 @@ impl Relay {
             if let Some(rec) = rec {
                 let on_disk = flow.recorded.front().is_some_and(|&at| rec.written() >= at);
                 if !on_disk {
-                    if rec.stopped() {
+                    // `refused`: the writer stopped taking records, which it says before its
+                    // progress does: no wake-up would come for what it did not take.
+                    if rec.stopped() || (refused && flow.recorded.is_empty()) {
                         // The writer failed: what it had not written is not in the log.
                         rec.mark_failed();
                         tracing::error!(session = %conn.session, recording = %rec.path.display(), "recording failed");
