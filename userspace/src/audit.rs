@@ -154,6 +154,22 @@ impl Audit {
     }
 }
 
+/// An error's text as an event's `rule`: at most 512 bytes (cut at a character boundary),
+/// control characters dropped. Errors may quote what a peer sent (a 256 KiB list of
+/// algorithm names of control bytes became 1.5 MB of escaped JSON per connection).
+pub fn clip(text: &str) -> String {
+    const MAX: usize = 512;
+    let mut t: String = text.chars().filter(|c| !c.is_control()).take(MAX).collect();
+    if t.len() > MAX {
+        let mut end = MAX;
+        while !t.is_char_boundary(end) {
+            end -= 1;
+        }
+        t.truncate(end);
+    }
+    t
+}
+
 /// Every event counted in the metrics; decisions also by reason.
 fn count(e: &Event) {
     let m = crate::metrics::get();
@@ -173,6 +189,15 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+
+    #[test]
+    fn clipped_text_is_short_whole_characters_and_no_control() {
+        let long = format!("{}\u{1}é{}", "x".repeat(510), "y".repeat(4000));
+        let c = clip(&long);
+        assert!(c.len() <= 512 && c.starts_with(&"x".repeat(510)), "{}", c.len());
+        assert!(!c.chars().any(char::is_control));
+        assert_eq!(clip("no common cipher\r\n"), "no common cipher");
+    }
 
     #[test]
     fn file_is_private_append_only_and_reopened_after_rotation() {

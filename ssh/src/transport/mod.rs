@@ -506,8 +506,7 @@ impl Transport {
     /// Closes the transport after `e`, queueing a DISCONNECT, and gives `e` back.
     fn fail_with(&mut self, e: TransportError) -> TransportError {
         if !self.closed {
-            let mut text = e.to_string();
-            text.truncate(200);
+            let text = disconnect_text(&e.to_string());
             self.disconnect(e.disconnect_reason(), &text);
         }
         self.closed = true;
@@ -1034,3 +1033,18 @@ impl Transport {
 
 #[cfg(test)]
 mod tests;
+
+/// What a DISCONNECT says of an error: at most 200 bytes, cut at a character boundary (the
+/// error may quote a peer's UTF-8, such as a key type name), control characters dropped
+/// (it is shown to a user's terminal).
+pub(crate) fn disconnect_text(error: &str) -> String {
+    let mut text: String = error.chars().filter(|c| !c.is_control()).collect();
+    if text.len() > 200 {
+        let mut end = 200;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}

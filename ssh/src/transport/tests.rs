@@ -702,3 +702,20 @@ fn transport_is_send() {
     send::<SealingKeys>();
     send::<OpeningKeys>();
 }
+
+/// A target's key type name (any UTF-8) is quoted in the error a DISCONNECT then carries:
+/// cutting it at byte 200 inside a character panicked.
+#[test]
+fn disconnect_text_is_cut_at_a_character_boundary_without_control_characters() {
+    let error = format!(
+        "negotiated ssh-ed25519 but the server sent a x{} key\x1b[2J",
+        "é".repeat(100)
+    );
+    for shift in 0..4 {
+        let e = format!("{}{error}", "-".repeat(shift));
+        let t = disconnect_text(&e);
+        assert!(t.len() <= 200 && e.starts_with(&t[..t.len().min(10)]), "{t:?}");
+        assert!(!t.chars().any(char::is_control));
+    }
+    assert_eq!(disconnect_text("short\r\n"), "short");
+}

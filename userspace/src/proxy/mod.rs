@@ -247,7 +247,7 @@ pub async fn serve(inc: Incoming, current: crate::snapshot::Snapshots, ctx: Opti
             };
             let mut d = conn.deny(reason);
             if reason == "bad_handshake" {
-                d.rule = Some(e.to_string());
+                d.rule = Some(crate::audit::clip(&e.to_string()));
             }
             conn.ctx.audit.emit(&d);
             return;
@@ -304,7 +304,7 @@ pub async fn serve(inc: Incoming, current: crate::snapshot::Snapshots, ctx: Opti
                 conn.target, conn.target_addr, conn.session
             );
             let mut d = conn.deny(reason);
-            d.rule = Some(e.to_string());
+            d.rule = Some(crate::audit::clip(&e.to_string()));
             conn.ctx.audit.emit(&d);
             let linger = !permit.under_pressure();
             refusal::refuse_after_hello(stream, code, &text, linger).await;
@@ -325,7 +325,7 @@ pub async fn serve(inc: Incoming, current: crate::snapshot::Snapshots, ctx: Opti
         Err(e) => {
             tracing::error!(error = %e, "host key derivation failed");
             let mut d = conn.deny("hostkey_derivation_failed");
-            d.rule = Some(e.to_string());
+            d.rule = Some(crate::audit::clip(&e.to_string()));
             conn.ctx.audit.emit(&d);
             return;
         }

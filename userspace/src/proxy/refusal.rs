@@ -95,7 +95,10 @@ pub fn refuse_at_once(s: &TcpStream, text: &str) {
 
 /// An unencrypted binary packet (RFC 4253 §6) carrying `SSH_MSG_DISCONNECT`.
 pub fn disconnect_packet(reason: Reason, text: &str) -> Vec<u8> {
-    let text = truncate(text, MAX_TEXT);
+    // The text may quote a target's own DISCONNECT: no control characters reach the user's
+    // terminal (OpenSSH's client filters them, others may not).
+    let text: String = text.chars().filter(|c| !c.is_control()).collect();
+    let text = truncate(&text, MAX_TEXT);
     let mut payload = Vec::with_capacity(13 + text.len());
     payload.push(MSG_DISCONNECT);
     payload.extend_from_slice(&(reason as u32).to_be_bytes());

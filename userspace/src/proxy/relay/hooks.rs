@@ -122,7 +122,7 @@ impl Relay {
                 let mut ev = self.conn.event("deny");
                 ev.decision = Some(if setup.fail_closed { "deny" } else { "allow" });
                 ev.reason = Some("recording_failed".into());
-                ev.rule = Some(e.to_string());
+                ev.rule = Some(crate::audit::clip(&e.to_string()));
                 ctx.audit.emit(&ev);
                 if !setup.fail_closed {
                     return true;

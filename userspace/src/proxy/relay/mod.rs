@@ -716,7 +716,7 @@ impl Relay {
         // later ones end a session that is audited already.
         if h == Hop::Front && !self.tried_auth && !self.hops[0].gone {
             let mut d = self.conn.deny("bad_handshake");
-            d.rule = Some(e.to_string());
+            d.rule = Some(crate::audit::clip(&e.to_string()));
             self.conn.ctx.audit.emit(&d);
         }
         self.gone(h);
