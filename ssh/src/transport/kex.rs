@@ -487,9 +487,14 @@ impl DhGroup {
         BoxedMontyParams::new_vartime(p)
     }
 
+    /// `base`^`exp` mod p, for our exponent `exp` ([`DH_EXPONENT_BYTES`] long): `pow` would
+    /// walk every bit of its 2048–8192-bit precision, 4–16 times the work, and a client may
+    /// ask for a key exchange again and again.
     fn modpow(&self, base: BoxedUint, exp: &BoxedUint) -> BoxedUint {
         let params = self.params();
-        BoxedMontyForm::new(base, &params).pow(exp).retrieve()
+        BoxedMontyForm::new(base, &params)
+            .pow_bounded_exp(exp, (DH_EXPONENT_BYTES * 8) as u32)
+            .retrieve()
     }
 
     fn to_bytes(&self, v: &BoxedUint) -> Vec<u8> {
