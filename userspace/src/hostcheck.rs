@@ -78,6 +78,13 @@ impl Check {
         if !cert.critical_options().is_empty() {
             return Err(format!("the host certificate for {fp} carries critical options"));
         }
+        // As OpenSSH (CASignatureAlgorithms): a CA signature over SHA-1 (`ssh-rsa`) is
+        // refused; chosen-prefix collisions make it forgeable.
+        if let ssh_key::Algorithm::Rsa { hash: None } = cert.signature().algorithm() {
+            return Err(format!(
+                "the host certificate for {fp} is signed with ssh-rsa (SHA-1), which is refused"
+            ));
+        }
         cert.validate_at(unix_now, &self.cas).map_err(|e| {
             format!(
                 "host certificate for {fp} (signed by {}): {e}",
@@ -465,5 +472,47 @@ mod tests {
             let e = ok(shown, now).unwrap_err();
             assert!(e.contains(why), "{why}: {e}");
         }
+    }
+
+    /// A host certificate whose CA signed it over SHA-1 (`ssh-keygen -t ssh-rsa`) is
+    /// refused, as OpenSSH refuses it; the same CA signing with rsa-sha2-512 is accepted.
+    #[test]
+    fn a_host_certificate_signed_over_sha1_is_refused() {
+        use std::process::Command;
+        let dir = std::env::temp_dir().join(format!("portcullis-sha1-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let keygen = |args: &[&str]| {
+            Command::new("ssh-keygen")
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        if !keygen(&["-q", "-t", "rsa", "-b", "2048", "-N", "", "-f", "ca"])
+            || !keygen(&["-q", "-t", "ed25519", "-N", "", "-f", "host"])
+        {
+            eprintln!("skipping: no ssh-keygen");
+            return;
+        }
+        let ca = PublicKey::read_openssh_file(dir.join("ca.pub")).unwrap();
+        let rules = Rules {
+            cas: vec![ca.fingerprint(HashAlg::Sha256)],
+            ..Default::default()
+        };
+        let c = rules.for_target(1, "198.18.10.10".parse().unwrap(), "web-01");
+        for (alg, ok) in [("ssh-rsa", false), ("rsa-sha2-512", true)] {
+            let _ = std::fs::remove_file(dir.join("host-cert.pub"));
+            assert!(keygen(&[
+                "-q", "-s", "ca", "-t", alg, "-h", "-I", "web-01", "-n", "web-01", "host.pub"
+            ]));
+            let cert = Certificate::read_file(&dir.join("host-cert.pub")).unwrap();
+            let now = cert.valid_after() + 1;
+            let r = verify(&c, &shown_cert(cert), now);
+            match ok {
+                true => assert_eq!(r, Ok(()), "{alg}"),
+                false => assert!(r.unwrap_err().contains("ssh-rsa (SHA-1)"), "{alg}"),
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
