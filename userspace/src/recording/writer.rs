@@ -304,10 +304,22 @@ impl Pending {
     }
 }
 
+/// What one write job writes before it gives its pool thread to the jobs queued behind it
+/// and queues again. A bulk transfer keeps its recording's records pending all the time, so
+/// its job would otherwise keep a thread for the transfer's length, and four such transfers
+/// would hold every other recording (and, fail-closed, its session) until one ended.
+const TURN: u64 = 1 << 20;
+
 impl Shared {
-    /// Seals and writes what is pending until nothing is; runs on the I/O pool.
+    /// Seals and writes what is pending until nothing is, or for one [`TURN`]; runs on the
+    /// I/O pool.
     fn drain(self: &Arc<Self>) {
+        let mut turn = 0;
         loop {
+            if turn >= TURN {
+                // Behind whatever else waits now; `busy` stays set for it.
+                return self.spawn_job();
+            }
             let taken = {
                 let mut p = lock(&self.pending);
                 match p.take() {
@@ -337,6 +349,7 @@ impl Shared {
             drop(p);
             crate::metrics::get().recording_blocks.inc_by(written.0);
             crate::metrics::get().recording_bytes.inc_by(written.1);
+            turn += written.1;
             if let Err(e) = r {
                 self.fail(e);
                 return;
@@ -353,18 +366,23 @@ impl Shared {
         }
         drop(p);
         if start {
-            let shared = self.clone();
-            let job = move || {
-                // The pool survives a panicking job, but this recording's job would then
-                // never end: the relay and the writer task would wait for it for good.
-                let run = std::panic::AssertUnwindSafe(|| shared.drain());
-                if std::panic::catch_unwind(run).is_err() {
-                    shared.fail(RecordingError::Stopped("its write job panicked".into()));
-                }
-            };
-            if let Err(e) = disk::spawn(job) {
-                self.fail(e.into());
+            self.spawn_job();
+        }
+    }
+
+    /// Queues this recording's write job on the pool (`busy` is set).
+    fn spawn_job(self: &Arc<Self>) {
+        let shared = self.clone();
+        let job = move || {
+            // The pool survives a panicking job, but this recording's job would then
+            // never end: the relay and the writer task would wait for it for good.
+            let run = std::panic::AssertUnwindSafe(|| shared.drain());
+            if std::panic::catch_unwind(run).is_err() {
+                shared.fail(RecordingError::Stopped("its write job panicked".into()));
             }
+        };
+        if let Err(e) = disk::spawn(job) {
+            self.fail(e.into());
         }
     }
 
