@@ -41,6 +41,8 @@ pub enum SessionError {
     Unauthenticated(u8),
     #[error("message {0} is not one this side accepts")]
     Unexpected(u8),
+    #[error("a second key exchange before user authentication")]
+    RekeyBeforeAuth,
 }
 
 impl SessionError {
@@ -50,7 +52,9 @@ impl SessionError {
             SessionError::Transport(e) => e.disconnect_reason(),
             SessionError::Auth(e) => e.disconnect_reason(),
             SessionError::Connection(e) => e.disconnect_reason(),
-            SessionError::Unauthenticated(_) | SessionError::Unexpected(_) => msg::disconnect::PROTOCOL_ERROR,
+            SessionError::Unauthenticated(_)
+            | SessionError::Unexpected(_)
+            | SessionError::RekeyBeforeAuth => msg::disconnect::PROTOCOL_ERROR,
         }
     }
 }
@@ -246,6 +250,12 @@ impl Session {
             let mut progressed = false;
             while let Some(ev) = self.transport.poll_event() {
                 match (&ev, &mut self.auth) {
+                    // One key exchange is all a login needs. A peer that asks for more
+                    // before it authenticated only makes us pay for them (no client rekeys
+                    // that early: its limits count gigabytes or hours).
+                    (TransportEvent::KexDone { first: false, .. }, a) if !a.is_done() => {
+                        return Err(SessionError::RekeyBeforeAuth)
+                    }
                     (TransportEvent::KexDone { first: true, .. }, Auth::Client(a)) => a.start(),
                     (TransportEvent::ExtInfo(pairs), Auth::Client(a)) => {
                         if let Some((_, v)) = pairs.iter().find(|(n, _)| n == "server-sig-algs") {

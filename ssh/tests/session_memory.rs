@@ -247,3 +247,60 @@ fn a_stopped_reader_never_holds_up_its_neighbour() {
     assert!(got_b > 5 * window);
     assert_eq!(s.connection().unconsumed(sa), window);
 }
+
+/// A client that asks for key exchange after key exchange before it authenticates makes the
+/// server pay for each: the second one ends the connection (no client rekeys that early).
+#[test]
+fn a_second_key_exchange_before_authentication_ends_the_connection() {
+    let host = key(1);
+    let mut s = Session::server(
+        TransportConfig::server(vec![host]),
+        ServerAuthConfig::default(),
+        ConnectionConfig::new(Side::Server),
+    );
+    let mut c = Session::client(
+        TransportConfig::client(),
+        "root".into(),
+        ClientCredential::None,
+        ConnectionConfig::new(Side::Client),
+    );
+    let mut refused = None;
+    let mut rekeyed = false;
+    for _ in 0..50 {
+        let out = c.output().to_vec();
+        c.advance_output(out.len());
+        if let Err(e) = s.recv(&out) {
+            refused = Some(e);
+            break;
+        }
+        let back = s.output().to_vec();
+        s.advance_output(back.len());
+        // The client's own second key exchange before authentication ends its side too;
+        // what it sent before that (its NEWKEYS) still reaches the server.
+        let _ = c.recv(&back);
+        while let Some(e) = c.poll_event() {
+            match e {
+                SessionEvent::Transport(TransportEvent::PeerHostKey(_)) => {
+                    c.transport().host_key_verdict(true);
+                    c.flush().unwrap();
+                }
+                SessionEvent::Transport(TransportEvent::KexDone { first: true, .. }) if !rekeyed => {
+                    rekeyed = true;
+                    c.transport().start_rekey();
+                    c.flush().unwrap();
+                }
+                _ => {}
+            }
+        }
+        while s.poll_event().is_some() {}
+    }
+    assert!(rekeyed, "the first key exchange did not finish");
+    assert!(
+        matches!(
+            refused,
+            Some(portcullis_ssh::session::SessionError::RekeyBeforeAuth)
+        ),
+        "{refused:?}"
+    );
+    assert!(!s.is_authenticated());
+}
