@@ -142,6 +142,13 @@ pub async fn close_all(within: Duration) -> usize {
         }
     })
     .await;
+    // The logs closed here skipped their own `sync_all` (thousands of them, one at a time on
+    // the pool's few threads, took longer than the daemon may take to stop): one sync for all.
+    let _ = tokio::task::spawn_blocking(|| {
+        // SAFETY: sync(2) takes no arguments and cannot fail.
+        unsafe { libc::sync() }
+    })
+    .await;
     o.count.load(Ordering::SeqCst)
 }
 
@@ -741,6 +748,8 @@ impl Writer {
         }
         let io = self.io();
         let (shared, signer) = (self.shared.clone(), self.signer.clone());
+        // A stopping daemon syncs all its logs at once (`close_all`).
+        let sync = !*self.closing.borrow();
         // What is signed is what is written: the header as cut to fit.
         let mut header = format::fitted(&self.header);
         let Sealing { digest, mut out, .. } = sealing;
@@ -753,7 +762,9 @@ impl Writer {
                 .file
                 .write_all_at(&format::encode_header(&header)?, 0)
                 .map_err(&io)?;
-            shared.file.sync_all().map_err(&io)?;
+            if sync {
+                shared.file.sync_all().map_err(&io)?;
+            }
             Ok(header.trailer.take().unwrap_or_default())
         })
         .await??;
