@@ -125,6 +125,11 @@ impl Drop for Counted {
     }
 }
 
+/// Whether the daemon is stopping ([`close_all`] ran): recordings no longer take records.
+pub fn stopping() -> bool {
+    *open().closing.borrow()
+}
+
 /// Closes every open recording now, as if its session had ended (what was queued is
 /// written, then the trailer), and waits for them up to `within`. Returns how many are
 /// still open. For a stopping daemon: afterwards new recordings close as soon as they start.

@@ -537,7 +537,9 @@ impl Relay {
                         // The writer failed: what it had not written is not in the log.
                         rec.mark_failed();
                         tracing::error!(session = %conn.session, recording = %rec.path.display(), "recording failed");
-                        if fail_closed {
+                        // A stopping daemon closed the log: nothing more passes, fail-open
+                        // or not (its audit says the log is whole, so it must be).
+                        if fail_closed || crate::recording::writer::stopping() {
                             abort = true;
                             break;
                         }
