@@ -73,14 +73,24 @@ impl Relay {
         }
         let name = format!("{}-{}", self.conn.session, self.recordings);
         self.recordings += 1;
-        match Recorder::start(
-            &setup.dir,
-            &name,
-            &setup.key,
-            p.pty.clone(),
-            Some(request),
-            setup.signer.clone(),
-        ) {
+        let start = || {
+            Recorder::start(
+                &setup.dir,
+                &name,
+                &setup.key,
+                p.pty.clone(),
+                Some(request),
+                setup.signer.clone(),
+            )
+        };
+        // Creating the log is file I/O (create, write its header, link): on a slow or hung
+        // disk the other connections on this worker thread are handed to another one
+        // meanwhile rather than wait with it.
+        let started = match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(start),
+            _ => start(),
+        };
+        match started {
             Ok((r, task)) => {
                 let mut e = self.conn.event("recording.start");
                 e.reason = Some(r.path.display().to_string());
