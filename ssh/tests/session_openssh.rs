@@ -240,7 +240,9 @@ fn engine_client_logs_in_to_sshd_with_a_certificate() {
             let n = sock.write(s.output()).unwrap();
             s.advance_output(n);
         }
-        let n = sock.read(&mut buf).unwrap();
+        let n = sock
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("reading from sshd: {e}: {}", sshd.log()));
         if n == 0 {
             break;
         }
