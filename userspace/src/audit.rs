@@ -154,14 +154,19 @@ impl Audit {
     }
 }
 
-/// An error's text as an event's `rule`: at most 512 bytes (cut at a character boundary),
-/// control characters dropped. Errors may quote what a peer sent (a 256 KiB list of
-/// algorithm names of control bytes became 1.5 MB of escaped JSON per connection).
+/// An error's text as an event's `rule`: see [`printable`], at most 512 bytes. Errors may
+/// quote what a peer sent (a 256 KiB list of algorithm names of control bytes became
+/// 1.5 MB of escaped JSON per connection).
 pub fn clip(text: &str) -> String {
-    const MAX: usize = 512;
-    let mut t: String = text.chars().filter(|c| !c.is_control()).take(MAX).collect();
-    if t.len() > MAX {
-        let mut end = MAX;
+    printable(text, 512)
+}
+
+/// `text` as one printable line of at most `max` bytes: control characters dropped, cut at
+/// a character boundary. For what is audited or shown to a user's terminal.
+pub fn printable(text: &str, max: usize) -> String {
+    let mut t: String = text.chars().filter(|c| !c.is_control()).take(max).collect();
+    if t.len() > max {
+        let mut end = max;
         while !t.is_char_boundary(end) {
             end -= 1;
         }

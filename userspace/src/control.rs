@@ -188,18 +188,11 @@ async fn handle(req: Request, by: &str, reloads: &mpsc::WeakSender<ReloadRequest
             sessions: live::registry().list(),
         },
         Request::Terminate { session, reason } => {
-            let mut reason = reason
+            let reason = reason
                 .filter(|r| !r.trim().is_empty())
                 .unwrap_or_else(|| DEFAULT_REASON.into());
             // Shown to the user in a DISCONNECT and audited: one printable line, bounded.
-            reason.retain(|c| !c.is_control());
-            if reason.len() > MAX_REASON {
-                let mut end = MAX_REASON;
-                while !reason.is_char_boundary(end) {
-                    end -= 1;
-                }
-                reason.truncate(end);
-            }
+            let reason = crate::audit::printable(&reason, MAX_REASON);
             let t = Termination {
                 reason,
                 by: by.to_owned(),

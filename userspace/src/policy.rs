@@ -621,7 +621,8 @@ mod tests {
 
     proptest! {
         /// The engine agrees with the specification evaluated naively: sort by precedence
-        /// (stable; at equal precedence a block first), the first policy matching include-any, require-all, exclude-none decides
+        /// (stable; at equal precedence a block first), the first policy matching include-any,
+        /// require-all, exclude-none decides
         /// (block denies; allow allows if the login is listed, else evaluation goes on).
         #[test]
         fn engine_matches_the_naive_specification(

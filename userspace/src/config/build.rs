@@ -732,12 +732,16 @@ fn host_keys(c: &Config, names: &HashMap<String, u16>) -> R<crate::hostcheck::Ru
     Ok(rules)
 }
 
+/// `user@domain`: one `@`, something on each side, no white space or control characters.
+fn valid_email(e: &str) -> bool {
+    e.split_once('@')
+        .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty() && !d.contains('@'))
+        && !e.chars().any(|c| c.is_control() || c.is_whitespace())
+}
+
 fn identity(reg: &mut Registry, i: &IdentityConfig, names: &HashMap<String, u16>) -> R<()> {
     let email = i.email.get_ref();
-    let ok = email
-        .split_once('@')
-        .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty() && !d.contains('@'));
-    if !ok || email.chars().any(|c| c.is_control() || c.is_whitespace()) {
+    if !valid_email(email) {
         return Err(Bad::at(
             i.email.span(),
             format!("identity.email {email:?}: expected user@domain"),
@@ -776,10 +780,7 @@ fn selector(s: &toml::Spanned<SelectorConfig>, names: &HashMap<String, u16>) -> 
         // A selector that can match nobody fails open in `exclude` and `require` rules and
         // in block policies: the notation is checked here.
         SelectorConfig::Email(e) => {
-            let ok = e
-                .split_once('@')
-                .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty() && !d.contains('@'));
-            if !ok || e.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            if !valid_email(e) {
                 return Err(Bad::at(
                     s.span(),
                     format!("policy selector email {e:?}: expected user@domain"),

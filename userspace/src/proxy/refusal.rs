@@ -97,8 +97,7 @@ pub fn refuse_at_once(s: &TcpStream, text: &str) {
 pub fn disconnect_packet(reason: Reason, text: &str) -> Vec<u8> {
     // The text may quote a target's own DISCONNECT: no control characters reach the user's
     // terminal (OpenSSH's client filters them, others may not).
-    let text: String = text.chars().filter(|c| !c.is_control()).collect();
-    let text = truncate(&text, MAX_TEXT);
+    let text = crate::audit::printable(text, MAX_TEXT);
     let mut payload = Vec::with_capacity(13 + text.len());
     payload.push(MSG_DISCONNECT);
     payload.extend_from_slice(&(reason as u32).to_be_bytes());
@@ -116,17 +115,6 @@ pub fn disconnect_packet(reason: Reason, text: &str) -> Vec<u8> {
     p.extend_from_slice(&payload);
     p.resize(p.len() + padding, 0);
     p
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 #[cfg(test)]

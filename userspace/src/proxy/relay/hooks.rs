@@ -11,6 +11,20 @@ use crate::{
     recording::{format::PtyInfo, writer::Recorder},
 };
 
+/// A shell, exec or subsystem request as its `channel.open` label, its detail (command or
+/// subsystem name) and the log header's `request`; `None` for any other request.
+fn start_request(req: &ChannelRequest) -> Option<(&'static str, Option<String>, String)> {
+    Some(match req {
+        ChannelRequest::Shell => ("shell", None, "shell".to_string()),
+        ChannelRequest::Exec { command } => {
+            let c = String::from_utf8_lossy(command).into_owned();
+            ("exec", Some(c.clone()), format!("exec {c}"))
+        }
+        ChannelRequest::Subsystem { name } => ("subsystem", Some(name.clone()), format!("subsystem {name}")),
+        _ => return None,
+    })
+}
+
 impl Relay {
     /// The client asks channel `i` (its `id`) to start `req`. `false`: it may not (answered
     /// and explained here); otherwise the recording and the SFTP audit are in place, and
@@ -22,16 +36,8 @@ impl Relay {
         req: &ChannelRequest,
         seq: Option<u64>,
     ) -> bool {
-        let (label, detail, request) = match req {
-            ChannelRequest::Shell => ("shell", None, "shell".to_string()),
-            ChannelRequest::Exec { command } => {
-                let c = String::from_utf8_lossy(command).into_owned();
-                ("exec", Some(c.clone()), format!("exec {c}"))
-            }
-            ChannelRequest::Subsystem { name } => {
-                ("subsystem", Some(name.clone()), format!("subsystem {name}"))
-            }
-            _ => return true,
+        let Some((label, detail, request)) = start_request(req) else {
+            return true;
         };
         if !self.start_recording(i, id, request, seq) {
             return false;
@@ -151,24 +157,20 @@ impl Relay {
         }
     }
 
-    /// A request on a refused session's channel: accepted; one that starts the session is
-    /// answered with the refusal on stderr and exit status 1.
     /// A start request on a session channel that had one: refused and audited.
     pub(super) fn second_start_request(&mut self, id: ChannelId, req: &ChannelRequest, seq: Option<u64>) {
         let mut ev = self.conn.event("deny");
         ev.decision = Some("deny");
         ev.reason = Some("second_start_request".into());
-        ev.rule = Some(match req {
-            ChannelRequest::Exec { command } => format!("exec {}", String::from_utf8_lossy(command)),
-            ChannelRequest::Subsystem { name } => format!("subsystem {name}"),
-            _ => "shell".into(),
-        });
+        ev.rule = start_request(req).map(|(_, _, request)| request);
         self.conn.ctx.audit.emit(&ev);
         if let Some(s) = seq {
             self.hops[0].session.connection().reply_to(id, s, false);
         }
     }
 
+    /// A request on a refused session's channel: accepted; one that starts the session is
+    /// answered with the refusal on stderr and exit status 1.
     pub(super) fn refused_request(&mut self, id: ChannelId, req: &ChannelRequest, seq: Option<u64>) {
         let starts = matches!(
             req,

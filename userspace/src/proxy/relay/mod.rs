@@ -14,10 +14,11 @@
 //!
 //! Memory per connection: each channel's bytes in flight are at most the window the proxy
 //! grants its sender ([`WINDOW`]). On a connection with one channel they are slices of the
-//! receive buffers they arrived in, which hold that channel's bytes alone (a buffer is at
-//! most [`READ_CHUNK`] and a quarter); with several channels, and for chunks under 2 KiB,
-//! they are copied, so that no channel's bytes keep buffers shared with others alive
-//! (`pairs.rs`). Each session's unsent output stays under [`HIGH_WATER`]
+//! receive buffers they arrived in (a buffer holds a read's room, [`READ_CHUNK`], and what
+//! is left of a packet from the read before: about 512 KiB at most; a flow's queue keeps at
+//! most `pairs::MAX_BUFFERS` of them alive, copying past that); with
+//! several channels, and for chunks under 2 KiB, they are copied, so that no channel's
+//! bytes keep buffers shared with others alive (`pairs.rs`). Each session's unsent output stays under [`HIGH_WATER`]
 //! plus one packet for data and [`READ_PAUSE`] overall (the socket is not read while its
 //! peer does not read ours); at most [`MAX_CHANNELS`] channels per hop.
 

@@ -351,22 +351,24 @@ impl Relay {
             self.hops[h.i()].session.connection().consume(id, data.len());
             return;
         }
+        let unstarted = p.kind == Kind::Session && !p.started;
+        if unstarted && h == Hop::Up {
+            // sshd says nothing on a session before it is asked to start one, and the
+            // recording (which starts with that request) could not have it: dropped.
+            self.hops[h.i()].session.connection().consume(id, data.len());
+            return;
+        }
         // With several channels on the connection, the bytes are copied out of the receive
         // buffer: a slice keeps its whole buffer (up to a read's worth, shared with the other
         // channels' bytes), so a channel whose reader stopped beside a streaming one would
         // hold several times its window. One channel alone keeps the zero-copy slices (its
-        // buffers hold its own bytes).
+        // buffers hold its own bytes; how many a flow keeps alive is bounded by `Flow::push`).
         let (data, slice) = match shared {
             true => (Bytes::copy_from_slice(&data), false),
             false => (data, true),
         };
-        if p.kind == Kind::Session && !p.started {
-            match h {
-                Hop::Front => p.held.push(code, data, slice),
-                // sshd says nothing on a session before it is asked to start one, and the
-                // recording (which starts with that request) could not have it: dropped.
-                Hop::Up => self.hops[h.i()].session.connection().consume(id, data.len()),
-            }
+        if unstarted {
+            p.held.push(code, data, slice);
             return;
         }
         p.toward[to.i()].push(code, data, slice);
