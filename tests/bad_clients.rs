@@ -228,10 +228,7 @@ fn a_password_attempt_is_refused_and_never_logged() {
     let Some(g) = gateway() else { return };
     const SECRET: &str = "correct-horse-battery-staple-7731";
     support::runtime().block_on(async {
-        let cfg = std::sync::Arc::new(russh::client::Config::default());
-        let mut h = russh::client::connect(cfg, ("127.0.0.1", g.proxy_port), support::RawClient)
-            .await
-            .unwrap();
+        let mut h = support::connect(g.proxy_port).await;
         let r = h.authenticate_password("root", SECRET).await.unwrap();
         assert!(!r.success(), "a password was accepted");
         // The connection is still usable the way the gateway intends.
@@ -253,11 +250,7 @@ fn a_flood_of_channel_opens_is_answered_and_bounded() {
     let Some(g) = gateway() else { return };
     let rss_before = g.daemon_rss_kb().unwrap();
     let (opened, refused, echoed) = support::runtime().block_on(async {
-        let cfg = std::sync::Arc::new(russh::client::Config::default());
-        let mut h = russh::client::connect(cfg, ("127.0.0.1", g.proxy_port), support::RawClient)
-            .await
-            .unwrap();
-        assert!(h.authenticate_none("root").await.unwrap().success());
+        let h = support::login(g.proxy_port).await;
         let (mut open, mut refused) = (Vec::new(), 0);
         for _ in 0..300 {
             match tokio::time::timeout(Duration::from_secs(10), h.channel_open_session()).await {
@@ -316,11 +309,7 @@ fn stuck_channels_between_a_stream_hold_no_more_than_their_windows() {
     use std::sync::atomic::{AtomicU64, Ordering};
     let rss_before = g.daemon_rss_kb().unwrap();
     let (peak, streamed, stuck_sent) = support::runtime().block_on(async {
-        let cfg = std::sync::Arc::new(russh::client::Config::default());
-        let mut h = russh::client::connect(cfg, ("127.0.0.1", g.proxy_port), support::RawClient)
-            .await
-            .unwrap();
-        assert!(h.authenticate_none("root").await.unwrap().success());
+        let h = support::login(g.proxy_port).await;
         let stream = h.channel_open_session().await.unwrap();
         stream.exec(true, "cat > /dev/null").await.unwrap();
         let sent = std::sync::Arc::new(AtomicU64::new(0));

@@ -170,10 +170,7 @@ fn methods_left_out_are_refused_even_when_tried() {
         return;
     };
     support::runtime().block_on(async {
-        let cfg = std::sync::Arc::new(russh::client::Config::default());
-        let mut h = russh::client::connect(cfg, ("127.0.0.1", g.proxy_port), support::RawClient)
-            .await
-            .unwrap();
+        let mut h = support::connect(g.proxy_port).await;
         assert!(!h.authenticate_none("root").await.unwrap().success(), "none");
         let kbd = h
             .authenticate_keyboard_interactive_start("root", None)

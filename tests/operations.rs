@@ -350,10 +350,7 @@ fn a_reload_revokes_logins_not_made_yet() {
     ] {
         assert_ne!(change, good);
         rt.block_on(async {
-            let cfg = std::sync::Arc::new(russh::client::Config::default());
-            let mut h = russh::client::connect(cfg, ("127.0.0.1", g.proxy_port), support::RawClient)
-                .await
-                .unwrap();
+            let mut h = support::connect(g.proxy_port).await;
             std::fs::write(&g.config, &change).unwrap();
             let o = cli(&g, &["reload"]);
             assert!(o.status.success(), "reload: {}", text(&o.stderr));

@@ -990,11 +990,7 @@ async fn exec_on(h: &russh::client::Handle<support::RawClient>, command: &str) -
 fn sessions_one_after_another_on_one_connection_each_get_their_log() {
     let Some(g) = gateway(recorded()) else { return };
     let outs = support::runtime().block_on(async {
-        let cfg = std::sync::Arc::new(russh::client::Config::default());
-        let mut h = russh::client::connect(cfg, ("127.0.0.1", g.proxy_port), support::RawClient)
-            .await
-            .unwrap();
-        assert!(h.authenticate_none("root").await.unwrap().success());
+        let h = support::login(g.proxy_port).await;
         let mut outs = Vec::new();
         for n in 0..3 {
             outs.push(exec_on(&h, &format!("echo session-{n}")).await);
@@ -1056,11 +1052,7 @@ fn a_second_start_request_on_a_channel_is_refused() {
     let Some(g) = gateway(recorded()) else { return };
     let marker = g.path("ran-second");
     let (first, second) = support::runtime().block_on(async {
-        let cfg = std::sync::Arc::new(russh::client::Config::default());
-        let mut h = russh::client::connect(cfg, ("127.0.0.1", g.proxy_port), support::RawClient)
-            .await
-            .unwrap();
-        assert!(h.authenticate_none("root").await.unwrap().success());
+        let h = support::login(g.proxy_port).await;
         let mut ch = h.channel_open_session().await.unwrap();
         ch.request_subsystem(true, "no-such-subsystem").await.unwrap();
         let mut replies = Vec::new();

@@ -258,6 +258,14 @@ impl Client {
         self.write_out();
     }
 
+    /// Asks the target to run `command` on channel `id`.
+    fn exec(&mut self, id: ChannelId, command: impl Into<bytes::Bytes>, want_reply: bool) {
+        let command = command.into();
+        self.s
+            .connection()
+            .request(id, ChannelRequest::Exec { command }, want_reply);
+    }
+
     fn bye(mut self) {
         self.s.disconnect(disconnect::BY_APPLICATION, "done");
         self.write_out();
@@ -317,13 +325,7 @@ fn bytes_sent_before_exec_are_recorded_and_reach_the_target_after_it() {
     // request follows.
     c.pump_for(Duration::from_millis(500));
     let command = format!("cat > {}", file.display());
-    c.s.connection().request(
-        id,
-        ChannelRequest::Exec {
-            command: bytes::Bytes::from(command),
-        },
-        true,
-    );
+    c.exec(id, command, true);
     c.until("the exec's answer", 30, &g, |c| !c.replies.is_empty());
     assert_eq!(c.replies, [true], "{:#?}{}", c.log, diagnostics(&g));
     c.send_all(id, POST);
@@ -748,13 +750,7 @@ fn no_more_sessions_with_want_reply_is_answered_and_holds_nothing_back() {
     c.until("both global replies", 10, &g, |c| c.global_replies.len() == 2);
     assert!(c.global_replies[0], "no-more-sessions was refused");
     // The channel opened before still works.
-    c.s.connection().request(
-        id,
-        ChannelRequest::Exec {
-            command: bytes::Bytes::from_static(b"echo still"),
-        },
-        true,
-    );
+    c.exec(id, "echo still", true);
     c.until("the command's output", 10, &g, |c| c.closed);
     assert_eq!(String::from_utf8_lossy(&c.data), "still\n", "{:#?}", c.log);
     c.bye();
@@ -806,13 +802,7 @@ fn padded_packets_on_one_channel_hold_no_more_than_a_few_buffers() {
         "the daemon grew by {grown} KiB for {sent} held bytes"
     );
     // The command gets them all.
-    c.s.connection().request(
-        id,
-        ChannelRequest::Exec {
-            command: bytes::Bytes::from_static(b"wc -c"),
-        },
-        true,
-    );
+    c.exec(id, "wc -c", true);
     c.s.connection().eof(id);
     c.until("the command's exit", 30, &g, |c| c.exit_status.is_some());
     assert_eq!(
@@ -835,13 +825,7 @@ fn bytes_sent_before_an_early_close_all_reach_the_target_and_match_the_log() {
     let count = g.path("count");
     let (mut c, id) = Client::session(&g);
     let command = format!("sleep 3; wc -c > {}.new; mv {0}.new {0}", count.display());
-    c.s.connection().request(
-        id,
-        ChannelRequest::Exec {
-            command: bytes::Bytes::from(command),
-        },
-        false,
-    );
+    c.exec(id, command, false);
     // As much as the windows take while the command sleeps: the target's, and the
     // gateway's beyond it.
     let chunk = vec![b'x'; 32 * 1024];

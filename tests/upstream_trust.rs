@@ -348,11 +348,7 @@ fn what_a_target_says_before_the_session_starts_is_dropped() {
         .build()
         .unwrap();
     let out = rt.block_on(async {
-        let cfg = Arc::new(russh::client::Config::default());
-        let mut h = russh::client::connect(cfg, ("127.0.0.1", g.proxy_port), support::RawClient)
-            .await
-            .unwrap();
-        assert!(h.authenticate_none("root").await.unwrap().success());
+        let h = support::login(g.proxy_port).await;
         let mut ch = h.channel_open_session().await.unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
         ch.exec(true, "anything").await.unwrap();

@@ -42,6 +42,25 @@ impl russh::client::Handler for RawClient {
     }
 }
 
+/// A scripted client connected to the gateway's listener on `port`.
+pub async fn connect(port: u16) -> russh::client::Handle<RawClient> {
+    let cfg = std::sync::Arc::new(russh::client::Config::default());
+    russh::client::connect(cfg, ("127.0.0.1", port), RawClient)
+        .await
+        .expect("connect to the gateway")
+}
+
+/// The same, logged in as root with `none` authentication (the gateway knows who connects
+/// by the source address).
+pub async fn login(port: u16) -> russh::client::Handle<RawClient> {
+    let mut h = connect(port).await;
+    assert!(
+        h.authenticate_none("root").await.unwrap().success(),
+        "`none` login refused"
+    );
+    h
+}
+
 /// A single-threaded runtime for a test's async part.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
