@@ -729,12 +729,7 @@ fn scp_and_rsync_transfers_are_recorded() {
     let logs = finished(&g, 2);
     for log in &logs {
         let d = decrypt(&g, log);
-        let client_bytes: usize = d
-            .records
-            .iter()
-            .filter(|r| r.source == 0)
-            .map(|r| r.data.len())
-            .sum();
+        let client_bytes = d.data_from(0).len();
         assert!(
             client_bytes >= payload.len() / 2,
             "{}: {client_bytes} bytes from the client",

@@ -855,12 +855,7 @@ fn bytes_sent_before_an_early_close_all_reach_the_target_and_match_the_log() {
     );
     let logs = finished(&g, 1);
     let d = reader::decrypt(&logs[0], &keys::load_private(&g.private_key()).unwrap()).unwrap();
-    let logged: usize = d
-        .records
-        .iter()
-        .filter(|r| r.source == 0)
-        .map(|r| r.data.len())
-        .sum();
+    let logged = d.data_from(0).len();
     assert_eq!(logged, sent, "client bytes in the log");
     c.bye();
 }
