@@ -14,5 +14,6 @@ pub mod auth;
 pub mod connection;
 pub mod msg;
 pub mod on_first_use;
+pub mod printable;
 pub mod session;
 pub mod transport;

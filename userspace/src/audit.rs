@@ -161,19 +161,8 @@ pub fn clip(text: &str) -> String {
     printable(text, 512)
 }
 
-/// `text` as one printable line of at most `max` bytes: control characters dropped, cut at
-/// a character boundary. For what is audited or shown to a user's terminal.
-pub fn printable(text: &str, max: usize) -> String {
-    let mut t: String = text.chars().filter(|c| !c.is_control()).take(max).collect();
-    if t.len() > max {
-        let mut end = max;
-        while !t.is_char_boundary(end) {
-            end -= 1;
-        }
-        t.truncate(end);
-    }
-    t
-}
+/// For what is audited or shown to a user's terminal: the engine's.
+pub use portcullis_ssh::printable::printable;
 
 /// Every event counted in the metrics; decisions also by reason.
 fn count(e: &Event) {

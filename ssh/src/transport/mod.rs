@@ -1034,17 +1034,8 @@ impl Transport {
 #[cfg(test)]
 mod tests;
 
-/// What a DISCONNECT says of an error: at most 200 bytes, cut at a character boundary (the
-/// error may quote a peer's UTF-8, such as a key type name), control characters dropped
-/// (it is shown to a user's terminal).
+/// What a DISCONNECT says of an error: at most 200 bytes, printable (the error may quote a
+/// peer's UTF-8, such as a key type name, and it is shown to a user's terminal).
 pub(crate) fn disconnect_text(error: &str) -> String {
-    let mut text: String = error.chars().filter(|c| !c.is_control()).collect();
-    if text.len() > 200 {
-        let mut end = 200;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
-    text
+    crate::printable::printable(error, 200)
 }
