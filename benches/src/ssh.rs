@@ -11,8 +11,14 @@
 //!
 //! `PORTCULLIS_BENCH_SSH_ONLY=aes,proxied,recorded` narrows a run to the listed ciphers
 //! (`chacha`, `aes`), variants (`direct`, `proxied`, `proxyjump`, `recorded`, `mixed`) and
-//! extra cases (`bidir`, `connect`), for iterating on one figure; a kind not listed is not
+//! extra cases (`bidir`, `connect`, `own_core`), for iterating on one figure; a kind not listed is not
 //! narrowed, except the extra cases, which run only when listed.
+//!
+//! The extra case `own_core` runs the recording on/off pair and the two-way `cat` (direct
+//! and proxied) again with the gateway on a core of its own and the endpoints (ssh, sshd,
+//! `head`, `cat`) on another: the appliance's layout, where the gateway's CPU is not the
+//! clients' and targets'. On a two-core machine the unpinned figures share the cores among
+//! all of them, so what recording costs the gateway is taken from the endpoints too.
 
 use std::{
     path::{Path, PathBuf},
@@ -380,6 +386,23 @@ port = {mixed_port}
         Ok(secs)
     }
 
+    /// The gateways on `gateway`'s CPU, the target sshd and this thread's children (the
+    /// clients) on `endpoints`'; `None`: back on every CPU this thread may use.
+    fn pin(&self, cores: Option<(usize, usize)>, all: &[usize]) -> Result<()> {
+        let (gateway, endpoints): (Vec<usize>, Vec<usize>) = match cores {
+            Some((g, e)) => (vec![g], vec![e]),
+            None => (all.to_vec(), all.to_vec()),
+        };
+        for p in [&self.proxy, &self.rec_proxy].into_iter().flatten() {
+            pin_process(p.0.id(), &gateway)?;
+        }
+        // Its sessions' processes are forked later and take the listener's CPUs.
+        if let Some(t) = &self.target {
+            pin_process(t.0.id(), &endpoints)?;
+        }
+        set_affinity(0, &endpoints).context("pinning the bench's own thread")
+    }
+
     fn connect_ms(&self, variant: &str, cipher: &str) -> Result<f64> {
         let t = Instant::now();
         run(Command::new("ssh").args(self.ssh(variant, cipher)).arg("true"))?;
@@ -397,6 +420,41 @@ impl Drop for Bed {
         self.bastion = None;
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The CPUs this thread may run on.
+fn own_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the call fills it for this thread.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } == 0;
+    (0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| ok && unsafe { libc::CPU_ISSET(c, &set) })
+        .collect()
+}
+
+/// Sets thread `tid`'s CPUs (0: the calling thread).
+fn set_affinity(tid: libc::pid_t, cpus: &[usize]) -> Result<()> {
+    // SAFETY: as in `own_cpus`; `CPU_SET` only writes inside the set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cpus {
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    if unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("sched_setaffinity {tid}"));
+    }
+    Ok(())
+}
+
+/// Every thread of process `pid` on `cpus` (threads it starts later inherit their
+/// creator's).
+fn pin_process(pid: u32, cpus: &[usize]) -> Result<()> {
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        if let Ok(tid) = t?.file_name().to_string_lossy().parse() {
+            // A thread that just ended is no reason to stop.
+            let _ = set_affinity(tid, cpus);
+        }
+    }
+    Ok(())
 }
 
 fn shell_quote(s: &str) -> String {
@@ -544,6 +602,9 @@ pub fn run_group(quick: bool, portcullis: &Path) -> Result<Map<String, Value>> {
                 );
             }
         }
+        if only.extra("own_core") {
+            own_core(&mut m, &bed, cname, cipher, bytes, rounds)?;
+        }
         if cname == "chacha" && only.extra("connect") {
             let mut connected = vec!["direct", "proxied", "proxyjump"];
             if bed.base.is_some() {
@@ -560,4 +621,63 @@ pub fn run_group(quick: bool, portcullis: &Path) -> Result<Map<String, Value>> {
         m.insert(format!("ssh.connect_ms_p50.{v}"), median(times).into());
     }
     Ok(m)
+}
+
+/// The `own_core` case (see the module's doc): recording on/off per direction, and for
+/// ChaCha20 the two-way `cat`, with the gateway and the endpoints on a core each.
+fn own_core(
+    m: &mut Map<String, Value>,
+    bed: &Bed,
+    cname: &str,
+    cipher: &str,
+    bytes: u64,
+    rounds: usize,
+) -> Result<()> {
+    let all = own_cpus();
+    let [gateway, endpoints, ..] = all[..] else {
+        eprintln!("own_core: needs two CPUs, this thread has {all:?}; skipped");
+        return Ok(());
+    };
+    bed.pin(Some((gateway, endpoints)), &all)?;
+    let r = (|| -> Result<()> {
+        for dir in ["down", "up"] {
+            let mut tput: std::collections::HashMap<&str, Vec<f64>> = Default::default();
+            for _ in 0..rounds {
+                for v in ["proxied", "recorded"] {
+                    let secs = bed.transfer(v, cipher, dir == "down", bytes)?;
+                    tput.entry(v)
+                        .or_default()
+                        .push(bytes as f64 / (1 << 20) as f64 / secs);
+                }
+            }
+            let _ = std::fs::remove_dir_all(bed.dir.join("rec"));
+            for (v, name) in [("proxied", "recording_off"), ("recorded", "recording_on")] {
+                m.insert(
+                    format!("ssh.throughput_mibs.own_core.{name}.{cname}.{dir}"),
+                    median(tput[v].clone()).into(),
+                );
+            }
+        }
+        if cname == "chacha" {
+            let mut bidir: std::collections::HashMap<&str, Vec<f64>> = Default::default();
+            for _ in 0..rounds {
+                for v in ["direct", "proxied"] {
+                    let secs = bed.transfer_bidir(v, cipher, bytes)?;
+                    bidir
+                        .entry(v)
+                        .or_default()
+                        .push(bytes as f64 / (1 << 20) as f64 / secs);
+                }
+            }
+            for v in ["direct", "proxied"] {
+                m.insert(
+                    format!("ssh.throughput_mibs.own_core.{v}.bidir"),
+                    median(bidir[v].clone()).into(),
+                );
+            }
+        }
+        Ok(())
+    })();
+    bed.pin(None, &all)?;
+    r
 }

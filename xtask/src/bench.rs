@@ -82,6 +82,13 @@ fn ssh_targets() -> Vec<(String, Target)> {
                 format!("ssh.cpu_s_per_gib.proxy_recording.{c}.{d}"),
                 Target::Against(proxy),
             ));
+            // The same with the gateway on a core of its own (the appliance's layout).
+            let own_off: &'static str =
+                Box::leak(format!("ssh.throughput_mibs.own_core.recording_off.{c}.{d}").into_boxed_str());
+            t.push((
+                format!("ssh.throughput_mibs.own_core.recording_on.{c}.{d}"),
+                Target::MinRatio(own_off, 0.95),
+            ));
             if c == "chacha" {
                 // The deployment default: the client's hop ChaCha20, the upstream AES-GCM.
                 t.push((m("proxied_upstream_aes"), Target::Against(direct)));
@@ -95,6 +102,10 @@ fn ssh_targets() -> Vec<(String, Target)> {
     t.push((
         "ssh.throughput_mibs.proxied.bidir".into(),
         Target::MinRatio("ssh.throughput_mibs.direct.bidir", 0.8),
+    ));
+    t.push((
+        "ssh.throughput_mibs.own_core.proxied.bidir".into(),
+        Target::MinRatio("ssh.throughput_mibs.own_core.direct.bidir", 0.8),
     ));
     t.push((
         "ssh.throughput_mibs.proxied_upstream_aes.bidir".into(),
