@@ -141,6 +141,78 @@ fn local_forwarding_works_only_when_the_policy_allows_it() {
         .any(|e| e["event"] == "session.start" && e["policy"] == "ops-forward"));
 }
 
+/// Refusals and failures cost a client one message each, so past a cap per connection they
+/// are only counted; what the gateway lets run is audited however many came first, and a
+/// command is audited whole even when its first 3 KB are blanks. A destination is the
+/// client's text: its event is bounded.
+#[test]
+fn what_runs_is_audited_after_any_number_of_refusals() {
+    if !support::privileged() {
+        return;
+    }
+    let echo = echo_server();
+    let closed = free_port();
+    let g = granting();
+    let long = format!("{}echo MARK", " ".repeat(3000));
+    support::runtime().block_on(async {
+        let h = support::login(g.proxy_port).await;
+        let junk = "\u{1}".repeat(100_000);
+        let failed = h.channel_open_direct_tcpip(junk, 22, "127.0.0.1", 1).await;
+        assert!(failed.is_err(), "no such host");
+        for _ in 0..299 {
+            let failed = h
+                .channel_open_direct_tcpip("127.0.0.1", u32::from(closed), "127.0.0.1", 1)
+                .await;
+            assert!(failed.is_err(), "nothing listens on {closed}");
+        }
+        let ch = h
+            .channel_open_direct_tcpip("127.0.0.1", u32::from(echo), "127.0.0.1", 1)
+            .await
+            .unwrap();
+        ch.close().await.unwrap();
+        let (out, status) = support::exec_on(&h, &long).await;
+        assert_eq!((out.as_slice(), status), (&b"MARK\n"[..], Some(0)));
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let audit = loop {
+        let audit = g.audit();
+        if audit.iter().any(|e| e["event"] == "session.end") || Instant::now() > deadline {
+            break audit;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let failed = audit
+        .iter()
+        .filter(|e| e["reason"] == "local_forwarding_failed")
+        .count();
+    assert_eq!(failed, 256, "refusals audited up to the cap");
+    let widest = g.audit().iter().map(|e| e.to_string().len()).max().unwrap_or(0);
+    assert!(widest < 20_000, "an event of {widest} bytes");
+    assert!(
+        audit
+            .iter()
+            .any(|e| e["reason"] == "local_forwarding" && e["rule"] == format!("127.0.0.1:{echo}")),
+        "the forwarding that ran is audited"
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|e| e["reason"] == "exec" && e["rule"] == long.as_str()),
+        "the command is audited whole"
+    );
+    let end = audit
+        .iter()
+        .find(|e| e["event"] == "session.end")
+        .expect("session.end");
+    assert!(
+        end["reason"]
+            .as_str()
+            .unwrap()
+            .contains("channel_events_not_audited=44"),
+        "{end}"
+    );
+}
+
 #[test]
 fn remote_forwarding_works_only_when_the_policy_allows_it() {
     if !support::privileged() {

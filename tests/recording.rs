@@ -961,23 +961,6 @@ fn ten_thousand_concurrent_recordings_run_on_a_few_threads() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Runs `command` on a new session channel of `h`; returns its stdout and exit status (None:
-/// the start request was refused).
-async fn exec_on(h: &russh::client::Handle<support::RawClient>, command: &str) -> (Vec<u8>, Option<u32>) {
-    let mut ch = h.channel_open_session().await.unwrap();
-    ch.exec(true, command).await.unwrap();
-    let (mut out, mut status) = (Vec::new(), None);
-    while let Some(m) = ch.wait().await {
-        match m {
-            russh::ChannelMsg::Data { data } => out.extend_from_slice(&data),
-            russh::ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
-            russh::ChannelMsg::Failure => return (out, None),
-            _ => {}
-        }
-    }
-    (out, status)
-}
-
 /// Sessions one after another on one connection (what a ControlMaster, Ansible or an IDE's
 /// remote does): the engine gives a closed channel's id to the next one, and each session
 /// still gets its own log, so none is refused (fail_closed) or runs unrecorded.
@@ -988,7 +971,7 @@ fn sessions_one_after_another_on_one_connection_each_get_their_log() {
         let h = support::login(g.proxy_port).await;
         let mut outs = Vec::new();
         for n in 0..3 {
-            outs.push(exec_on(&h, &format!("echo session-{n}")).await);
+            outs.push(support::exec_on(&h, &format!("echo session-{n}")).await);
         }
         outs
     });

@@ -61,6 +61,23 @@ pub async fn login(port: u16) -> russh::client::Handle<RawClient> {
     h
 }
 
+/// Runs `command` on a new session channel of `h`; returns its stdout and exit status (None:
+/// the start request was refused).
+pub async fn exec_on(h: &russh::client::Handle<RawClient>, command: &str) -> (Vec<u8>, Option<u32>) {
+    let mut ch = h.channel_open_session().await.unwrap();
+    ch.exec(true, command).await.unwrap();
+    let (mut out, mut status) = (Vec::new(), None);
+    while let Some(m) = ch.wait().await {
+        match m {
+            russh::ChannelMsg::Data { data } => out.extend_from_slice(&data),
+            russh::ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+            russh::ChannelMsg::Failure => return (out, None),
+            _ => {}
+        }
+    }
+    (out, status)
+}
+
 /// A single-threaded runtime for a test's async part.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()

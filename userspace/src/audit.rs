@@ -161,6 +161,28 @@ pub fn clip(text: &str) -> String {
     printable(text, 512)
 }
 
+/// How much of a command an event's `rule` keeps, counted as it is written to the trail.
+pub const COMMAND: usize = 16 * 1024;
+
+/// A client's command as an event's `rule`: as sent, control characters included (the
+/// trail's JSON escapes them), since what runs is what the trail must show; cut at a
+/// character boundary once its escaped form passes [`COMMAND`] bytes, and then saying so.
+/// Far more than [`clip`] keeps: what a command does may come after a long harmless start.
+pub fn command(text: &str) -> String {
+    let mut written = 0;
+    for (at, c) in text.char_indices() {
+        written += match c {
+            '"' | '\\' => 2,
+            c if c.is_control() => 6,
+            c => c.len_utf8(),
+        };
+        if written > COMMAND {
+            return format!("{} [cut: the command has {} bytes]", &text[..at], text.len());
+        }
+    }
+    text.to_string()
+}
+
 /// For what is audited or shown to a user's terminal: the engine's.
 pub use portcullis_ssh::printable::printable;
 
@@ -183,6 +205,28 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+
+    #[test]
+    fn commands_keep_their_control_characters_and_are_cut_by_their_written_size() {
+        assert_eq!(command("ls\u{1b}[2J -l \"x\""), "ls\u{1b}[2J -l \"x\"");
+        let long = format!("{}echo MARK", " ".repeat(3000));
+        assert_eq!(command(&long), long, "3 KB is kept whole");
+        let huge = format!("{}é{}", "x".repeat(COMMAND - 1), "y".repeat(100));
+        let c = command(&huge);
+        assert!(
+            c.starts_with(&"x".repeat(COMMAND - 1)) && !c.contains('é'),
+            "cut before the character"
+        );
+        assert!(
+            c.ends_with(&format!("[cut: the command has {} bytes]", huge.len())),
+            "{}",
+            &c[COMMAND - 10..]
+        );
+        let controls = "\u{1}".repeat(COMMAND);
+        let c = command(&controls);
+        let written = serde_json::to_string(&c).unwrap().len();
+        assert!(written <= COMMAND + 64, "{written} bytes in the trail");
+    }
 
     #[test]
     fn clipped_text_is_short_whole_characters_and_no_control() {

@@ -126,7 +126,8 @@ impl Watcher {
         e.time = audit::now_rfc3339();
         e.event = "sftp";
         e.reason = Some(op);
-        e.rule = Some(detail.chars().filter(|c| !c.is_control()).collect());
+        // Two paths at most (a rename), each within PATH_MAX when sftp-server can act on it.
+        e.rule = Some(audit::printable(&detail, 2 * 4096 + 8));
         self.audit.emit(&e);
     }
 
@@ -139,12 +140,15 @@ impl Watcher {
                 let Some(path) = string(body, &mut at) else {
                     return false;
                 };
-                let flags = body
-                    .get(at..at + 4)
-                    .map(|b| u32::from_be_bytes(b.try_into().unwrap()))
-                    .unwrap_or(0);
-                // SSH_FXF_READ 1, WRITE 2, APPEND 4, CREAT 8, TRUNC 16.
-                let mode = match (flags & 1 != 0, flags & 2 != 0) {
+                // sftp-server reads the flags that follow, whatever the declared length.
+                let Some(flags) = body.get(at..at + 4) else {
+                    return false;
+                };
+                let flags = u32::from_be_bytes(flags.try_into().unwrap());
+                // SSH_FXF_READ 1, WRITE 2, APPEND 4, CREAT 8, TRUNC 16. CREAT or TRUNC
+                // without WRITE still creates or empties the file (sftp-server opens it
+                // O_RDONLY|O_CREAT|O_TRUNC): a write as far as the trail is concerned.
+                let mode = match (flags & 1 != 0, flags & (2 | 4 | 8 | 16) != 0) {
                     (true, true) => "read-write",
                     (false, true) => "write",
                     _ => "read",
@@ -242,6 +246,15 @@ mod tests {
             6,
             &[&s("handle"), &0u64.to_be_bytes(), &s(&"x".repeat(100_000))],
         ));
+        // CREAT|TRUNC without WRITE empties the file all the same; READ alone reads.
+        stream.extend(packet(
+            FXP_OPEN,
+            &[&s("/etc/shadow"), &0x18u32.to_be_bytes(), &0u32.to_be_bytes()],
+        ));
+        stream.extend(packet(
+            FXP_OPEN,
+            &[&s("/etc/hosts"), &1u32.to_be_bytes(), &0u32.to_be_bytes()],
+        ));
         stream.extend(packet(FXP_RENAME, &[&s("/tmp/a"), &s("/tmp/b")]));
         stream.extend(packet(FXP_REMOVE, &[&s("/tmp/b")]));
         // Padding an audited packet past the parse limit does not hide it.
@@ -267,6 +280,8 @@ mod tests {
             ops,
             vec![
                 ("open-write".into(), "/etc/passwd".into()),
+                ("open-write".into(), "/etc/shadow".into()),
+                ("open-read".into(), "/etc/hosts".into()),
                 ("rename".into(), "/tmp/a -> /tmp/b".into()),
                 ("remove".into(), "/tmp/b".into()),
                 ("remove".into(), "/tmp/hidden".into())
@@ -284,6 +299,11 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         let malformed = text.lines().filter(|l| l.contains("\"malformed-13\"")).count();
         assert_eq!(malformed, 2, "{text}");
+        // An OPEN whose flags run past the packet: sftp-server reads them from what follows.
+        let mut w3 = Watcher::new(w.audit.clone(), Event::new("connect", "s"));
+        w3.feed(&packet(FXP_OPEN, &[&s("/etc/sudoers")]));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.lines().any(|l| l.contains("\"malformed-3\"")), "{text}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -17,8 +17,8 @@ fn start_request(req: &ChannelRequest) -> Option<(&'static str, Option<String>, 
     Some(match req {
         ChannelRequest::Shell => ("shell", None, "shell".to_string()),
         ChannelRequest::Exec { command } => {
-            let c = String::from_utf8_lossy(command).into_owned();
-            ("exec", Some(c.clone()), format!("exec {c}"))
+            let c = String::from_utf8_lossy(command);
+            ("exec", Some(audit::command(&c)), format!("exec {c}"))
         }
         ChannelRequest::Subsystem { name } => ("subsystem", Some(name.clone()), format!("subsystem {name}")),
         _ => return None,
@@ -45,7 +45,7 @@ impl Relay {
         let sftp = matches!(req, ChannelRequest::Subsystem { name } if name == "sftp");
         let w = sftp
             .then(|| crate::proxy::sftp::Watcher::new(self.conn.ctx.audit.clone(), self.conn.event("sftp")));
-        self.channel_event(label, detail);
+        self.channel_allowed(label, detail);
         if let Some(p) = self.pairs.get(i) {
             p.started = true;
             if w.is_none() {
@@ -159,11 +159,14 @@ impl Relay {
 
     /// A start request on a session channel that had one: refused and audited.
     pub(super) fn second_start_request(&mut self, id: ChannelId, req: &ChannelRequest, seq: Option<u64>) {
-        let mut ev = self.conn.event("deny");
-        ev.decision = Some("deny");
-        ev.reason = Some("second_start_request".into());
-        ev.rule = start_request(req).map(|(_, _, request)| request);
-        self.conn.ctx.audit.emit(&ev);
+        // As cheap to repeat as any refused open: under the same cap.
+        if !self.past_event_cap() {
+            let mut ev = self.conn.event("deny");
+            ev.decision = Some("deny");
+            ev.reason = Some("second_start_request".into());
+            ev.rule = start_request(req).map(|(_, _, request)| audit::clip(&request));
+            self.conn.ctx.audit.emit(&ev);
+        }
         if let Some(s) = seq {
             self.hops[0].session.connection().reply_to(id, s, false);
         }

@@ -66,8 +66,9 @@ pub const DRAIN: Duration = Duration::from_secs(30);
 /// How long a key exchange after the first may take (while it runs, data to that side is
 /// held by its transport: a peer must not stall one to make us buffer).
 pub const KEX: Duration = Duration::from_secs(60);
-/// `channel.open` events audited per connection; the rest are counted for `session.end`
-/// (a client opening refused channels in a loop must not flood the trail).
+/// Refusal and failure events (`channel.open`, `second_start_request`) audited per
+/// connection; the rest are counted for `session.end` (a client opening refused channels in
+/// a loop must not flood the trail). What the gateway let run is always audited.
 pub const CHANNEL_EVENTS: u32 = 256;
 /// One socket read.
 const READ_CHUNK: usize = 256 * 1024;

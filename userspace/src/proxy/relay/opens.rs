@@ -10,6 +10,7 @@ use super::{
     pairs::{Kind, Pair},
     Hop, Relay,
 };
+use crate::audit;
 
 const PROHIBITED: u32 = OpenFailure::AdministrativelyProhibited.code();
 
@@ -138,7 +139,7 @@ impl Relay {
             None => self.hops[h.i()].session.connection().close(id),
         }
         if let Some((label, detail)) = audit {
-            self.channel_event(label, detail);
+            self.channel_allowed(label, detail);
         }
         self.pairs.mark(i);
     }
@@ -171,17 +172,46 @@ impl Relay {
         }
     }
 
-    /// Audits `channel.open` with `kind` as its reason and `detail` as its rule.
+    /// Audits `channel.open` for a refusal or a failure, with `kind` as its reason and
+    /// `detail` as its rule. These cost a client one message each: past [`CHANNEL_EVENTS`]
+    /// per connection they are only counted (for `session.end`), so a loop of them cannot
+    /// flood the trail.
+    ///
+    /// [`CHANNEL_EVENTS`]: super::CHANNEL_EVENTS
     pub(super) fn channel_event(&self, kind: &str, detail: Option<String>) {
+        if self.past_event_cap() {
+            return;
+        }
+        self.emit_channel_event(kind, detail);
+    }
+
+    /// Audits `channel.open` for what the gateway let run: a started session, a forwarding
+    /// opened or granted. Always, however many refusals came before (each of these costs
+    /// the target a process, a connection or a listening port, not just a message).
+    pub(super) fn channel_allowed(&self, kind: &str, detail: Option<String>) {
+        self.emit_channel_event(kind, detail);
+    }
+
+    /// Whether a refusal's event is past the cap (then it is counted instead).
+    pub(super) fn past_event_cap(&self) -> bool {
         let (audited, suppressed) = self.channel_events.get();
         if audited >= super::CHANNEL_EVENTS {
             self.channel_events.set((audited, suppressed + 1));
-            return;
+            return true;
         }
         self.channel_events.set((audited + 1, suppressed));
+        false
+    }
+
+    fn emit_channel_event(&self, kind: &str, detail: Option<String>) {
         let mut e = self.conn.event("channel.open");
         e.reason = Some(kind.to_string());
-        e.rule = detail;
+        // What a peer wrote (a host, an address, a subsystem name): bounded here; a
+        // command comes already bounded by `audit::command`, which keeps more of it.
+        e.rule = detail.map(|d| match kind {
+            "exec" => d,
+            _ => audit::clip(&d),
+        });
         self.conn.ctx.audit.emit(&e);
     }
 }

@@ -240,20 +240,24 @@ impl Relay {
                 answer,
                 detail,
             } => {
+                // The first grant of each kind is always audited; a client repeating the
+                // request on its channels gets its repeats counted past the cap.
+                let mut first = false;
                 if success {
-                    match grant {
-                        Grant::Agent => self.grants.agent = true,
-                        Grant::X11 => self.grants.x11 = true,
-                    }
+                    let granted = match grant {
+                        Grant::Agent => &mut self.grants.agent,
+                        Grant::X11 => &mut self.grants.x11,
+                    };
+                    first = !std::mem::replace(granted, true);
                 }
                 if let (Some(s), Some(t)) = (answer, twin) {
                     self.hops[0].session.connection().reply_to(t, s, success);
                 }
-                let label = match success {
-                    true => grant.label().to_string(),
-                    false => format!("{}_failed", grant.label()),
-                };
-                self.channel_event(&label, detail);
+                match (success, first) {
+                    (true, true) => self.channel_allowed(grant.label(), detail),
+                    (true, false) => self.channel_event(grant.label(), detail),
+                    (false, _) => self.channel_event(&format!("{}_failed", grant.label()), detail),
+                }
             }
         }
     }
@@ -347,7 +351,7 @@ impl Relay {
                 };
                 self.grants.remote_answered(&address, port, bound);
                 match bound {
-                    Some(b) => self.channel_event("remote_forwarding", Some(format!("{address}:{b}"))),
+                    Some(b) => self.channel_allowed("remote_forwarding", Some(format!("{address}:{b}"))),
                     None => self.channel_event("remote_forwarding_failed", Some(format!("{address}:{port}"))),
                 }
                 self.answer_global(slot, bound.is_some(), data);
