@@ -201,6 +201,22 @@ fn metrics_sessions_terminate_and_reload_through_the_control_socket() {
         "{answer}"
     );
     std::fs::write(&g.config, &good).unwrap();
+    // Both reloads are in the audit trail, with who asked and what came of it.
+    let audit = g.audit();
+    let reload = |event: &str, says: &str| {
+        audit.iter().any(|e| {
+            e["event"] == event
+                && e["reason"].as_str().is_some_and(|r| r.contains(says))
+                && e["requested_by"]
+                    .as_str()
+                    .is_some_and(|b| b.starts_with("uid 0 pid "))
+        })
+    };
+    assert!(reload("config.reload", "generation 2: serving"), "{audit:?}");
+    assert!(
+        reload("config.reload_rejected", "invalid IPv4 address"),
+        "{audit:?}"
+    );
 
     let m = get(port, "/metrics").1;
     for (name, want) in [

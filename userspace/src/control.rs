@@ -56,8 +56,12 @@ pub enum Answer {
     },
 }
 
-/// A reload asked for, with where to send its outcome (none for SIGHUP).
-pub type ReloadRequest = Option<oneshot::Sender<Result<i64, String>>>;
+/// A reload asked for: by whom (for the audit trail) and where to send its outcome (none
+/// for SIGHUP).
+pub struct ReloadRequest {
+    pub by: String,
+    pub answer: Option<oneshot::Sender<Result<i64, String>>>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -197,22 +201,34 @@ async fn handle(req: Request, by: &str, reloads: &mpsc::WeakSender<ReloadRequest
                 reason,
                 by: by.to_owned(),
             };
-            if live::registry().terminate(&session, t) {
-                Answer::Terminated { session }
-            } else {
-                // Audited as well: an operator's request is a decision, even one that found
-                // nothing to end.
-                let mut e = Event::new("session.terminate_failed", &session);
-                e.requested_by = Some(by.to_owned());
-                e.reason = Some("no such live session".into());
-                audit.emit(&e);
-                Answer::NoSuchSession { session }
+            // Every request is audited: the first by the relay as it ends the session
+            // (`session.terminated`), the others here, since an operator's request is a
+            // decision even when it changes nothing.
+            let reason = t.reason.clone();
+            let (event, why) = match live::registry().terminate(&session, t) {
+                live::Terminate::Asked => return Answer::Terminated { session },
+                live::Terminate::Repeated => ("session.terminate_repeated", reason),
+                live::Terminate::NoSuchSession => ("session.terminate_failed", "no such live session".into()),
+            };
+            let mut e = Event::new(event, &session);
+            e.requested_by = Some(by.to_owned());
+            e.reason = Some(why);
+            audit.emit(&e);
+            match event {
+                "session.terminate_repeated" => Answer::Terminated { session },
+                _ => Answer::NoSuchSession { session },
             }
         }
         Request::Reload => {
             let (tx, rx) = oneshot::channel();
             let sent = match reloads.upgrade() {
-                Some(r) => r.send(Some(tx)).await.is_ok(),
+                Some(r) => r
+                    .send(ReloadRequest {
+                        by: by.to_owned(),
+                        answer: Some(tx),
+                    })
+                    .await
+                    .is_ok(),
                 None => false,
             };
             if !sent {

@@ -259,18 +259,19 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
     };
     let reloader = {
         let (state, path): (_, PathBuf) = (state.clone(), config_path.to_owned());
-        let admission = admission.clone();
+        let (admission, audit) = (admission.clone(), audit.clone());
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     r = reload_rx.recv() => match r {
-                        Some(answer) => {
+                        Some(crate::control::ReloadRequest { by, answer }) => {
                             service::reloading();
                             let outcome = reload(&path, dp.as_mut(), &state, &admission).await;
                             service::reloaded(match &outcome {
                                 Ok((_, status)) => status,
                                 Err(e) => e,
                             });
+                            audit_reload(&audit, &by, &outcome);
                             if let Some(answer) = answer {
                                 let _ = answer.send(outcome.map(|(generation, _)| generation));
                             }
@@ -317,7 +318,11 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
                 if let Err(e) = audit.reopen() {
                     tracing::error!(error = %e, "reopening the audit file failed; still writing to the old one");
                 }
-                if let Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) = reload_tx.try_send(None) {
+                let asked = crate::control::ReloadRequest {
+                    by: "SIGHUP".into(),
+                    answer: None,
+                };
+                if let Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) = reload_tx.try_send(asked) {
                     tracing::error!("the reloader has stopped; restart the daemon to apply configuration changes");
                 }
                 continue;
@@ -580,6 +585,18 @@ async fn reload(
             Err(format!("{e}; the previous configuration keeps serving"))
         }
     }
+}
+
+/// A reload changes who may do what: audited with who asked for it and what came of it.
+fn audit_reload(audit: &Audit, by: &str, outcome: &Result<(i64, String), String>) {
+    let (event, reason) = match outcome {
+        Ok((generation, status)) => ("config.reload", format!("generation {generation}: {status}")),
+        Err(e) => ("config.reload_rejected", crate::audit::clip(e)),
+    };
+    let mut e = crate::audit::Event::new(event, &crate::audit::session_id());
+    e.requested_by = Some(by.to_owned());
+    e.reason = Some(reason);
+    audit.emit(&e);
 }
 
 /// The one-line status the service manager shows while `l` serves.

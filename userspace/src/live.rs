@@ -160,17 +160,36 @@ impl Registry {
         v
     }
 
-    /// Asks session `id` to end; `false` if there is no such live session. A second request
-    /// for the same session keeps the first reason.
-    pub fn terminate(&self, id: &str, t: Termination) -> bool {
+    /// Asks session `id` to end. A second request for the same session keeps the first
+    /// reason (the relay audits that one when it ends the session); the caller audits the
+    /// repeat.
+    pub fn terminate(&self, id: &str, t: Termination) -> Terminate {
         let Some(live) = lock(&self.map).get(id).cloned() else {
-            return false;
+            return Terminate::NoSuchSession;
         };
-        lock(&live.stop).get_or_insert(t);
+        let first = {
+            let mut stop = lock(&live.stop);
+            let first = stop.is_none();
+            stop.get_or_insert(t);
+            first
+        };
         // A permit is stored if the relay is not waiting right now: the request is not lost.
         live.stop_now.notify_one();
-        true
+        match first {
+            true => Terminate::Asked,
+            false => Terminate::Repeated,
+        }
     }
+}
+
+/// What a terminate request found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Terminate {
+    /// The session will end with this request's reason.
+    Asked,
+    /// Another request had asked first: the session ends with that one's reason.
+    Repeated,
+    NoSuchSession,
 }
 
 #[cfg(test)]
@@ -202,20 +221,28 @@ mod tests {
             (l[0].bytes_to_client, l[0].bytes_to_target, l[0].channels),
             (10, 20, 2)
         );
-        assert!(!r.terminate(
-            "nope",
-            Termination {
-                reason: "x".into(),
-                by: "y".into()
-            }
-        ));
+        assert_eq!(
+            r.terminate(
+                "nope",
+                Termination {
+                    reason: "x".into(),
+                    by: "y".into()
+                }
+            ),
+            Terminate::NoSuchSession
+        );
         let t = Termination {
             reason: "maintenance".into(),
             by: "uid 0".into(),
         };
         // Asked before the relay waits: the request is kept.
-        assert!(r.terminate("s1", t.clone()));
-        assert_eq!(e.stopped().await, t);
+        assert_eq!(r.terminate("s1", t.clone()), Terminate::Asked);
+        let again = Termination {
+            reason: "another".into(),
+            by: "uid 0 pid 2".into(),
+        };
+        assert_eq!(r.terminate("s1", again), Terminate::Repeated);
+        assert_eq!(e.stopped().await, t, "the first request's reason is kept");
         drop(e);
         assert!(r.is_empty());
     }
