@@ -110,14 +110,18 @@ enum Command {
         #[arg(long, short)]
         key: PathBuf,
         /// Speed factor (2 = twice as fast).
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, default_value_t = 1.0, value_parser = positive_seconds)]
         speed: f64,
         /// Cap idle gaps at this many seconds.
-        #[arg(long)]
+        #[arg(long, value_parser = positive_seconds)]
         max_idle: Option<f64>,
         /// The gateway's recording-signing public key, to check the log against.
         #[arg(long)]
         signer: Option<PathBuf>,
+        /// Pass the output as recorded, including what makes a terminal act rather than
+        /// draw (clipboard writes, titles, queries it answers by typing): for a log you trust.
+        #[arg(long)]
+        raw: bool,
     },
     /// Per-target and per-verdict packet counters from the pinned maps.
     Stats {
@@ -270,7 +274,8 @@ fn main() -> ExitCode {
             speed,
             max_idle,
             signer,
-        } => replay(&input, &key, signer.as_deref(), speed, max_idle),
+            raw,
+        } => replay(&input, &key, signer.as_deref(), speed, max_idle, raw),
         Command::Verify { signer, input, key } => return verify(&signer, &input, key.as_deref()),
         Command::Recording(RecordingCommand::Pubkey { config }) => recording_pubkey(&config),
         Command::SplitTunnel { include, exclude } => split(&include, &exclude),
@@ -715,8 +720,11 @@ fn decrypt(f: &LogFiles) -> anyhow::Result<()> {
 
 fn export_cast(f: &LogFiles) -> anyhow::Result<()> {
     let d = open_log(&f.key, &f.input, f.signer.as_deref())?;
-    std::fs::write(&f.output, recording::reader::asciicast(&d))
-        .with_context(|| format!("write {}", f.output.display()))?;
+    std::io::Write::write_all(
+        &mut recording::reader::private_output(&f.output)?,
+        recording::reader::asciicast(&d).as_bytes(),
+    )
+    .with_context(|| format!("write {}", f.output.display()))?;
     println!("wrote {}", f.output.display());
     Ok(())
 }
@@ -727,11 +735,23 @@ fn replay(
     signer: Option<&std::path::Path>,
     speed: f64,
     max_idle: Option<f64>,
+    raw: bool,
 ) -> anyhow::Result<()> {
     let d = open_log(key, input, signer)?;
     let idle = max_idle.map(std::time::Duration::from_secs_f64);
-    recording::reader::replay(&d, &mut std::io::stdout().lock(), speed, idle)?;
+    recording::reader::replay(&d, &mut std::io::stdout().lock(), speed, idle, raw)?;
+    // Again at the end: what was replayed may have cleared the screen the first one was on.
+    eprintln!("portcullis: {}: end of replay; {}", input.display(), d.verdict);
     Ok(())
+}
+
+/// A speed or a number of seconds: finite and above zero.
+fn positive_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        Ok(_) => Err("must be a number above 0".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// `portcullis verify`: the verdict on stdout, its exit code (see the command's help).

@@ -11,6 +11,7 @@
 //! - [`signing`]: the gateway's Ed25519 recording-signing key.
 //! - [`trailer`]: the signed trailer patched in at close, and the verdict on a log.
 //! - [`reader`]: decrypting, verifying, ZIP / asciicast export, replay.
+//! - [`terminal`]: what a replay lets through to the operator's terminal.
 
 pub mod append;
 pub mod disk;
@@ -20,6 +21,7 @@ pub mod reader;
 pub mod seal;
 pub mod seal_libcrypto;
 pub mod signing;
+pub mod terminal;
 pub mod trailer;
 pub mod write_behind;
 pub mod writer;

@@ -256,16 +256,38 @@ pub fn zip_entries(d: &Decrypted) -> Vec<(&'static str, Vec<u8>)> {
     }
 }
 
+/// Creates (or empties) `out` for decrypted output, 0600: it holds what the session's user
+/// typed, passwords at prompts included. A symlink there is refused, not followed.
+pub fn private_output(out: &Path) -> Result<std::fs::File, DecryptError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |source| DecryptError::Io {
+        path: out.to_owned(),
+        source,
+    };
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(out)
+        .map_err(io)?;
+    // An existing file keeps its mode on open: made private before anything is written.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(io)?;
+    Ok(f)
+}
+
 pub fn write_zip(d: &Decrypted, out: &Path) -> Result<(), DecryptError> {
     let io = |source| DecryptError::Io {
         path: out.to_owned(),
         source,
     };
-    let f = std::fs::File::create(out).map_err(io)?;
+    let f = private_output(out)?;
     let mut z = zip::ZipWriter::new(f);
     let opts = zip::write::SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Stored)
-        .unix_permissions(0o644);
+        .unix_permissions(0o600);
     for (name, body) in zip_entries(d) {
         z.start_file(name, opts)
             .map_err(|e| io(std::io::Error::other(e)))?;
@@ -300,21 +322,32 @@ pub fn asciicast(d: &Decrypted) -> String {
 }
 
 /// Plays the target's output to `out` with its original timing, `speed` times faster, idle
-/// gaps capped at `max_idle`.
+/// gaps capped at `max_idle`; through [`terminal::Filter`] unless `raw`.
+///
+/// [`terminal::Filter`]: super::terminal::Filter
 pub fn replay(
     d: &Decrypted,
     out: &mut impl Write,
     speed: f64,
     max_idle: Option<Duration>,
+    raw: bool,
 ) -> std::io::Result<()> {
     let mut last = 0u64;
+    let mut filter = super::terminal::Filter::default();
+    let mut shown = Vec::new();
     for r in d.records.iter().filter(|r| r.source == SOURCE_TARGET) {
         let mut gap = Duration::from_micros(r.elapsed_us.saturating_sub(last)).div_f64(speed.max(0.001));
         if let Some(m) = max_idle {
             gap = gap.min(m);
         }
         std::thread::sleep(gap);
-        out.write_all(&r.data)?;
+        if raw {
+            out.write_all(&r.data)?;
+        } else {
+            shown.clear();
+            filter.push(&r.data, &mut shown);
+            out.write_all(&shown)?;
+        }
         out.flush()?;
         last = r.elapsed_us;
     }
@@ -382,6 +415,45 @@ mod tests {
         let z = zip_entries(&out);
         assert_eq!(z[0].1, b"ls\n");
         assert_eq!(z[1].1.len(), 5 + 7 + big.len());
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    /// The recorded user chooses what the target prints: a replay draws it but does not let
+    /// it act on the auditor's terminal (unless asked for raw), and decrypted files, which
+    /// hold what the user typed, are private whatever was at their path before.
+    #[tokio::test]
+    async fn replays_draw_without_acting_and_decrypted_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = dir("hostile");
+        keys::generate(&d).unwrap();
+        let log = record(
+            &d,
+            None,
+            &[
+                (0, b"sudo -s\n"),
+                (1, b"\x1b]52;c;aGk=\x07\x1b[2Jok\x1b[6n\x1b[1mbold\x1b[0m"),
+            ],
+        )
+        .await;
+        let sk = keys::load_private(&d.join("sshkey")).unwrap();
+        let out = decrypt(&log, &sk).unwrap();
+        let mut shown = Vec::new();
+        replay(&out, &mut shown, 1000.0, None, false).unwrap();
+        assert_eq!(shown, b"\x1b[2Jok\x1b[1mbold\x1b[0m");
+        let mut raw = Vec::new();
+        replay(&out, &mut raw, 1000.0, None, true).unwrap();
+        assert_eq!(raw, out.records[1].data);
+
+        let zip = d.join("out.zip");
+        std::fs::write(&zip, b"old").unwrap();
+        std::fs::set_permissions(&zip, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_zip(&out, &zip).unwrap();
+        let mode = std::fs::metadata(&zip).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let link = d.join("link.zip");
+        std::os::unix::fs::symlink(d.join("elsewhere"), &link).unwrap();
+        assert!(write_zip(&out, &link).is_err(), "a symlink is not followed");
+        assert!(!d.join("elsewhere").exists());
         std::fs::remove_dir_all(d).unwrap();
     }
 

@@ -188,8 +188,9 @@ impl std::fmt::Display for Verdict {
             Self::Truncated(why) => write!(f, "truncated: {why}"),
             Self::NoTrailer { ended: false, blocks } => write!(
                 f,
-                "ended without a trailer: the gateway stopped before closing the log (a crash); \
-                 {} readable, what followed is lost",
+                "ended without a trailer: the gateway stopped before closing the log (a crash), \
+                 or the log was cut, or it was not written by a gateway (the recording public key \
+                 is all it takes to seal one); {} readable, what followed is lost",
                 self::blocks(*blocks as u64)
             ),
             Self::NoTrailer { ended: true, blocks } => write!(
