@@ -890,7 +890,16 @@ fn ten_thousand_concurrent_recordings_run_on_a_few_threads() {
                 let name = format!("r{i}");
                 (
                     i,
-                    Recorder::start(&dir, &name, &pk, None, Some(format!("exec job {i}")), None).unwrap(),
+                    Recorder::start(
+                        &dir,
+                        &name,
+                        &pk,
+                        None,
+                        Some(format!("exec job {i}")),
+                        Vec::new(),
+                        None,
+                    )
+                    .unwrap(),
                 )
             });
         }
@@ -959,6 +968,46 @@ fn ten_thousand_concurrent_recordings_run_on_a_few_threads() {
         "{open_threads} threads open, peak {peak}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// What a command runs with is part of what it does (`sh -c "$LC_CMD"` says nothing by
+/// itself): the environment a session asked for is in its audit event and its log's header,
+/// and past the bound a variable is refused rather than passed on unaudited.
+#[test]
+fn the_environment_a_session_asked_for_is_audited_and_in_its_log() {
+    let Some(g) = gateway(GatewayOptions {
+        sshd_extra: vec!["AcceptEnv LC_*".into()],
+        ..recorded()
+    }) else {
+        return;
+    };
+    let hidden = "LC_CMD=echo hidden-$((6*7)); env | grep -c ^LC_";
+    let mut env = vec![("LC_CMD".to_string(), hidden["LC_CMD=".len()..].to_string())];
+    env.extend((0..40).map(|n| (format!("LC_X{n}"), "x".to_string())));
+    let (out, status) = support::runtime().block_on(async {
+        let h = support::login(g.proxy_port).await;
+        support::exec_with_env(&h, &env, "sh -c \"$LC_CMD\"").await
+    });
+    assert_eq!(
+        (String::from_utf8_lossy(&out).as_ref(), status),
+        ("hidden-42\n32\n", Some(0))
+    );
+    let audit = g.audit();
+    let exec = audit
+        .iter()
+        .find(|e| e["reason"] == "exec")
+        .unwrap_or_else(|| panic!("{audit:?}"));
+    let audited: Vec<&str> = exec["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(audited.len(), 32, "{exec}");
+    assert_eq!(audited[0], hidden);
+    let logs = finished(&g, 1);
+    let header = decrypt(&g, &logs[0]).header;
+    assert_eq!(header.env[0], hidden);
 }
 
 /// Sessions one after another on one connection (what a ControlMaster, Ansible or an IDE's

@@ -115,7 +115,8 @@ fn recording(c: &mut Criterion) {
         b.iter(|| {
             n += 1;
             rt.block_on(async {
-                let (r, task) = Recorder::start(&dir, &format!("b{n}"), &pk, None, None, None).unwrap();
+                let (r, task) =
+                    Recorder::start(&dir, &format!("b{n}"), &pk, None, None, Vec::new(), None).unwrap();
                 for _ in 0..TOTAL / chunk.len() {
                     r.record(1, 94, chunk.clone()).await.unwrap();
                 }

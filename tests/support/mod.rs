@@ -64,7 +64,19 @@ pub async fn login(port: u16) -> russh::client::Handle<RawClient> {
 /// Runs `command` on a new session channel of `h`; returns its stdout and exit status (None:
 /// the start request was refused).
 pub async fn exec_on(h: &russh::client::Handle<RawClient>, command: &str) -> (Vec<u8>, Option<u32>) {
+    exec_with_env(h, &[], command).await
+}
+
+/// The same, with `env` requests first.
+pub async fn exec_with_env(
+    h: &russh::client::Handle<RawClient>,
+    env: &[(String, String)],
+    command: &str,
+) -> (Vec<u8>, Option<u32>) {
     let mut ch = h.channel_open_session().await.unwrap();
+    for (name, value) in env {
+        ch.set_env(false, name.as_str(), value.as_str()).await.unwrap();
+    }
     ch.exec(true, command).await.unwrap();
     let (mut out, mut status) = (Vec::new(), None);
     while let Some(m) = ch.wait().await {

@@ -41,6 +41,9 @@ pub struct Event {
     pub count: Option<u64>,
     /// Who asked for an operator's action (`session.terminated`), e.g. `uid 0 pid 4242`.
     pub requested_by: Option<String>,
+    /// The environment a client asked for on a session channel before starting it
+    /// (`NAME=value`): what the command ran with, if the target accepted it.
+    pub env: Option<Vec<String>>,
 }
 
 impl Event {

@@ -47,6 +47,9 @@ pub struct Header {
     /// `subsystem <name>` or `shell`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<String>,
+    /// Ours: the environment the client asked for before the start (`NAME=value`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
     /// Ours, written at close only: what makes the log tamper- and truncation-evident.
     #[serde(
         rename = "portcullis_trailer",
@@ -139,6 +142,10 @@ pub fn fitted(h: &Header) -> Header {
     if let Some(r) = h.request.as_mut() {
         cut(r, 512);
     }
+    h.env.truncate(8);
+    for e in &mut h.env {
+        cut(e, 128);
+    }
     if let Some(p) = h.pty.as_mut() {
         if let Some(t) = p.term.as_mut() {
             cut(t, 64);
@@ -162,6 +169,9 @@ pub fn fitted(h: &Header) -> Header {
     }
     // Control characters escape to six bytes each: drop the free text altogether.
     h.request = Some("[too long for the header]".into());
+    if !h.env.is_empty() {
+        h.env = vec!["[too long for the header: see the audit trail]".into()];
+    }
     if let Some(e) = h.exit_data.as_mut() {
         e.error_msg = None;
     }

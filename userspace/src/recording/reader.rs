@@ -373,7 +373,7 @@ mod tests {
 
     async fn record(d: &Path, pty: Option<PtyInfo>, chunks: &[(u8, &[u8])]) -> std::path::PathBuf {
         let pk = keys::load_public(&d.join("sshkey.pub")).unwrap();
-        let (r, task) = Recorder::start(d, "s1", &pk, pty, Some("shell".into()), None).unwrap();
+        let (r, task) = Recorder::start(d, "s1", &pk, pty, Some("shell".into()), Vec::new(), None).unwrap();
         for (src, data) in chunks {
             let code = if *src == 1 && data.starts_with(b"err") {
                 CODE_EXTENDED

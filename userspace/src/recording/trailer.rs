@@ -396,7 +396,16 @@ mod tests {
     /// A closed exec log of several blocks (each record a whole block), exit status 3.
     async fn log(f: &Fixture, name: &str, signer: Option<Arc<SigningKey>>) -> std::path::PathBuf {
         let pk = keys::load_public(&f.dir.join("sshkey.pub")).unwrap();
-        let (r, task) = Recorder::start(&f.dir, name, &pk, None, Some("exec id".into()), signer).unwrap();
+        let (r, task) = Recorder::start(
+            &f.dir,
+            name,
+            &pk,
+            None,
+            Some("exec id".into()),
+            Vec::new(),
+            signer,
+        )
+        .unwrap();
         for i in 0..6u8 {
             r.record(1, 94, Bytes::from(vec![b'a' + i; BLOCK])).await.unwrap();
         }

@@ -430,6 +430,7 @@ impl Recorder {
         key: &PublicKey,
         pty: Option<PtyInfo>,
         request: Option<String>,
+        env: Vec<String>,
         signer: Option<Arc<SigningKey>>,
     ) -> Result<(Self, tokio::task::JoinHandle<Result<Summary, RecordingError>>), RecordingError> {
         let path = dir.join(format!("{name}.log"));
@@ -464,6 +465,7 @@ impl Recorder {
             pty,
             exit_data: None,
             request,
+            env,
             trailer: None,
         };
         let placed = format::encode_header(&header)
@@ -872,7 +874,8 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         keys::generate(&d).unwrap();
         let pk = keys::load_public(&d.join("sshkey.pub")).unwrap();
-        let (r, task) = Recorder::start(&d, "s1", &pk, None, Some("exec x".into()), None).unwrap();
+        let (r, task) =
+            Recorder::start(&d, "s1", &pk, None, Some("exec x".into()), Vec::new(), None).unwrap();
         // Hold every pool thread.
         let gate = Arc::new(Barrier::new(disk::THREADS + 1));
         for _ in 0..disk::THREADS {

@@ -45,7 +45,12 @@ impl Relay {
         let sftp = matches!(req, ChannelRequest::Subsystem { name } if name == "sftp");
         let w = sftp
             .then(|| crate::proxy::sftp::Watcher::new(self.conn.ctx.audit.clone(), self.conn.event("sftp")));
-        self.channel_allowed(label, detail);
+        let env = self
+            .pairs
+            .get(i)
+            .map(|p| std::mem::take(&mut p.env))
+            .unwrap_or_default();
+        self.channel_started(label, detail, &env);
         if let Some(p) = self.pairs.get(i) {
             p.started = true;
             if w.is_none() {
@@ -86,6 +91,7 @@ impl Relay {
                 &setup.key,
                 p.pty.clone(),
                 Some(request),
+                p.env.clone(),
                 setup.signer.clone(),
             )
         };

@@ -182,14 +182,19 @@ impl Relay {
         if self.past_event_cap() {
             return;
         }
-        self.emit_channel_event(kind, detail);
+        self.emit_channel_event(kind, detail, None);
     }
 
     /// Audits `channel.open` for what the gateway let run: a started session, a forwarding
     /// opened or granted. Always, however many refusals came before (each of these costs
     /// the target a process, a connection or a listening port, not just a message).
     pub(super) fn channel_allowed(&self, kind: &str, detail: Option<String>) {
-        self.emit_channel_event(kind, detail);
+        self.emit_channel_event(kind, detail, None);
+    }
+
+    /// The same for a session's start, with the environment the client asked for.
+    pub(super) fn channel_started(&self, kind: &str, detail: Option<String>, env: &[String]) {
+        self.emit_channel_event(kind, detail, (!env.is_empty()).then(|| env.to_vec()));
     }
 
     /// Whether a refusal's event is past the cap (then it is counted instead).
@@ -203,8 +208,9 @@ impl Relay {
         false
     }
 
-    fn emit_channel_event(&self, kind: &str, detail: Option<String>) {
+    fn emit_channel_event(&self, kind: &str, detail: Option<String>, env: Option<Vec<String>>) {
         let mut e = self.conn.event("channel.open");
+        e.env = env;
         e.reason = Some(kind.to_string());
         // What a peer wrote (a host, an address, a subsystem name): bounded here; a
         // command comes already bounded by `audit::command`, which keeps more of it.

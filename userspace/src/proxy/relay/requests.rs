@@ -73,6 +73,11 @@ pub(super) struct Globals {
 /// client's too).
 const MAX_GLOBAL: usize = 64;
 
+/// `env` requests a session channel may make before its start, and their bytes in all
+/// (`NAME=value`): far more than `LANG`, `LC_*` and a terminal's few need.
+pub const MAX_ENV: usize = 32;
+pub const MAX_ENV_BYTES: usize = 8 * 1024;
+
 impl Relay {
     pub(super) fn on_request(&mut self, h: Hop, id: ChannelId, req: ChannelRequest, want_reply: bool) {
         let Some(i) = self.pairs.find(h, id) else {
@@ -124,6 +129,20 @@ impl Relay {
                 if !self.start_session(i, id, &req, seq) {
                     return;
                 }
+            }
+            // What the command will run with is part of what it does (`sh -c "$LC_CMD"`):
+            // kept for the start's audit event and the log's header. Bounded: past the
+            // bound a variable is refused here, not passed on unaudited.
+            ChannelRequest::Env { name, value } if unstarted => {
+                let entry = format!("{name}={}", String::from_utf8_lossy(value));
+                if p.env.len() >= MAX_ENV || p.env_bytes + entry.len() > MAX_ENV_BYTES {
+                    if let Some(s) = seq {
+                        self.hops[0].session.connection().reply_to(id, s, false);
+                    }
+                    return;
+                }
+                p.env_bytes += entry.len();
+                p.env.push(entry);
             }
             ChannelRequest::X11Req { screen, .. } => {
                 let detail = Some(format!("screen {screen}"));
