@@ -130,7 +130,9 @@ fn request(kind: u8, body: &[u8]) -> Option<Option<(String, String)>> {
         3 => {
             let path = r.string()?;
             let flags = r.u32()?;
-            let mode = match (flags & 1 != 0, flags & 2 != 0) {
+            // WRITE, APPEND, CREAT or TRUNC changes the file (sftp-server opens it with
+            // O_CREAT / O_TRUNC even without WRITE).
+            let mode = match (flags & 1 != 0, flags & (2 | 4 | 8 | 16) != 0) {
                 (true, true) => "read-write",
                 (false, true) => "write",
                 _ => "read",

@@ -295,6 +295,13 @@ def classify_seeds():
     out("classify", "arp", c + MACS + be16(0x0806) + bytes(28))
 
 
+def terminal_seeds():
+    # First byte: how the output is cut into chunks.
+    out("terminal", "osc-csi", b"\x03a\x1b]52;c;aGk=\x07\x1b[2Jok\x1b[6n\x1b[1mbold\x1b[0m")
+    out("terminal", "c1-dcs", b"\x00a\xc2\x9d0;t\xc2\x9c\xc2\x9b6n\xc2\xa9\x1bP$q m\x1b\\"
+        b"\x1b[?1$p\x1b[1'|\x1bZ\x1b7\x1b8")
+
+
 if __name__ == "__main__":
     # Rewrites its own files only: the seed dirs also hold regression inputs and minimized
     # corpus entries that it did not write.
@@ -303,3 +310,4 @@ if __name__ == "__main__":
     sftp_seeds()
     target_keys_seeds()
     classify_seeds()
+    terminal_seeds()

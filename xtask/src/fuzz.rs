@@ -27,6 +27,7 @@ pub const TARGETS: &[(&str, usize)] = &[
     ("ssh_transport", 8192),
     ("ssh_auth", 4096),
     ("ssh_connection", 8192),
+    ("terminal", 4096),
 ];
 
 /// Seconds per target in `cargo xtask test`.

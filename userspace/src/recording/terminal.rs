@@ -57,6 +57,9 @@ impl Filter {
                 // CAN and SUB cancel the sequence.
                 0x18 | 0x1a => {}
                 0x1b => self.state = State::Esc,
+                // A C1 control as UTF-8 interrupts the escape and acts on its own: the lone
+                // ESC goes (sent on, it would make no difference to what the C1 does).
+                0xc2 => self.state = State::C2,
                 _ => out.extend_from_slice(&[0x1b, b]),
             },
             State::Csi(params) => match b {
@@ -99,10 +102,11 @@ impl Filter {
                 0x90 | 0x98 | 0x9d | 0x9e | 0x9f => self.state = State::Str,
                 // Other C1 controls (single shifts, ST, NEL…): dropped.
                 0x80..=0x9f => {}
-                _ => {
-                    out.push(0xc2);
-                    self.ground(b, out);
-                }
+                // U+00A0 to U+00BF: sent together, so that a C2 sent alone can never join a
+                // byte sent later into a C1 control.
+                0xa0..=0xbf => out.extend_from_slice(&[0xc2, b]),
+                // Not UTF-8 (a terminal would show U+FFFD): the lone C2 goes.
+                _ => self.ground(b, out),
             },
         }
     }
@@ -157,6 +161,9 @@ mod tests {
             ),
             ("a\u{9d}52;c;aGk=\u{9c}b".as_bytes(), b"ab"),
             ("a\u{9b}6nb\u{90}x\u{9c}c".as_bytes(), b"abc"),
+            ("a\x1b\u{9d}52;c;aGk=\x07b".as_bytes(), b"ab"),
+            // A lone C2 must not meet a later byte across a dropped control.
+            (b"a\xc2\xc2\x9c\x96b", b"a\x96b"),
             // A CSI of more parameters than any terminal needs goes whole.
             (&[b"a\x1b[".as_slice(), &[b'1'; 100], b"mb"].concat(), b"ab"),
         ];
