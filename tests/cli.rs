@@ -90,6 +90,35 @@ fn c(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `reload` with no control socket signals the daemon by the pid in its lock — only while a
+/// daemon holds that lock: a stopped daemon's pid may be another process's by now, which
+/// SIGHUP would kill.
+#[test]
+fn reload_without_a_daemon_signals_nobody() {
+    let d = Dir::new("stale");
+    let state = d.0.join("state");
+    let cfg = d.write(
+        "portcullis.toml",
+        &format!(
+            "{CONFIG}\n[dataplane]\nstate_dir = \"{}\"\ninstance = \"stale\"\n",
+            state.display()
+        ),
+    );
+    let o = run(&["ca", "init", "--config", c(&cfg)]);
+    assert!(o.status.success(), "{}", text(&o));
+    let mut other = Command::new("sleep").arg("30").spawn().unwrap();
+    std::fs::create_dir_all(state.join("stale")).unwrap();
+    std::fs::write(state.join("stale/lock"), other.id().to_string()).unwrap();
+    let o = run(&["reload", "--config", c(&cfg)]);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let alive = other.try_wait().unwrap().is_none();
+    let _ = other.kill();
+    let _ = other.wait();
+    assert!(alive, "the process that has the stale pid was signalled");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("no daemon is running"), "{}", text(&o));
+}
+
 #[test]
 fn ca_init_then_check_then_pubkey() {
     let d = Dir::new("ca");

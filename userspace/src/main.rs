@@ -478,8 +478,22 @@ fn sighup(l: &config::Loaded) -> anyhow::Result<i32> {
         .state_dir
         .join(&l.config.dataplane.instance)
         .join("lock");
-    let pid: i32 = std::fs::read_to_string(&lock)
-        .with_context(|| format!("read {} (is the daemon running?)", lock.display()))?
+    let file = std::fs::File::open(&lock)
+        .with_context(|| format!("open {} (is the daemon running?)", lock.display()))?;
+    // The pid is only the daemon's while the daemon holds the lock: a lock anyone can take
+    // is a stopped daemon's, and its pid may be another process's by now (SIGHUP kills most).
+    // SAFETY: flock on a descriptor `file` keeps open.
+    if unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            libc::LOCK_SH | libc::LOCK_NB,
+        )
+    } == 0
+    {
+        anyhow::bail!("no daemon is running for {} (its lock is free)", lock.display());
+    }
+    let pid: i32 = std::io::read_to_string(&file)
+        .with_context(|| format!("read {}", lock.display()))?
         .trim()
         .parse()
         .with_context(|| format!("{} holds no pid", lock.display()))?;
