@@ -72,12 +72,54 @@ impl Endpoint {
     }
 }
 
-/// Connections served at once; more are closed at once.
+/// Connections open at once. Past it a new one takes the place of the oldest that has not
+/// sent its request yet (so idle connections, however many, cannot keep a scraper or a
+/// load balancer's `/readyz` out); if every one is being answered, the new one is closed.
 const CONNECTIONS: usize = 32;
+
+/// The connections open, and which of them still wait for their request (oldest first),
+/// each with what ends it early.
+#[derive(Default)]
+struct Open {
+    count: usize,
+    next: u64,
+    waiting: std::collections::VecDeque<(u64, tokio::sync::oneshot::Sender<()>)>,
+}
+
+impl Open {
+    /// Room for one more connection: `None` if every open one is being answered.
+    fn admit(&mut self) -> Option<(u64, tokio::sync::oneshot::Receiver<()>)> {
+        if self.count >= CONNECTIONS {
+            let (_, evict) = self.waiting.pop_front()?;
+            // It ends (and is counted out) on its own task.
+            let _ = evict.send(());
+        }
+        self.count += 1;
+        self.next += 1;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.waiting.push_back((self.next, tx));
+        Some((self.next, rx))
+    }
+
+    /// Connection `id` sent its request: it is answered, not taken over.
+    fn asked(&mut self, id: u64) {
+        self.waiting.retain(|(w, _)| *w != id);
+    }
+
+    fn closed(&mut self, id: u64) {
+        self.asked(id);
+        self.count -= 1;
+    }
+}
+
+fn lock(o: &std::sync::Mutex<Open>) -> std::sync::MutexGuard<'_, Open> {
+    // Every change to `Open` is whole before the next: a panic leaves it usable.
+    o.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// Serves `listener` until the daemon stops.
 pub async fn serve(listener: TcpListener, endpoint: Arc<Endpoint>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS));
+    let open = Arc::new(std::sync::Mutex::new(Open::default()));
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -87,20 +129,27 @@ pub async fn serve(listener: TcpListener, endpoint: Arc<Endpoint>) {
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let Some((id, evicted)) = lock(&open).admit() else {
             continue;
         };
-        let endpoint = endpoint.clone();
+        let (endpoint, open) = (endpoint.clone(), open.clone());
         tokio::spawn(async move {
-            let _slot = slot;
+            let asked = open.clone();
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                lock(&asked).asked(id);
                 let r = endpoint.answer(&req);
                 async move { Ok::<_, Infallible>(r) }
             });
+            // One request a connection: a connection that has been answered closes, and
+            // cannot sit in its slot (a scraper connects again, as it would after a timeout).
             let conn = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
+                .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(REQUEST_TIMEOUT, conn).await;
+            tokio::select! {
+                _ = tokio::time::timeout(REQUEST_TIMEOUT, conn) => {}
+                _ = evicted => {}
+            }
+            lock(&open).closed(id);
         });
     }
 }
