@@ -232,9 +232,11 @@ fn fail_closed_when_killed_restarted_stopped_and_only_open_after_down() {
 }
 
 #[test]
-fn second_daemon_and_bad_environments_are_refused_and_leave_no_trace() {
+fn second_daemon_and_bad_environments_are_refused_and_leave_only_the_guard() {
     let Some(bed) = Bed::new() else { return };
     let t = &bed.topo;
+    let _t1_22 = Server::start(&t.target, sa("198.18.10.10:22"), "t1:22");
+    let _t1_80 = Server::start(&t.target, sa("198.18.10.10:80"), "t1:80");
     let mut d = bed.daemon();
 
     let mut second = Daemon::start(&t.gw, Path::new(BIN), &bed.config);
@@ -246,7 +248,8 @@ fn second_daemon_and_bad_environments_are_refused_and_leave_no_trace() {
     d.stop();
     assert!(bed.cli("down").status.success());
 
-    // An interface that does not exist: one clear line, nothing installed.
+    // An interface that does not exist: one clear line, nothing installed but the forward
+    // guard, which keeps the protected ports closed (fail closed) until `down`.
     let text = std::fs::read_to_string(&bed.config)
         .unwrap()
         .replace("\"cl2\"", "\"nope0\"");
@@ -260,6 +263,19 @@ fn second_daemon_and_bad_environments_are_refused_and_leave_no_trace() {
     );
     assert!(!bed.pins().exists(), "nothing pinned");
     assert!(!bed.gw_rules().contains("0x80000000"), "no rule installed");
+    let closed = |what: &str| {
+        let guard = String::from_utf8_lossy(&t.gw.exec("nft list ruleset").stdout).into_owned();
+        assert!(guard.contains("portcullis_"), "{what}: no forward guard\n{guard}");
+        let r = fetch(&t.client, sa("198.18.10.10:22"));
+        assert!(r.is_err(), "{what}: a protected port reached the target: {r:?}");
+        // Dropped by the guard, not for want of a path: the unprotected port answers.
+        assert_eq!(
+            fetch(&t.client, sa("198.18.10.10:80")).unwrap(),
+            "t1:80\n",
+            "{what}"
+        );
+    };
+    closed("a missing interface");
 
     // No bpffs at the configured place.
     let text = std::fs::read_to_string(&bed.config)
@@ -272,6 +288,11 @@ fn second_daemon_and_bad_environments_are_refused_and_leave_no_trace() {
     let err = bad.stderr().join("\n");
     assert!(err.contains("no BPF filesystem is mounted at /tmp"), "{err}");
     assert!(!bed.gw_rules().contains("0x80000000"));
+    closed("no BPF filesystem");
+    // `down` opens them, BPF filesystem or not.
+    let o = bed.cli("down");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(fetch(&t.client, sa("198.18.10.10:22")).unwrap(), "t1:22\n");
 }
 
 #[test]

@@ -18,7 +18,10 @@
 //! and proxied) again with the gateway on a core of its own and the endpoints (ssh, sshd,
 //! `head`, `cat`) on another: the appliance's layout, where the gateway's CPU is not the
 //! clients' and targets'. On a two-core machine the unpinned figures share the cores among
-//! all of them, so what recording costs the gateway is taken from the endpoints too.
+//! all of them, so what recording costs the gateway is taken from the endpoints too. There
+//! the direct two-way `cat` has the endpoints' core alone and the proxied one the gateway's
+//! besides: the question is whether putting the gateway, a machine of its own in that
+//! layout, into the path slows the endpoints down.
 
 use std::{
     path::{Path, PathBuf},

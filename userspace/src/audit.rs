@@ -143,6 +143,7 @@ impl Audit {
                 return;
             }
         };
+        escape_c1(&mut line);
         line.push(b'\n');
         if let Some((p, f)) = &self.file {
             let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
@@ -157,6 +158,36 @@ impl Audit {
     }
 }
 
+/// JSON escapes control characters up to U+001F only: DEL and the C1 controls (U+0080 to
+/// U+009F, which a terminal showing the trail with `tail -f` would act on) are escaped
+/// here, so the trail holds no raw control character while decoding to the same text.
+fn escape_c1(line: &mut Vec<u8>) {
+    let c1 = |w: &[u8]| w[0] == 0xc2 && (0x80..=0x9f).contains(&w[1]);
+    if !line.contains(&0x7f) && !line.windows(2).any(c1) {
+        return;
+    }
+    let mut out = Vec::with_capacity(line.len() + 64);
+    let mut i = 0;
+    while i < line.len() {
+        match line[i] {
+            0x7f => {
+                out.extend_from_slice(b"\\u007f");
+                i += 1;
+            }
+            0xc2 if line.get(i + 1).is_some_and(|b| (0x80..=0x9f).contains(b)) => {
+                // C2 xx is U+00xx.
+                out.extend_from_slice(format!("\\u{:04x}", line[i + 1]).as_bytes());
+                i += 2;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    *line = out;
+}
+
 /// An error's text as an event's `rule`: see [`printable`], at most 512 bytes. Errors may
 /// quote what a peer sent (a 256 KiB list of algorithm names of control bytes became
 /// 1.5 MB of escaped JSON per connection).
@@ -168,7 +199,8 @@ pub fn clip(text: &str) -> String {
 pub const COMMAND: usize = 16 * 1024;
 
 /// A client's command as an event's `rule`: as sent, control characters included (the
-/// trail's JSON escapes them), since what runs is what the trail must show; cut at a
+/// trail escapes them: JSON the C0 ones, `Audit::emit` DEL and C1), since what runs is what
+/// the trail must show; cut at a
 /// character boundary once its escaped form passes [`COMMAND`] bytes, and then saying so.
 /// Far more than [`clip`] keeps: what a command does may come after a long harmless start.
 pub fn command(text: &str) -> String {
@@ -208,6 +240,32 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+
+    #[test]
+    fn the_trail_holds_no_raw_control_character_and_decodes_to_the_same_text() {
+        let dir = std::env::temp_dir().join(format!("portcullis-audit-c1-{}", std::process::id()));
+        let path = dir.join("audit.jsonl");
+        let a = Audit::open(&AuditConfig {
+            file: Some(path.clone()),
+            stdout: false,
+        })
+        .unwrap();
+        let mut e = Event::new("channel.open", "s1");
+        let text = "x\u{9d}52;c;aGk=\u{9c}\u{7f}\u{1b}]0;t\u{7}é\u{a0}";
+        e.rule = Some(text.into());
+        a.emit(&e);
+        let line = std::fs::read(&path).unwrap();
+        assert!(
+            !line[..line.len() - 1].iter().any(|&b| b < 0x20 || b == 0x7f),
+            "{line:?}"
+        );
+        assert!(!line
+            .windows(2)
+            .any(|w| w[0] == 0xc2 && (0x80..=0x9f).contains(&w[1])));
+        let back: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(back["rule"], text);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     #[test]
     fn commands_keep_their_control_characters_and_are_cut_by_their_written_size() {

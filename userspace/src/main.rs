@@ -734,11 +734,10 @@ fn decrypt(f: &LogFiles) -> anyhow::Result<()> {
 
 fn export_cast(f: &LogFiles) -> anyhow::Result<()> {
     let d = open_log(&f.key, &f.input, f.signer.as_deref())?;
-    std::io::Write::write_all(
-        &mut recording::reader::private_output(&f.output)?,
-        recording::reader::asciicast(&d).as_bytes(),
-    )
-    .with_context(|| format!("write {}", f.output.display()))?;
+    let mut private = recording::reader::Private::create(&f.output)?;
+    std::io::Write::write_all(private.file(), recording::reader::asciicast(&d).as_bytes())
+        .with_context(|| format!("write {}", f.output.display()))?;
+    private.done()?;
     println!("wrote {}", f.output.display());
     Ok(())
 }
@@ -753,17 +752,24 @@ fn replay(
 ) -> anyhow::Result<()> {
     let d = open_log(key, input, signer)?;
     let idle = max_idle.map(std::time::Duration::from_secs_f64);
-    recording::reader::replay(&d, &mut std::io::stdout().lock(), speed, idle, raw)?;
-    // Again at the end: what was replayed may have cleared the screen the first one was on.
+    let mut out = std::io::stdout().lock();
+    recording::reader::replay(&d, &mut out, speed, idle, raw)?;
+    // The verdict again at the end: what was replayed may have cleared the screen the first
+    // one was on, or left the terminal drawing invisibly (hidden text, another character
+    // set, the other screen); the terminal is put back first.
+    if std::io::IsTerminal::is_terminal(&out) {
+        std::io::Write::write_all(&mut out, recording::terminal::RESET)?;
+        std::io::Write::flush(&mut out)?;
+    }
     eprintln!("portcullis: {}: end of replay; {}", input.display(), d.verdict);
     Ok(())
 }
 
-/// A speed or a number of seconds: finite and above zero.
+/// A speed or a number of seconds: above zero, at most a year's seconds.
 fn positive_seconds(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
-        Ok(_) => Err("must be a number above 0".into()),
+        Ok(v) if v > 0.0 && v <= 3.2e7 => Ok(v),
+        Ok(_) => Err("must be a number above 0 and at most 32000000".into()),
         Err(e) => Err(e.to_string()),
     }
 }

@@ -81,22 +81,28 @@ pub struct Dataplane {
 }
 
 impl Dataplane {
-    /// Installs (or takes over) the dataplane for `set`. Checks everything it can before it
-    /// changes anything; if a fresh install fails halfway it is rolled back.
+    /// Installs (or takes over) the dataplane for `set`. The forward guard goes in first,
+    /// as soon as the instance is ours, and stays whatever becomes of this start: after a
+    /// reboot nothing else protects the targets, and a start that fails (an ingress
+    /// interface not there yet, no BPF filesystem) must leave their ports closed, not open
+    /// (fail closed; `portcullis down` opens them). Everything else is checked before it is
+    /// changed, and if a fresh install fails halfway it is rolled back, the guard excepted.
     pub async fn up(cfg: &DataplaneConfig, set: &TargetSet) -> Result<Self, DataplaneError> {
         let object = object()?;
         preflight::check_kernel()?;
-        preflight::check_bpffs(&cfg.bpffs)?;
-        preflight::resolve_interfaces(set)?;
         let paths = Paths::new(cfg);
         let lock = InstanceLock::acquire(&paths.state)?;
+        // It protects by interface name whatever happens next.
+        forward_guard::install(&cfg.instance, set)?;
+        preflight::check_bpffs(&cfg.bpffs)?;
+        preflight::resolve_interfaces(set)?;
         let fresh = !paths.root.exists();
         match Self::install(object, cfg, &paths, set, lock).await {
             Ok(dp) => Ok(dp),
             Err(e) => {
                 if fresh {
-                    tracing::warn!(error = %e, "install failed; removing what was installed");
-                    if let Err(undo) = teardown(cfg, &paths).await {
+                    tracing::warn!(error = %e, "install failed; removing what was installed but the forward guard");
+                    if let Err(undo) = teardown(cfg, &paths, Guard::Keep).await {
                         tracing::error!(error = %undo, "rollback incomplete");
                     }
                 }
@@ -125,8 +131,7 @@ impl Dataplane {
             paths: paths.clone(),
             _lock: lock,
         };
-        // The forward guard first: it protects by interface name whatever happens next.
-        forward_guard::install(&cfg.instance, set)?;
+        // (The forward guard is in already: see `up`.)
         sysctl::apply(&paths.state)?;
         routing::install(cfg).await?;
         routing::sync_upstream(cfg, set).await?;
@@ -190,18 +195,28 @@ fn load(object: &[u8], maps_dir: &Path) -> Result<Ebpf, DataplaneError> {
         .map_err(DataplaneError::Load)
 }
 
-/// Removes an instance's dataplane: links (detaching the programs), routing rules, maps,
-/// sysctls and state. Refuses while a daemon holds the instance.
+/// Removes an instance's dataplane: links (detaching the programs), the forward guard,
+/// routing rules, maps, sysctls and state. Refuses while a daemon holds the instance. Works
+/// without a BPF filesystem too (nothing can be pinned then, but a failed start's forward
+/// guard is there to remove).
 pub async fn down(cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
-    preflight::check_bpffs(&cfg.bpffs)?;
     let paths = Paths::new(cfg);
     let _lock = InstanceLock::acquire(&paths.state)?;
-    teardown(cfg, &paths).await
+    teardown(cfg, &paths, Guard::Remove).await
 }
 
-async fn teardown(cfg: &DataplaneConfig, paths: &Paths) -> Result<(), DataplaneError> {
+/// Whether a teardown removes the forward guard.
+#[derive(PartialEq)]
+enum Guard {
+    Keep,
+    Remove,
+}
+
+async fn teardown(cfg: &DataplaneConfig, paths: &Paths, guard: Guard) -> Result<(), DataplaneError> {
     links::remove_all(paths)?;
-    forward_guard::remove(&cfg.instance)?;
+    if guard == Guard::Remove {
+        forward_guard::remove(&cfg.instance)?;
+    }
     routing::remove(cfg).await?;
     sysctl::restore(&paths.state)?;
     if paths.root.exists() {

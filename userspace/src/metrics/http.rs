@@ -112,6 +112,15 @@ impl Open {
     }
 }
 
+/// One open connection, counted out when its task ends (or panics).
+struct Counted(Arc<std::sync::Mutex<Open>>, u64);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        lock(&self.0).closed(self.1);
+    }
+}
+
 fn lock(o: &std::sync::Mutex<Open>) -> std::sync::MutexGuard<'_, Open> {
     // Every change to `Open` is whole before the next: a panic leaves it usable.
     o.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -134,6 +143,8 @@ pub async fn serve(listener: TcpListener, endpoint: Arc<Endpoint>) {
         };
         let (endpoint, open) = (endpoint.clone(), open.clone());
         tokio::spawn(async move {
+            // Counted out however the task ends.
+            let _counted = Counted(open.clone(), id);
             let asked = open.clone();
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 lock(&asked).asked(id);
@@ -147,9 +158,10 @@ pub async fn serve(listener: TcpListener, endpoint: Arc<Endpoint>) {
                 .serve_connection(TokioIo::new(stream), service);
             tokio::select! {
                 _ = tokio::time::timeout(REQUEST_TIMEOUT, conn) => {}
-                _ = evicted => {}
+                // Only a real eviction: once its request came, the sender is dropped (an
+                // error here) and the answer is written to its end.
+                Ok(()) = evicted => {}
             }
-            lock(&open).closed(id);
         });
     }
 }

@@ -140,9 +140,14 @@ impl Watcher {
                 let Some(path) = string(body, &mut at) else {
                     return false;
                 };
-                // sftp-server reads the flags that follow, whatever the declared length.
+                // sftp-server reads the flags that follow, whatever the declared length, and
+                // opens the path: audited as malformed, with the path.
                 let Some(flags) = body.get(at..at + 4) else {
-                    return false;
+                    self.emit(
+                        format!("malformed-{FXP_OPEN}"),
+                        format!("{path} (its flags run past the packet; sftp-server may have opened it)"),
+                    );
+                    return true;
                 };
                 let flags = u32::from_be_bytes(flags.try_into().unwrap());
                 // SSH_FXF_READ 1, WRITE 2, APPEND 4, CREAT 8, TRUNC 16. CREAT or TRUNC
@@ -303,7 +308,11 @@ mod tests {
         let mut w3 = Watcher::new(w.audit.clone(), Event::new("connect", "s"));
         w3.feed(&packet(FXP_OPEN, &[&s("/etc/sudoers")]));
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.lines().any(|l| l.contains("\"malformed-3\"")), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l.contains("\"malformed-3\"") && l.contains("/etc/sudoers")),
+            "{text}"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -142,7 +142,11 @@ pub fn fitted(h: &Header) -> Header {
     if let Some(r) = h.request.as_mut() {
         cut(r, 512);
     }
-    h.env.truncate(8);
+    if h.env.len() > 8 {
+        let more = h.env.len() - 7;
+        h.env.truncate(7);
+        h.env.push(format!("[{more} more: see the audit trail]"));
+    }
     for e in &mut h.env {
         cut(e, 128);
     }

@@ -256,26 +256,57 @@ pub fn zip_entries(d: &Decrypted) -> Vec<(&'static str, Vec<u8>)> {
     }
 }
 
-/// Creates (or empties) `out` for decrypted output, 0600: it holds what the session's user
-/// typed, passwords at prompts included. A symlink there is refused, not followed.
-pub fn private_output(out: &Path) -> Result<std::fs::File, DecryptError> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let io = |source| DecryptError::Io {
-        path: out.to_owned(),
-        source,
-    };
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(out)
-        .map_err(io)?;
-    // An existing file keeps its mode on open: made private before anything is written.
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(io)?;
-    Ok(f)
+/// Decrypted output for `out`: it holds what the session's user typed, passwords at prompts
+/// included. Written to a new 0600 file beside it and renamed over `out` by [`Private::done`]
+/// (so nobody who had `out` open reads it, and a symlink at `out` is replaced, not followed).
+pub struct Private {
+    file: std::fs::File,
+    fresh: std::path::PathBuf,
+    out: std::path::PathBuf,
+}
+
+impl Private {
+    pub fn create(out: &Path) -> Result<Self, DecryptError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut name = out.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".{}.new", std::process::id()));
+        let fresh = out.with_file_name(name);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&fresh)
+            .map_err(|source| DecryptError::Io {
+                path: fresh.clone(),
+                source,
+            })?;
+        Ok(Self {
+            file,
+            fresh,
+            out: out.to_owned(),
+        })
+    }
+
+    pub fn file(&mut self) -> &mut std::fs::File {
+        &mut self.file
+    }
+
+    /// Puts the written file at its name.
+    pub fn done(self) -> Result<(), DecryptError> {
+        std::fs::rename(&self.fresh, &self.out).map_err(|source| DecryptError::Io {
+            path: self.out.clone(),
+            source,
+        })?;
+        std::mem::forget(self);
+        Ok(())
+    }
+}
+
+impl Drop for Private {
+    /// Not done: nothing half-written is left behind.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.fresh);
+    }
 }
 
 pub fn write_zip(d: &Decrypted, out: &Path) -> Result<(), DecryptError> {
@@ -283,8 +314,8 @@ pub fn write_zip(d: &Decrypted, out: &Path) -> Result<(), DecryptError> {
         path: out.to_owned(),
         source,
     };
-    let f = private_output(out)?;
-    let mut z = zip::ZipWriter::new(f);
+    let mut private = Private::create(out)?;
+    let mut z = zip::ZipWriter::new(private.file());
     let opts = zip::write::SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Stored)
         .unix_permissions(0o600);
@@ -294,7 +325,7 @@ pub fn write_zip(d: &Decrypted, out: &Path) -> Result<(), DecryptError> {
         z.write_all(&body).map_err(io)?;
     }
     z.finish().map_err(|e| io(std::io::Error::other(e)))?;
-    Ok(())
+    private.done()
 }
 
 /// asciicast v2 (`asciinema play`): the target's output as "o" events, the client's input as
@@ -447,13 +478,28 @@ mod tests {
         let zip = d.join("out.zip");
         std::fs::write(&zip, b"old").unwrap();
         std::fs::set_permissions(&zip, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut before = std::fs::File::open(&zip).unwrap();
         write_zip(&out, &zip).unwrap();
+        // Who had the old file open reads the old bytes, not the session.
+        assert_eq!(std::io::read_to_string(&mut before).unwrap(), "old");
         let mode = std::fs::metadata(&zip).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let link = d.join("link.zip");
         std::os::unix::fs::symlink(d.join("elsewhere"), &link).unwrap();
-        assert!(write_zip(&out, &link).is_err(), "a symlink is not followed");
-        assert!(!d.join("elsewhere").exists());
+        write_zip(&out, &link).unwrap();
+        assert!(
+            !d.join("elsewhere").exists(),
+            "a symlink is replaced, not followed"
+        );
+        assert!(!std::fs::symlink_metadata(&link).unwrap().is_symlink());
+        let names: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n.to_string_lossy().ends_with(".new")),
+            "{names:?}"
+        );
         std::fs::remove_dir_all(d).unwrap();
     }
 

@@ -2,16 +2,30 @@
 //!
 //! A recording's output is the recorded user's to choose, and a terminal does more than
 //! draw: it writes the clipboard (OSC 52), sets titles and links, takes device control
-//! strings, and answers queries (device status, attributes, window reports) by typing the
-//! answer into whatever reads the terminal next. A replayed log must not act on the auditor's
-//! machine, so those are dropped here — OSC, DCS, SOS, PM and APC strings whole, and the
-//! CSI and ESC sequences that make the terminal answer — in their 7-bit forms and as UTF-8
-//! C1 controls. What draws (text, colours, cursor movement, erasing) passes as recorded.
+//! strings, switches character encodings, and answers queries (device status, attributes,
+//! window and mode reports, its version) by typing the answer into whatever reads the
+//! terminal next. A replayed log must not act on the auditor's machine, so this reads the
+//! output as a terminal does (ECMA-48 with the VT500 parser's rules: C0 controls run inside
+//! escape sequences without ending them, ESC or a C1 control ends a string and starts what
+//! it introduces) and passes on only what draws: text; C0 controls but ENQ (which a terminal
+//! answers); ESC sequences but DECID and the encoding switches; CSI sequences from a list of
+//! those that move the cursor, erase, insert, scroll, set tab stops, colours and modes. OSC,
+//! DCS, SOS, PM and APC strings are dropped whole, as are C1 controls, whether written as
+//! UTF-8 or as raw bytes outside a UTF-8 character (the terminal is taken to speak UTF-8).
+//! A sequence is sent whole or not at all, so the terminal is never left inside one.
 //! `replay --raw` skips this.
 
 /// Parameter and intermediate bytes kept for one CSI sequence; a longer one is dropped
 /// whole (no terminal needs more, and the filter's memory stays bounded).
 const CSI_MAX: usize = 64;
+
+const ESC: u8 = 0x1b;
+/// ENQ: a terminal answers it with its answerback string.
+const ENQ: u8 = 0x05;
+/// CAN and SUB end any sequence.
+const CAN: u8 = 0x18;
+const SUB: u8 = 0x1a;
+const DEL: u8 = 0x7f;
 
 #[derive(Default)]
 enum State {
@@ -19,16 +33,20 @@ enum State {
     Ground,
     /// After ESC.
     Esc,
+    /// After ESC and intermediate bytes (kept; `None`: too many, dropped when it ends).
+    EscInter(Option<Vec<u8>>),
+    /// After ESC `%` (an encoding switch): dropped up to its final byte.
+    EscDrop,
     /// Inside a CSI sequence: its parameter and intermediate bytes so far (`None`: too many,
     /// dropped when it ends).
     Csi(Option<Vec<u8>>),
-    /// Inside a string (OSC, DCS, SOS, PM, APC): dropped up to its terminator.
-    Str,
-    /// ESC inside a string: `\` ends it.
+    /// Inside a string, dropped up to its terminator (BEL ends an OSC only).
+    Str { osc: bool },
+    /// ESC inside a string: `\` ends it; anything else ends it and starts an escape.
     StrEsc,
-    /// 0xC2 inside a string: 0x9C (ST as UTF-8) ends it.
-    StrC2,
-    /// After 0xC2 in text: a C1 control follows, or a character from U+0080 to U+00BF.
+    /// 0xC2 inside a string: a C1 control ends it (and acts).
+    StrC2 { osc: bool },
+    /// After 0xC2 outside a string: a C1 control, or a character from U+00A0 to U+00BF.
     C2,
 }
 
@@ -36,6 +54,9 @@ enum State {
 #[derive(Default)]
 pub struct Filter {
     state: State,
+    /// Continuation bytes the UTF-8 character being sent still has: only these may be in
+    /// 0x80–0x9F (elsewhere such a byte is a C1 control to a terminal that is not UTF-8).
+    need: u8,
 }
 
 impl Filter {
@@ -51,16 +72,35 @@ impl Filter {
             State::Ground => self.ground(b, out),
             State::Esc => match b {
                 b'[' => self.state = State::Csi(Some(Vec::new())),
-                b']' | b'P' | b'X' | b'^' | b'_' => self.state = State::Str,
+                b']' => self.state = State::Str { osc: true },
+                b'P' | b'X' | b'^' | b'_' => self.state = State::Str { osc: false },
                 // DECID: the terminal answers with its identity.
                 b'Z' => {}
-                // CAN and SUB cancel the sequence.
-                0x18 | 0x1a => {}
-                0x1b => self.state = State::Esc,
-                // A C1 control as UTF-8 interrupts the escape and acts on its own: the lone
-                // ESC goes (sent on, it would make no difference to what the C1 does).
-                0xc2 => self.state = State::C2,
-                _ => out.extend_from_slice(&[0x1b, b]),
+                b'%' => self.state = State::EscDrop,
+                0x20..=0x2f => self.state = State::EscInter(Some(vec![b])),
+                0x30..=0x7e => out.extend_from_slice(&[ESC, b]),
+                _ => self.inside(b, State::Esc, out),
+            },
+            State::EscInter(inter) => match b {
+                0x20..=0x2f => {
+                    self.state = State::EscInter(inter.and_then(|mut i| {
+                        i.push(b);
+                        (i.len() <= CSI_MAX).then_some(i)
+                    }))
+                }
+                0x30..=0x7e => {
+                    if let Some(i) = inter {
+                        out.push(ESC);
+                        out.extend_from_slice(&i);
+                        out.push(b);
+                    }
+                }
+                _ => self.inside(b, State::EscInter(inter), out),
+            },
+            State::EscDrop => match b {
+                0x20..=0x2f => self.state = State::EscDrop,
+                0x30..=0x7e => {}
+                _ => self.inside(b, State::EscDrop, out),
             },
             State::Csi(params) => match b {
                 0x20..=0x3f => {
@@ -70,36 +110,40 @@ impl Filter {
                     }))
                 }
                 0x40..=0x7e => {
-                    if let Some(p) = params.filter(|p| !answers(p, b)) {
-                        out.extend_from_slice(b"\x1b[");
+                    if let Some(p) = params.filter(|p| draws(p, b)) {
+                        out.extend_from_slice(&[ESC, b'[']);
                         out.extend_from_slice(&p);
                         out.push(b);
                     }
                 }
-                // Anything else ends the sequence unfinished; the byte counts on its own.
-                _ => self.ground(b, out),
+                _ => self.inside(b, State::Csi(params), out),
             },
-            State::Str => match b {
-                0x07 | 0x18 | 0x1a => {}
-                0x1b => self.state = State::StrEsc,
-                0xc2 => self.state = State::StrC2,
-                _ => self.state = State::Str,
+            State::Str { osc } => match b {
+                0x07 if osc => {}
+                CAN | SUB => {}
+                ESC => self.state = State::StrEsc,
+                0xc2 => self.state = State::StrC2 { osc },
+                _ => self.state = State::Str { osc },
             },
             State::StrEsc => {
                 if b != b'\\' {
-                    self.state = State::Str;
+                    self.state = State::Esc;
+                    self.byte(b, out);
                 }
             }
-            State::StrC2 => {
-                if b != 0x9c {
-                    self.state = State::Str;
+            State::StrC2 { osc } => match b {
+                0x80..=0x9f => {
+                    self.state = State::C2;
+                    self.byte(b, out);
                 }
-            }
+                _ => self.state = State::Str { osc },
+            },
             State::C2 => match b {
                 // CSI, as a UTF-8 C1 control.
                 0x9b => self.state = State::Csi(Some(Vec::new())),
-                // DCS, SOS, OSC, PM, APC.
-                0x90 | 0x98 | 0x9d | 0x9e | 0x9f => self.state = State::Str,
+                0x9d => self.state = State::Str { osc: true },
+                // DCS, SOS, PM, APC.
+                0x90 | 0x98 | 0x9e | 0x9f => self.state = State::Str { osc: false },
                 // Other C1 controls (single shifts, ST, NEL…): dropped.
                 0x80..=0x9f => {}
                 // U+00A0 to U+00BF: sent together, so that a C2 sent alone can never join a
@@ -111,26 +155,86 @@ impl Filter {
         }
     }
 
-    fn ground(&mut self, b: u8, out: &mut Vec<u8>) {
+    /// A byte other than the sequence's own inside an escape sequence (`state`), as the
+    /// terminal takes it: C0 controls run and the sequence goes on, DEL is ignored, CAN and
+    /// SUB end it, ESC or a C1 control ends it and starts anew; anything else ends it (we
+    /// had sent nothing of it, or only the whole ESC part) and counts on its own.
+    fn inside(&mut self, b: u8, state: State, out: &mut Vec<u8>) {
         match b {
-            0x1b => self.state = State::Esc,
+            CAN | SUB => {}
+            ESC => self.state = State::Esc,
+            DEL => self.state = state,
             0xc2 => self.state = State::C2,
+            ENQ => self.state = state,
+            0x00..=0x1f => {
+                out.push(b);
+                self.state = state;
+            }
+            _ => self.ground(b, out),
+        }
+    }
+
+    fn ground(&mut self, b: u8, out: &mut Vec<u8>) {
+        let need = std::mem::take(&mut self.need);
+        match b {
+            ESC => self.state = State::Esc,
+            0xc2 => self.state = State::C2,
+            ENQ => {}
+            0x80..=0xbf if need > 0 => {
+                out.push(b);
+                self.need = need - 1;
+            }
+            // Outside a character: to a terminal that is not UTF-8, a C1 control.
+            0x80..=0x9f => {}
+            0xc3..=0xdf => {
+                out.push(b);
+                self.need = 1;
+            }
+            0xe0..=0xef => {
+                out.push(b);
+                self.need = 2;
+            }
+            0xf0..=0xf4 => {
+                out.push(b);
+                self.need = 3;
+            }
             _ => out.push(b),
         }
     }
 }
 
-/// Whether CSI `params` `last` asks the terminal for an answer: device status (`n`), device
-/// attributes (`c`), window operations and reports (`t`), terminal parameters (`x`), mode,
-/// presentation state and locator reports (`$p`, `$w`, `'|`).
-fn answers(params: &[u8], last: u8) -> bool {
-    match last {
-        b'n' | b'c' | b't' | b'x' => true,
-        b'p' | b'w' => params.contains(&b'$'),
-        b'|' => params.contains(&b'\''),
-        _ => false,
+/// Whether CSI `params` `last` only draws: cursor movement and position (`@ A–H I Z \` a d
+/// e f`), erasing and inserting (`J K L M P X b`), scrolling (`S T r`), tab stops (`g`),
+/// modes (`h l`, also DEC private ones with `?`), colours and attributes (`m`), cursor save
+/// and restore (`s u`). The private `?` only with `h l J K`; no other private marker and no
+/// intermediates (those are the queries and the settings of keyboards and windows).
+fn draws(params: &[u8], last: u8) -> bool {
+    let (private, rest) = match params.split_first() {
+        Some((&m @ b'<'..=b'?', rest)) => (Some(m), rest),
+        _ => (None, params),
+    };
+    if !rest
+        .iter()
+        .all(|b| b.is_ascii_digit() || matches!(b, b';' | b':'))
+    {
+        return false;
+    }
+    match private {
+        None => matches!(
+            last,
+            b'@' | b'A'..=b'M' | b'P' | b'S' | b'T' | b'X' | b'Z' | b'`' | b'a' | b'b' | b'd'..=b'h'
+                | b'l' | b'm' | b'r' | b's' | b'u'
+        ),
+        Some(b'?') => matches!(last, b'h' | b'l' | b'J' | b'K'),
+        Some(_) => false,
     }
 }
+
+/// What puts a terminal back as a shell expects it, whatever a replay left: attributes,
+/// character set, scroll region, main screen, cursor shown, mouse and focus reports,
+/// bracketed paste. Written before the verdict that follows a replay.
+pub const RESET: &[u8] = b"\x1b[0m\x1b(B\x0f\x1b[r\x1b[?1049l\x1b[?25h\x1b[?1000l\x1b[?1002l\x1b[?1003l\
+\x1b[?1004l\x1b[?1005l\x1b[?1006l\x1b[?1015l\x1b[?2004l\r\n";
 
 #[cfg(test)]
 mod tests {
@@ -147,36 +251,58 @@ mod tests {
 
     #[test]
     fn drawing_passes_and_what_acts_on_the_terminal_is_dropped() {
-        let drawing = "plain © text\r\n\x1b[1;31mred\x1b[0m \x1b[2J\x1b[H\x1b[?25l\x1b7\x1b8 é€".as_bytes();
+        let drawing = "plain © text ” ok\r\n\t\x1b[1;31mred\x1b[0m \x1b[2J\x1b[H\x1b[?25l\x1b[?1049h\x1b7\x1b8\x1b(0q\x1b(B é€😀"
+            .as_bytes();
         assert_eq!(filtered(&[drawing]), drawing);
         let hostile: &[(&[u8], &[u8])] = &[
             (b"a\x1b]52;c;aGk=\x07b", b"ab"),
             (b"a\x1b]0;title\x1b\\b", b"ab"),
             (b"a\x1b]8;;http://x\x1b\\link\x1b]8;;\x1b\\b", b"alinkb"),
             (b"a\x1bP$q m\x1b\\b", b"ab"),
-            (b"a\x1b_apc\x07\x1b^pm\x07\x1bXsos\x07b", b"ab"),
+            (b"a\x1b_apc\x1b\\\x1b^pm\x1b\\\x1bXsos\x1b\\b", b"ab"),
             (
                 b"a\x1b[6n\x1b[c\x1b[>0c\x1b[21t\x1b[14t\x1b[?1$p\x1b[1'|\x1bZb",
+                b"ab",
+            ),
+            (
+                b"a\x1b[>q\x1b[1;1;1;1;1*y\x1b[$u\x1b[?4m\x1b[?u\x1b[?1;1S\x1b[#|\x1b[\"v\x05b",
                 b"ab",
             ),
             ("a\u{9d}52;c;aGk=\u{9c}b".as_bytes(), b"ab"),
             ("a\u{9b}6nb\u{90}x\u{9c}c".as_bytes(), b"abc"),
             ("a\x1b\u{9d}52;c;aGk=\x07b".as_bytes(), b"ab"),
+            // C0 controls inside an escape run and leave it going (the VT500 parser's way).
+            (b"a\x1b\x00]52;c;aGk=\x07b", b"a\x00b"),
+            (b"a\x1b\x7f[6nb", b"ab"),
+            (b"a\x1b\x05Zb", b"ab"),
+            (b"a\x1b[\x006nb", b"a\x00b"),
+            // ESC % switches the encoding: dropped.
+            (b"a\x1b%@b", b"ab"),
             // A lone C2 must not meet a later byte across a dropped control.
-            (b"a\xc2\xc2\x9c\x96b", b"a\x96b"),
+            (b"a\xc2\xc2\x9c\x96b", b"ab"),
+            // Raw C1 bytes outside a UTF-8 character.
+            (b"a\x9b6n\x9d0;x\x07b", b"a6n0;x\x07b"),
             // A CSI of more parameters than any terminal needs goes whole.
             (&[b"a\x1b[".as_slice(), &[b'1'; 100], b"mb"].concat(), b"ab"),
         ];
         for (input, want) in hostile {
-            assert_eq!(
-                filtered(&[input]),
-                *want,
-                "{}",
-                String::from_utf8_lossy(input).escape_debug()
-            );
+            let name = String::from_utf8_lossy(input).escape_debug().to_string();
+            assert_eq!(filtered(&[input]), *want, "{name}");
             // Split at every byte: the same.
             let chunks: Vec<&[u8]> = input.chunks(1).collect();
-            assert_eq!(filtered(&chunks), *want);
+            assert_eq!(filtered(&chunks), *want, "{name}");
         }
+    }
+
+    /// A string ends where the terminal ends it, so what follows is shown as the user saw it.
+    #[test]
+    fn strings_end_where_a_terminal_ends_them() {
+        assert_eq!(filtered(&[b"\x1b]0;t\x1b[0mvisible"]), b"\x1b[0mvisible");
+        assert_eq!(
+            filtered(&["\x1b]0;t\u{9b}1mvisible".as_bytes()]),
+            b"\x1b[1mvisible"
+        );
+        // BEL ends an OSC, not a DCS.
+        assert_eq!(filtered(&[b"\x1bPx\x07hidden\x1b\\shown"]), b"shown");
     }
 }

@@ -2,7 +2,8 @@
 //! on the target in turn, and confirmed to the client when the target confirms (its
 //! refusal is passed back as it came); the target's forwarded, X11 and agent channels are
 //! opened on the client only when the policy granted them and the client asked for them.
-//! Every forwarding decision is audited as `channel.open`.
+//! Every forwarding decision is audited as `channel.open`: what ran always, refusals and
+//! failures up to a cap per connection (then counted).
 
 use portcullis_ssh::connection::{ChannelId, ChannelKind, OpenFailure};
 
@@ -186,7 +187,7 @@ impl Relay {
     }
 
     /// Audits `channel.open` for what the gateway let run: a started session, a forwarding
-    /// opened or granted. Always, however many refusals came before (each of these costs
+    /// opened, bound or first granted. Always, however many refusals came before (each of these costs
     /// the target a process, a connection or a listening port, not just a message).
     pub(super) fn channel_allowed(&self, kind: &str, detail: Option<String>) {
         self.emit_channel_event(kind, detail, None);
