@@ -380,6 +380,14 @@ fn recreated_ingress_interface_is_followed_and_never_bypasses() {
         d.stderr()
     );
 
+    // The guard flushed by someone else (`systemctl restart nftables`): put back.
+    assert!(t.gw.exec("nft flush ruleset").status.success());
+    wait_until(|| {
+        let guard = t.gw.exec("nft list ruleset");
+        String::from_utf8_lossy(&guard.stdout).contains("iifname \"cl1\"")
+    });
+    wait_until(|| d.stderr().iter().any(|l| l.contains("forward guard was gone")));
+
     // Second line: the daemon frozen (no re-attach possible), the interface re-created.
     // The forward guard matches the interface by name: the protected port stays closed.
     unsafe { libc::kill(d.pid() as i32, libc::SIGSTOP) };

@@ -261,6 +261,8 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
         let (state, path): (_, PathBuf) = (state.clone(), config_path.to_owned());
         let (admission, audit) = (admission.clone(), audit.clone());
         tokio::spawn(async move {
+            let mut recheck = tokio::time::interval(crate::dataplane::RECHECK);
+            recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     r = reload_rx.recv() => match r {
@@ -281,6 +283,15 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
                     Some(ev) = recv_opt(links.as_mut()) => {
                         if let Some(dp) = dp.as_mut() {
                             follow_links(ev, links.as_mut(), dp, &state).await;
+                        }
+                    }
+                    _ = recheck.tick(), if dp.is_some() => {
+                        if let Some(dp) = dp.as_mut() {
+                            match dp.recheck(&state.load().targets).await {
+                                Ok(false) => {}
+                                Ok(true) => tracing::warn!("the forward guard was gone (nftables flushed?); put back"),
+                                Err(e) => tracing::error!(error = %e, "checking the dataplane failed; the forward guard and the links stay as they are"),
+                            }
                         }
                     }
                 }

@@ -242,7 +242,10 @@ fn main() -> ExitCode {
         // Colour codes only for a terminal: not in the journal or a redirected log.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG").unwrap_or_else(|_| "info".into()),
+            // netlink-packet-route warns about every attribute a newer kernel added, at every
+            // interface dump (the dataplane's recheck does one every 2 s): not ours to act on.
+            tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
+                .unwrap_or_else(|_| "info,netlink_packet_route=error".into()),
         )
         .init();
     let mut args = std::env::args_os();

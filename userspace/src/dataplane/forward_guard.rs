@@ -129,6 +129,18 @@ fn nft(script: &str, what: &str) -> Result<(), DataplaneError> {
     }
 }
 
+/// Whether the instance's forward guard is in place (something else may flush nftables:
+/// `systemctl restart nftables` runs `flush ruleset`).
+pub fn present(instance: &str) -> Result<bool, DataplaneError> {
+    let status = Command::new("nft")
+        .args(["list", "table", "inet", &table_name(instance)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| DataplaneError::io("check the forward guard: run nft".to_string(), e))?;
+    Ok(status.success())
+}
+
 /// Installs or replaces the forward guard for `set`.
 pub fn install(instance: &str, set: &TargetSet) -> Result<(), DataplaneError> {
     nft(&ruleset(&table_name(instance), set), "install the forward guard")

@@ -70,6 +70,9 @@ impl Paths {
     }
 }
 
+/// How often a running daemon checks its forward guard and links ([`Dataplane::recheck`]).
+pub const RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A running dataplane. Dropping it leaves everything installed (fail closed).
 pub struct Dataplane {
     // Keeps the programs loaded until their links are pinned; links outlive it.
@@ -158,6 +161,19 @@ impl Dataplane {
         let ifs = interfaces::resolve(set).await?;
         self.maps.sync_interfaces(set, &ifs)?;
         links::attach(&mut self._ebpf, &self.cfg, &self.paths, set, &ifs)
+    }
+
+    /// What the daemon checks every [`RECHECK`], since nothing tells it reliably when either
+    /// goes: the forward guard, which a `flush ruleset` elsewhere removes (put back, `true`),
+    /// and the links and interface maps, which miss a re-created interface when the link
+    /// monitor's events were lost (netlink overrun, a full queue).
+    pub async fn recheck(&mut self, set: &TargetSet) -> Result<bool, DataplaneError> {
+        let restored = !forward_guard::present(&self.cfg.instance)?;
+        if restored {
+            forward_guard::install(&self.cfg.instance, set)?;
+        }
+        self.refresh_interfaces(set).await?;
+        Ok(restored)
     }
 
     fn sync_maps(&mut self, set: &TargetSet, ifs: &interfaces::Interfaces) -> Result<(), DataplaneError> {
