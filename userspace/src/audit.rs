@@ -241,15 +241,21 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn the_trail_holds_no_raw_control_character_and_decodes_to_the_same_text() {
-        let dir = std::env::temp_dir().join(format!("portcullis-audit-c1-{}", std::process::id()));
+    /// A trail in a fresh temporary directory: the directory, the file, the writer.
+    fn trail(name: &str) -> (std::path::PathBuf, std::path::PathBuf, Audit) {
+        let dir = std::env::temp_dir().join(format!("portcullis-audit-{name}-{}", std::process::id()));
         let path = dir.join("audit.jsonl");
         let a = Audit::open(&AuditConfig {
             file: Some(path.clone()),
             stdout: false,
         })
         .unwrap();
+        (dir, path, a)
+    }
+
+    #[test]
+    fn the_trail_holds_no_raw_control_character_and_decodes_to_the_same_text() {
+        let (dir, path, a) = trail("c1");
         let mut e = Event::new("channel.open", "s1");
         let text = "x\u{9d}52;c;aGk=\u{9c}\u{7f}\u{1b}]0;t\u{7}é\u{a0}";
         e.rule = Some(text.into());
@@ -300,13 +306,7 @@ mod tests {
 
     #[test]
     fn file_is_private_append_only_and_reopened_after_rotation() {
-        let dir = std::env::temp_dir().join(format!("portcullis-audit-{}", std::process::id()));
-        let path = dir.join("audit.jsonl");
-        let a = Audit::open(&AuditConfig {
-            file: Some(path.clone()),
-            stdout: false,
-        })
-        .unwrap();
+        let (dir, path, a) = trail("rotation");
         let mut e = Event::new("deny", "s1");
         e.reason = Some("no_policy".into());
         a.emit(&e);

@@ -82,12 +82,7 @@ impl Filter {
                 _ => self.inside(b, State::Esc, out),
             },
             State::EscInter(inter) => match b {
-                0x20..=0x2f => {
-                    self.state = State::EscInter(inter.and_then(|mut i| {
-                        i.push(b);
-                        (i.len() <= CSI_MAX).then_some(i)
-                    }))
-                }
+                0x20..=0x2f => self.state = State::EscInter(kept(inter, b)),
                 0x30..=0x7e => {
                     if let Some(i) = inter {
                         out.push(ESC);
@@ -103,12 +98,7 @@ impl Filter {
                 _ => self.inside(b, State::EscDrop, out),
             },
             State::Csi(params) => match b {
-                0x20..=0x3f => {
-                    self.state = State::Csi(params.and_then(|mut p| {
-                        p.push(b);
-                        (p.len() <= CSI_MAX).then_some(p)
-                    }))
-                }
+                0x20..=0x3f => self.state = State::Csi(kept(params, b)),
                 0x40..=0x7e => {
                     if let Some(p) = params.filter(|p| draws(p, b)) {
                         out.extend_from_slice(&[ESC, b'[']);
@@ -201,6 +191,14 @@ impl Filter {
             _ => out.push(b),
         }
     }
+}
+
+/// A sequence's bytes so far with `b`; `None` once past [`CSI_MAX`] (dropped when it ends).
+fn kept(bytes: Option<Vec<u8>>, b: u8) -> Option<Vec<u8>> {
+    bytes.and_then(|mut v| {
+        v.push(b);
+        (v.len() <= CSI_MAX).then_some(v)
+    })
 }
 
 /// Whether CSI `params` `last` only draws: cursor movement and position (`@ A–H I Z \` a d
