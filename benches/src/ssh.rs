@@ -583,26 +583,14 @@ pub fn run_group(quick: bool, portcullis: &Path) -> Result<Map<String, Value>> {
         if cname == "chacha" && only.extra("bidir") {
             // Both directions at once: what a remote filter (`cat`, `gzip -c`) does. "mixed":
             // the same with the upstream hop on the proxy's own choice (the default).
-            let mut bidir: std::collections::HashMap<&str, Vec<f64>> = Default::default();
             let both: Vec<&str> = ["direct", "proxied", "mixed", "baseline"]
                 .into_iter()
                 .filter(|v| *v != "baseline" || bed.base.is_some())
                 .collect();
-            for _ in 0..rounds {
-                for &v in &both {
-                    let secs = bed.transfer_bidir(v, cipher, bytes)?;
-                    bidir
-                        .entry(v)
-                        .or_default()
-                        .push(bytes as f64 / (1 << 20) as f64 / secs);
-                }
-            }
+            let bidir = median_mibs(&both, rounds, bytes, |v| bed.transfer_bidir(v, cipher, bytes))?;
             for &v in &both {
                 let v_name = if v == "mixed" { "proxied_upstream_aes" } else { v };
-                m.insert(
-                    format!("ssh.throughput_mibs.{v_name}.bidir"),
-                    median(bidir[v].clone()).into(),
-                );
+                m.insert(format!("ssh.throughput_mibs.{v_name}.bidir"), bidir[v].into());
             }
         }
         if only.extra("own_core") {
@@ -626,6 +614,26 @@ pub fn run_group(quick: bool, portcullis: &Path) -> Result<Map<String, Value>> {
     Ok(m)
 }
 
+/// Each of `variants`' median MiB/s over `rounds` interleaved rounds, each round moving
+/// `bytes` per variant in the seconds `secs` returns.
+fn median_mibs<'a>(
+    variants: &[&'a str],
+    rounds: usize,
+    bytes: u64,
+    mut secs: impl FnMut(&str) -> Result<f64>,
+) -> Result<std::collections::HashMap<&'a str, f64>> {
+    let mut runs: std::collections::HashMap<&str, Vec<f64>> = Default::default();
+    for _ in 0..rounds {
+        for &v in variants {
+            let s = secs(v)?;
+            runs.entry(v)
+                .or_default()
+                .push(bytes as f64 / (1 << 20) as f64 / s);
+        }
+    }
+    Ok(runs.into_iter().map(|(v, r)| (v, median(r))).collect())
+}
+
 /// The `own_core` case (see the module's doc): recording on/off per direction, and for
 /// ChaCha20 the two-way `cat`, with the gateway and the endpoints on a core each.
 fn own_core(
@@ -644,39 +652,22 @@ fn own_core(
     bed.pin(Some((gateway, endpoints)), &all)?;
     let r = (|| -> Result<()> {
         for dir in ["down", "up"] {
-            let mut tput: std::collections::HashMap<&str, Vec<f64>> = Default::default();
-            for _ in 0..rounds {
-                for v in ["proxied", "recorded"] {
-                    let secs = bed.transfer(v, cipher, dir == "down", bytes)?;
-                    tput.entry(v)
-                        .or_default()
-                        .push(bytes as f64 / (1 << 20) as f64 / secs);
-                }
-            }
+            let tput = median_mibs(&["proxied", "recorded"], rounds, bytes, |v| {
+                bed.transfer(v, cipher, dir == "down", bytes)
+            })?;
             let _ = std::fs::remove_dir_all(bed.dir.join("rec"));
             for (v, name) in [("proxied", "recording_off"), ("recorded", "recording_on")] {
                 m.insert(
                     format!("ssh.throughput_mibs.own_core.{name}.{cname}.{dir}"),
-                    median(tput[v].clone()).into(),
+                    tput[v].into(),
                 );
             }
         }
         if cname == "chacha" {
-            let mut bidir: std::collections::HashMap<&str, Vec<f64>> = Default::default();
-            for _ in 0..rounds {
-                for v in ["direct", "proxied"] {
-                    let secs = bed.transfer_bidir(v, cipher, bytes)?;
-                    bidir
-                        .entry(v)
-                        .or_default()
-                        .push(bytes as f64 / (1 << 20) as f64 / secs);
-                }
-            }
-            for v in ["direct", "proxied"] {
-                m.insert(
-                    format!("ssh.throughput_mibs.own_core.{v}.bidir"),
-                    median(bidir[v].clone()).into(),
-                );
+            let both = ["direct", "proxied"];
+            let bidir = median_mibs(&both, rounds, bytes, |v| bed.transfer_bidir(v, cipher, bytes))?;
+            for v in both {
+                m.insert(format!("ssh.throughput_mibs.own_core.{v}.bidir"), bidir[v].into());
             }
         }
         Ok(())

@@ -205,19 +205,28 @@ async fn handle(req: Request, by: &str, reloads: &mpsc::WeakSender<ReloadRequest
             // (`session.terminated`), the others here, since an operator's request is a
             // decision even when it changes nothing.
             let reason = t.reason.clone();
-            let (event, why) = match live::registry().terminate(&session, t) {
+            let (event, why, answer) = match live::registry().terminate(&session, t) {
                 live::Terminate::Asked => return Answer::Terminated { session },
-                live::Terminate::Repeated => ("session.terminate_repeated", reason),
-                live::Terminate::NoSuchSession => ("session.terminate_failed", "no such live session".into()),
+                live::Terminate::Repeated => (
+                    "session.terminate_repeated",
+                    reason,
+                    Answer::Terminated {
+                        session: session.clone(),
+                    },
+                ),
+                live::Terminate::NoSuchSession => (
+                    "session.terminate_failed",
+                    "no such live session".into(),
+                    Answer::NoSuchSession {
+                        session: session.clone(),
+                    },
+                ),
             };
             let mut e = Event::new(event, &session);
             e.requested_by = Some(by.to_owned());
             e.reason = Some(why);
             audit.emit(&e);
-            match event {
-                "session.terminate_repeated" => Answer::Terminated { session },
-                _ => Answer::NoSuchSession { session },
-            }
+            answer
         }
         Request::Reload => {
             let (tx, rx) = oneshot::channel();

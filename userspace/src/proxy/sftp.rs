@@ -86,7 +86,7 @@ impl Watcher {
             if len == 0 {
                 // sftp-server executes even this, reading the fields from what follows.
                 self.buf.clear();
-                self.malformed(kind);
+                self.malformed(kind, None);
                 continue;
             }
             // The names come first: an audited packet padded past MAX_PARSED is parsed from
@@ -106,18 +106,22 @@ impl Watcher {
 
     fn report(&self, kind: u8, body: &[u8]) {
         if !self.report_fields(kind, body) {
-            self.malformed(kind);
+            self.malformed(kind, None);
         }
     }
 
     /// A request of an audited kind whose fields run past its declared length (found by
     /// fuzzing): OpenSSH's sftp-server still executes it, reading the fields from the bytes
     /// that follow, then exits. The watcher cannot tell what it did, so it says so rather
-    /// than stay silent.
-    fn malformed(&self, kind: u8) {
+    /// than stay silent; with the path when it was read before the fields ran out.
+    fn malformed(&self, kind: u8, path: Option<&str>) {
+        let what = "a request of an audited kind whose fields run past its declared length; sftp-server may have executed it";
         self.emit(
             format!("malformed-{kind}"),
-            "a request of an audited kind whose fields run past its declared length; sftp-server may have executed it".into(),
+            match path {
+                Some(p) => format!("{p} ({what})"),
+                None => what.into(),
+            },
         );
     }
 
@@ -143,10 +147,7 @@ impl Watcher {
                 // sftp-server reads the flags that follow, whatever the declared length, and
                 // opens the path: audited as malformed, with the path.
                 let Some(flags) = body.get(at..at + 4) else {
-                    self.emit(
-                        format!("malformed-{FXP_OPEN}"),
-                        format!("{path} (its flags run past the packet; sftp-server may have opened it)"),
-                    );
+                    self.malformed(FXP_OPEN, Some(&path));
                     return true;
                 };
                 let flags = u32::from_be_bytes(flags.try_into().unwrap());

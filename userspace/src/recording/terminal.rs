@@ -85,9 +85,7 @@ impl Filter {
                 0x20..=0x2f => self.state = State::EscInter(kept(inter, b)),
                 0x30..=0x7e => {
                     if let Some(i) = inter {
-                        out.push(ESC);
-                        out.extend_from_slice(&i);
-                        out.push(b);
+                        whole(out, &[ESC], &i, b);
                     }
                 }
                 _ => self.inside(b, State::EscInter(inter), out),
@@ -101,9 +99,7 @@ impl Filter {
                 0x20..=0x3f => self.state = State::Csi(kept(params, b)),
                 0x40..=0x7e => {
                     if let Some(p) = params.filter(|p| draws(p, b)) {
-                        out.extend_from_slice(&[ESC, b'[']);
-                        out.extend_from_slice(&p);
-                        out.push(b);
+                        whole(out, &[ESC, b'['], &p, b);
                     }
                 }
                 _ => self.inside(b, State::Csi(params), out),
@@ -153,9 +149,8 @@ impl Filter {
         match b {
             CAN | SUB => {}
             ESC => self.state = State::Esc,
-            DEL => self.state = state,
+            DEL | ENQ => self.state = state,
             0xc2 => self.state = State::C2,
-            ENQ => self.state = state,
             0x00..=0x1f => {
                 out.push(b);
                 self.state = state;
@@ -191,6 +186,13 @@ impl Filter {
             _ => out.push(b),
         }
     }
+}
+
+/// A sequence sent whole: its introducer, the bytes kept, its final byte.
+fn whole(out: &mut Vec<u8>, intro: &[u8], kept: &[u8], last: u8) {
+    out.extend_from_slice(intro);
+    out.extend_from_slice(kept);
+    out.push(last);
 }
 
 /// A sequence's bytes so far with `b`; `None` once past [`CSI_MAX`] (dropped when it ends).

@@ -11,8 +11,9 @@ use crate::{
     recording::{format::PtyInfo, writer::Recorder},
 };
 
-/// A shell, exec or subsystem request as its `channel.open` label, its detail (command or
-/// subsystem name) and the log header's `request`; `None` for any other request.
+/// A shell, exec or subsystem request as its `channel.open` label, its detail as audited
+/// (the command bounded by `audit::command`, a subsystem name by `audit::clip`) and the log
+/// header's `request`; `None` for any other request.
 fn start_request(req: &ChannelRequest) -> Option<(&'static str, Option<String>, String)> {
     Some(match req {
         ChannelRequest::Shell => ("shell", None, "shell".to_string()),
@@ -20,7 +21,9 @@ fn start_request(req: &ChannelRequest) -> Option<(&'static str, Option<String>, 
             let c = String::from_utf8_lossy(command);
             ("exec", Some(audit::command(&c)), format!("exec {c}"))
         }
-        ChannelRequest::Subsystem { name } => ("subsystem", Some(name.clone()), format!("subsystem {name}")),
+        ChannelRequest::Subsystem { name } => {
+            ("subsystem", Some(audit::clip(name)), format!("subsystem {name}"))
+        }
         _ => return None,
     })
 }

@@ -183,17 +183,19 @@ impl Relay {
         if self.past_event_cap() {
             return;
         }
-        self.emit_channel_event(kind, detail, None);
+        self.emit_channel_event(kind, detail.map(|d| audit::clip(&d)), None);
     }
 
     /// Audits `channel.open` for what the gateway let run: a started session, a forwarding
     /// opened, bound or first granted. Always, however many refusals came before (each of these costs
     /// the target a process, a connection or a listening port, not just a message).
     pub(super) fn channel_allowed(&self, kind: &str, detail: Option<String>) {
-        self.emit_channel_event(kind, detail, None);
+        self.emit_channel_event(kind, detail.map(|d| audit::clip(&d)), None);
     }
 
-    /// The same for a session's start, with the environment the client asked for.
+    /// The same for a session's start, with the environment the client asked for; its
+    /// detail comes bounded already (`hooks::start_request`: a command keeps more than
+    /// `audit::clip` would).
     pub(super) fn channel_started(&self, kind: &str, detail: Option<String>, env: &[String]) {
         self.emit_channel_event(kind, detail, (!env.is_empty()).then(|| env.to_vec()));
     }
@@ -213,12 +215,7 @@ impl Relay {
         let mut e = self.conn.event("channel.open");
         e.env = env;
         e.reason = Some(kind.to_string());
-        // What a peer wrote (a host, an address, a subsystem name): bounded here; a
-        // command comes already bounded by `audit::command`, which keeps more of it.
-        e.rule = detail.map(|d| match kind {
-            "exec" => d,
-            _ => audit::clip(&d),
-        });
+        e.rule = detail;
         self.conn.ctx.audit.emit(&e);
     }
 }

@@ -206,10 +206,9 @@ pub(super) struct Pair {
     /// /path/sftp-server` as an exec) and gets a watcher after all.
     pub sniff: Option<Vec<u8>>,
     pub pty: Option<PtyInfo>,
-    /// `env` requests before the start (`NAME=value`), for its audit event and log header,
-    /// and their bytes (bounded: see `requests::MAX_ENV`).
+    /// `env` requests before the start (`NAME=value`), for its audit event and log header
+    /// (bounded: see `requests::MAX_ENV`).
     pub env: Vec<String>,
-    pub env_bytes: usize,
     /// Requests with a reply wanted received from each hop (the engine's `reply_to` seq).
     pub seq: [u64; 2],
     /// `routes[h]`: what to do with each answer hop `h` owes us, in order.
@@ -235,7 +234,6 @@ impl Pair {
             sniff: None,
             pty: None,
             env: Vec::new(),
-            env_bytes: 0,
             seq: [0; 2],
             routes: Default::default(),
         }

@@ -135,13 +135,13 @@ impl Relay {
             // bound a variable is refused here, not passed on unaudited.
             ChannelRequest::Env { name, value } if unstarted => {
                 let entry = format!("{name}={}", String::from_utf8_lossy(value));
-                if p.env.len() >= MAX_ENV || p.env_bytes + entry.len() > MAX_ENV_BYTES {
+                let kept: usize = p.env.iter().map(String::len).sum();
+                if p.env.len() >= MAX_ENV || kept + entry.len() > MAX_ENV_BYTES {
                     if let Some(s) = seq {
                         self.hops[0].session.connection().reply_to(id, s, false);
                     }
                     return;
                 }
-                p.env_bytes += entry.len();
                 p.env.push(entry);
             }
             ChannelRequest::X11Req { screen, .. } => {
