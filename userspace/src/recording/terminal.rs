@@ -117,13 +117,15 @@ impl Filter {
                     self.byte(b, out);
                 }
             }
-            State::StrC2 { osc } => match b {
-                0x80..=0x9f => {
-                    self.state = State::C2;
-                    self.byte(b, out);
-                }
-                _ => self.state = State::Str { osc },
-            },
+            State::StrC2 { osc } => {
+                // A C1 control ends the string and acts; anything else is the string's, as
+                // a terminator too (`C2 ESC \`, `C2 BEL`).
+                self.state = match b {
+                    0x80..=0x9f => State::C2,
+                    _ => State::Str { osc },
+                };
+                self.byte(b, out);
+            }
             State::C2 => match b {
                 // CSI, as a UTF-8 C1 control.
                 0x9b => self.state = State::Csi(Some(Vec::new())),
@@ -302,6 +304,9 @@ mod tests {
             filtered(&["\x1b]0;t\u{9b}1mvisible".as_bytes()]),
             b"\x1b[1mvisible"
         );
+        // A lone C2 in a string does not hide the terminator after it.
+        assert_eq!(filtered(&[b"\x1b]0;t\xc2\x1b\\shown"]), b"shown");
+        assert_eq!(filtered(&[b"\x1b]0;t\xc2\x07shown"]), b"shown");
         // BEL ends an OSC, not a DCS.
         assert_eq!(filtered(&[b"\x1bPx\x07hidden\x1b\\shown"]), b"shown");
     }
