@@ -81,6 +81,9 @@ pub struct Dataplane {
     cfg: DataplaneConfig,
     paths: Paths,
     _lock: InstanceLock,
+    /// The interfaces the maps and links were last made to follow: a recheck that resolves
+    /// the same ones has nothing to do (a sync scans every ifindex slot of two maps).
+    followed: Option<interfaces::Interfaces>,
 }
 
 impl Dataplane {
@@ -133,6 +136,7 @@ impl Dataplane {
             cfg: cfg.clone(),
             paths: paths.clone(),
             _lock: lock,
+            followed: None,
         };
         // (The forward guard is in already: see `up`.)
         sysctl::apply(&paths.state)?;
@@ -141,6 +145,7 @@ impl Dataplane {
         let ifs = interfaces::resolve(set).await?;
         dp.sync_maps(set, &ifs)?;
         links::attach(&mut dp._ebpf, cfg, paths, set, &ifs)?;
+        dp.followed = Some(ifs);
         Ok(dp)
     }
 
@@ -148,31 +153,48 @@ impl Dataplane {
     /// that never leaves a protected port unprotected, then links for interfaces that came
     /// or went. Interfaces absent now are attached when they appear (see [`monitor`]).
     pub async fn apply(&mut self, set: &TargetSet) -> Result<(), DataplaneError> {
+        // Whatever part of this fails, the next recheck syncs again.
+        self.followed = None;
         forward_guard::install(&self.cfg.instance, set)?;
         let ifs = interfaces::resolve(set).await?;
         self.sync_maps(set, &ifs)?;
         routing::sync_upstream(&self.cfg, set).await?;
-        links::attach(&mut self._ebpf, &self.cfg, &self.paths, set, &ifs)
+        links::attach(&mut self._ebpf, &self.cfg, &self.paths, set, &ifs)?;
+        self.followed = Some(ifs);
+        Ok(())
     }
 
     /// Follows interface churn: re-resolves `set`'s interfaces, rewrites the ifindex-keyed
-    /// maps and re-attaches (or replaces severed) links. Cheap when nothing changed.
+    /// maps and re-attaches (or replaces severed) links.
     pub async fn refresh_interfaces(&mut self, set: &TargetSet) -> Result<(), DataplaneError> {
         let ifs = interfaces::resolve(set).await?;
+        self.follow(set, ifs)
+    }
+
+    /// Makes the ifindex-keyed maps and the links follow `ifs`; remembered once done (a
+    /// failure leaves nothing remembered, so the next recheck tries again).
+    fn follow(&mut self, set: &TargetSet, ifs: interfaces::Interfaces) -> Result<(), DataplaneError> {
+        self.followed = None;
         self.maps.sync_interfaces(set, &ifs)?;
-        links::attach(&mut self._ebpf, &self.cfg, &self.paths, set, &ifs)
+        links::attach(&mut self._ebpf, &self.cfg, &self.paths, set, &ifs)?;
+        self.followed = Some(ifs);
+        Ok(())
     }
 
     /// What the daemon checks every [`RECHECK`], since nothing tells it reliably when either
     /// goes: the forward guard, which a `flush ruleset` elsewhere removes (put back, `true`),
-    /// and the links and interface maps, which miss a re-created interface when the link
-    /// monitor's events were lost (netlink overrun, a full queue).
+    /// and the links and interface maps, which miss a re-created interface (a new ifindex)
+    /// when the link monitor's events were lost (netlink overrun, a full queue). Only
+    /// interfaces that resolve differently from what was last followed cost a sync.
     pub async fn recheck(&mut self, set: &TargetSet) -> Result<bool, DataplaneError> {
         let restored = !forward_guard::present(&self.cfg.instance)?;
         if restored {
             forward_guard::install(&self.cfg.instance, set)?;
         }
-        self.refresh_interfaces(set).await?;
+        let ifs = interfaces::resolve(set).await?;
+        if self.followed.as_ref() != Some(&ifs) {
+            self.follow(set, ifs)?;
+        }
         Ok(restored)
     }
 
